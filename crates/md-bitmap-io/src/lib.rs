@@ -1,0 +1,20 @@
+//! md-bitmap-io: the block I/O under md-bitmap. It knows nothing of bitmaps or
+//! mirrors: it maps a file's extents, judges whether the file may be written in place
+//! or straight on its device, and writes aligned pages with direct I/O while tracking
+//! how many writes are in flight.
+
+pub mod align;
+pub mod check;
+pub mod device;
+pub mod error;
+pub mod extents;
+pub mod pending;
+pub mod pool;
+pub mod store;
+
+pub use align::{dio_alignment, AlignSource, AlignedBuf, DioAlignment};
+pub use check::{check, CheckReport, Problem};
+pub use error::{IoError, Result};
+pub use extents::{extents, Extent, ExtentMap, MapSource};
+pub use pending::Pending;
+pub use store::{Mode, PageStore, Requested};

@@ -1,0 +1,496 @@
+//! A page store: positional reads and writes of whole aligned pages of one existing
+//! file, in one of three modes.
+//!
+//! - `Direct`: the file opened O_DIRECT; each write goes to the file's own blocks
+//!   through the filesystem, bypassing the page cache.
+//! - `Buffered`: where direct I/O is refused or meaningless (tmpfs and other
+//!   filesystems that cannot map their blocks): ordinary writes, made durable by
+//!   `sync()` (fdatasync). The mode says so, so callers can tell users.
+//! - `Device`: the seed's bmap approach, as Linux does for swap files. The file's
+//!   extents are mapped once and its pages are written straight on the block device
+//!   under the filesystem at their physical offsets. The file is pinned immutable while
+//!   in use so the filesystem cannot move its blocks, and its page cache (now stale) is
+//!   dropped on close. A write can only land inside the mapped extents.
+//!
+//! A store never grows, shrinks or allocates: the file must already be whole.
+
+use crate::align::{dio_alignment, AlignSource, DioAlignment};
+use crate::check::{check_open, CheckReport};
+use crate::device::logical_block_size;
+use crate::error::{IoError, Result};
+use crate::extents::{with_path, Extent};
+use crate::pending::Pending;
+use crate::pool::IoPool;
+use nix::libc;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Direct,
+    Buffered,
+    Device,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Buffered => "buffered",
+            Mode::Device => "device",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requested {
+    File,
+    Device,
+}
+
+struct DeviceTarget {
+    dev: File,
+    path: PathBuf,
+    /// The file's extents, sorted by logical offset, covering [0, size) with no gap.
+    map: Vec<Extent>,
+    /// Whether we set the immutable flag (and so must clear it on close).
+    pinned_by_us: bool,
+}
+
+pub struct PageStore {
+    path: PathBuf,
+    /// The file itself: read-write in file modes, read-only in device mode.
+    file: File,
+    device: Option<DeviceTarget>,
+    mode: Mode,
+    /// Why the store is buffered, when it is.
+    reason: Option<String>,
+    size: u64,
+    align: DioAlignment,
+    pending: Pending,
+    closed: AtomicBool,
+    close_lock: Mutex<()>,
+}
+
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+fn get_flags(f: &File) -> std::result::Result<libc::c_int, nix::errno::Errno> {
+    let mut flags: libc::c_int = 0;
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+    if r < 0 { Err(nix::errno::Errno::last()) } else { Ok(flags) }
+}
+
+fn set_immutable(f: &File, on: bool) -> std::result::Result<(), nix::errno::Errno> {
+    let flags = get_flags(f)?;
+    let new = if on { flags | FS_IMMUTABLE_FL } else { flags & !FS_IMMUTABLE_FL };
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS as _, &new) };
+    if r < 0 { Err(nix::errno::Errno::last()) } else { Ok(()) }
+}
+
+fn drop_page_cache(f: &File) {
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+impl PageStore {
+    pub fn open(path: &Path, requested: Requested) -> Result<PageStore> {
+        match requested {
+            Requested::File => Self::open_file(path),
+            Requested::Device => Self::open_device(path),
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<PageStore> {
+        let report = {
+            let f = File::open(path).map_err(|e| with_path(e.into(), path))?;
+            check_open(&f, path, None)?
+        };
+        if !report.file_mode_ok() {
+            return Err(IoError::new(
+                "EFILE_MODE_UNSUPPORTED",
+                format!("{} cannot be written page by page in place: {}", path.display(), report.summary(false)),
+            ));
+        }
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(path)
+        };
+        let unmappable = report.map.is_none();
+        let (file, mode, reason) = if unmappable {
+            (open(false), Mode::Buffered, Some(format!("the {} filesystem cannot map its blocks, so direct I/O would not reach stable storage; buffered writes with fdatasync", report.fs.name)))
+        } else {
+            match open(true) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+                    open(false),
+                    Mode::Buffered,
+                    Some(format!("the {} filesystem refuses O_DIRECT; buffered writes with fdatasync", report.fs.name)),
+                ),
+                r => (r, Mode::Direct, None),
+            }
+        };
+        let file = file.map_err(|e| {
+            let e: IoError = e.into();
+            if e.code == "EPERM" {
+                IoError { message: format!("{}: cannot open for writing: the file is immutable or append-only (a device-mode user that did not close may have left it so; `chattr -i` it)", path.display()), ..e }
+            } else {
+                with_path(e, path)
+            }
+        })?;
+        let align = dio_alignment(&file);
+        Ok(PageStore {
+            path: path.to_path_buf(),
+            file,
+            device: None,
+            mode,
+            reason,
+            size: report.file_size,
+            align,
+            pending: Pending::new(),
+            closed: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
+        })
+    }
+
+    fn open_device(path: &Path) -> Result<PageStore> {
+        let file = File::open(path).map_err(|e| with_path(e.into(), path))?;
+        // Pin first, map second: a map taken before pinning could be stale by the time
+        // the pin holds.
+        let was_immutable = get_flags(&file).map(|f| f & FS_IMMUTABLE_FL != 0).unwrap_or(false);
+        if !was_immutable {
+            set_immutable(&file, true).map_err(|e| IoError {
+                code: "EDEVICE_PIN".into(),
+                message: format!(
+                    "{}: cannot pin the file against moves by setting its immutable flag ({}); device mode needs root (CAP_LINUX_IMMUTABLE) and a filesystem with that flag",
+                    path.display(),
+                    e.desc()
+                ),
+                errno: Some(e as i32),
+            })?;
+        }
+        let unpin = |f: &File| {
+            if !was_immutable {
+                let _ = set_immutable(f, false);
+            }
+        };
+        let fail = |f: &File, e: IoError| {
+            unpin(f);
+            e
+        };
+        let report = check_open(&file, path, None).map_err(|e| fail(&file, e))?;
+        let Some(bdev) = report.device.clone().filter(|_| report.device_mode_ok()) else {
+            return Err(fail(&file, device_refused(path, &report)));
+        };
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&bdev.path)
+            .map_err(|e| {
+                let mut e: IoError = e.into();
+                e.message = format!(
+                    "cannot open {}, the block device under {}, for direct writes: {}; device mode needs root and a device this process may write",
+                    bdev.path.display(),
+                    path.display(),
+                    e.message
+                );
+                fail(&file, e)
+            })?;
+        let lbs = logical_block_size(&dev).unwrap_or(4096);
+        // Now that the device's real block size is known, check alignment against it.
+        let report = check_open(&file, path, Some(lbs)).map_err(|e| fail(&file, e))?;
+        if !report.device_mode_ok() {
+            return Err(fail(&file, device_refused(path, &report)));
+        }
+        drop_page_cache(&file);
+        let mut map = report.map.clone().map(|m| m.extents).unwrap_or_default();
+        map.sort_by_key(|e| e.logical);
+        Ok(PageStore {
+            path: path.to_path_buf(),
+            file,
+            device: Some(DeviceTarget { dev, path: bdev.path, map, pinned_by_us: !was_immutable }),
+            mode: Mode::Device,
+            reason: None,
+            size: report.file_size,
+            align: DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice },
+            pending: Pending::new(),
+            closed: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn alignment(&self) -> DioAlignment {
+        self.align
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn device_path(&self) -> Option<&Path> {
+        self.device.as_ref().map(|d| d.path.as_path())
+    }
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// Where a file range lives on the device: (device offset, offset in the range,
+    /// length) pieces. Fails unless the whole range is inside the mapped extents, so a
+    /// device-mode write cannot land anywhere the file does not own.
+    pub fn map_range(&self, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
+        let Some(d) = &self.device else {
+            return Err(IoError::new("EINVAL", "map_range is for device mode"));
+        };
+        map_range(&d.map, self.size, offset, len)
+    }
+
+    fn check_io(&self, what: &str, offset: u64, buf: &[u8]) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(IoError::new("ECLOSED", format!("{what} on {}: the page store is closed", self.path.display())));
+        }
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(IoError::new(
+                "EOUT_OF_RANGE",
+                format!(
+                    "{what} of {len} bytes at {offset} goes past the end of {} ({} bytes); a page store never grows a file",
+                    self.path.display(),
+                    self.size
+                ),
+            ));
+        }
+        if self.mode != Mode::Buffered {
+            let (oa, ma) = (self.align.offset, self.align.memory);
+            if offset % oa != 0 || len % oa != 0 || (buf.as_ptr() as u64) % ma != 0 {
+                return Err(IoError::new(
+                    "EALIGN",
+                    format!(
+                        "{what} at {offset}, {len} bytes, buffer address {:#x}: {} I/O needs offsets and lengths in multiples of {oa} and buffers aligned to {ma}; allocate buffers with allocAligned()",
+                        buf.as_ptr() as usize,
+                        self.mode.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset`, blocking. Not counted as pending: use `submit_write`
+    /// for tracked, asynchronous writes.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check_io("write", offset, buf)?;
+        self.write_unchecked(offset, buf)
+    }
+
+    fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let ctx = |e: std::io::Error| {
+            let mut e: IoError = e.into();
+            e.message = format!("write of {} bytes at {offset} to {}: {}", buf.len(), self.path.display(), e.message);
+            e
+        };
+        match &self.device {
+            None => self.file.write_all_at(buf, offset).map_err(ctx),
+            Some(d) => {
+                for (phys, at, n) in map_range(&d.map, self.size, offset, buf.len() as u64)? {
+                    d.dev.write_all_at(&buf[at..at + n], phys).map_err(ctx)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, blocking. In device mode the bytes come
+    /// from the device, with direct I/O, at the file's physical offsets.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_io("read", offset, buf)?;
+        let path = &self.path;
+        let len = buf.len();
+        let ctx = |e: std::io::Error| {
+            let mut e: IoError = e.into();
+            e.message = format!("read of {len} bytes at {offset} from {}: {}", path.display(), e.message);
+            e
+        };
+        match &self.device {
+            None => self.file.read_exact_at(buf, offset).map_err(ctx),
+            Some(d) => {
+                for (phys, at, n) in map_range(&d.map, self.size, offset, len as u64)? {
+                    d.dev.read_exact_at(&mut buf[at..at + n], phys).map_err(ctx)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes completed writes durable: fdatasync of the file, or of the device in
+    /// device mode (which flushes the device's volatile cache).
+    pub fn sync(&self) -> Result<()> {
+        let f = self.device.as_ref().map(|d| &d.dev).unwrap_or(&self.file);
+        nix::unistd::fdatasync(f).map_err(|e| {
+            let e = IoError::sys(e, format!("fdatasync {}", self.path.display()));
+            self.pending.begin();
+            self.pending.end(Some(&e));
+            e
+        })
+    }
+
+    /// Issues a tracked write on the I/O threads: counted pending from now until the
+    /// write completes, any I/O error kept as the sticky error, then `done` is called
+    /// with the result and the buffer back.
+    pub fn submit_write<B, F>(self: &Arc<Self>, offset: u64, buf: B, done: F)
+    where
+        B: AsRef<[u8]> + Send + 'static,
+        F: FnOnce(Result<()>, B) + Send + 'static,
+    {
+        // A misuse (misaligned, out of range, closed) is the caller's error, not the
+        // disk's: it is reported at once and never becomes the sticky write error.
+        if let Err(e) = self.check_io("write", offset, buf.as_ref()) {
+            return done(Err(e), buf);
+        }
+        self.pending.begin();
+        let store = self.clone();
+        IoPool::global().spawn(move || {
+            let r = store.write_unchecked(offset, buf.as_ref());
+            store.pending.end(r.as_ref().err());
+            done(r, buf)
+        });
+    }
+
+    /// A read on the I/O threads (not counted as pending).
+    pub fn submit_read<B, F>(self: &Arc<Self>, offset: u64, mut buf: B, done: F)
+    where
+        B: AsMut<[u8]> + Send + 'static,
+        F: FnOnce(Result<()>, B) + Send + 'static,
+    {
+        let store = self.clone();
+        IoPool::global().spawn(move || {
+            let r = store.read_at(offset, buf.as_mut());
+            done(r, buf)
+        });
+    }
+
+    pub fn wait_idle(&self, timeout: Option<Duration>) -> bool {
+        self.pending.wait_idle(timeout)
+    }
+
+    /// Waits for every pending write, syncs, unpins a device-mode file and drops its
+    /// stale page cache. Later I/O fails with ECLOSED. Returns the sticky write error,
+    /// if any write ever failed, so it is never lost.
+    pub fn close(&self) -> Result<()> {
+        let _g = self.close_lock.lock().unwrap();
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.pending.wait_idle(None);
+        let synced = nix::unistd::fdatasync(self.device.as_ref().map(|d| &d.dev).unwrap_or(&self.file));
+        if let Some(d) = &self.device {
+            if d.pinned_by_us {
+                let _ = set_immutable(&self.file, false);
+            }
+            drop_page_cache(&self.file);
+        }
+        if let Some(e) = self.pending.error() {
+            return Err(e);
+        }
+        synced.map_err(|e| IoError::sys(e, format!("fdatasync {} on close", self.path.display())))
+    }
+}
+
+impl Drop for PageStore {
+    fn drop(&mut self) {
+        // A store dropped without close (a crash of the JS side, a forgotten close) must
+        // not leave its file immutable.
+        let _ = self.close();
+    }
+}
+
+fn device_refused(path: &Path, report: &CheckReport) -> IoError {
+    IoError::new(
+        "EDEVICE_MODE_UNSUPPORTED",
+        format!(
+            "{} cannot be written on its device directly: {}; use file mode",
+            path.display(),
+            if report.device_mode_ok() { "no block device found".to_string() } else { report.summary(true) }
+        ),
+    )
+}
+
+/// See `PageStore::map_range`. `map` must be sorted by logical offset.
+pub fn map_range(map: &[Extent], size: u64, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
+    let out_of_extents = || {
+        IoError::new(
+            "EOUT_OF_EXTENTS",
+            format!("range {offset}+{len} is not wholly inside the file's mapped extents; refusing to write the device outside the file"),
+        )
+    };
+    let end = offset.checked_add(len).ok_or_else(out_of_extents)?;
+    if end > size {
+        return Err(out_of_extents());
+    }
+    let mut pieces = Vec::new();
+    let mut at = offset;
+    let first = map.partition_point(|e| e.end() <= offset);
+    for e in &map[first..] {
+        if at >= end {
+            break;
+        }
+        if e.logical > at {
+            return Err(out_of_extents()); // a gap in the map
+        }
+        let n = e.end().min(end) - at;
+        pieces.push((e.physical + (at - e.logical), (at - offset) as usize, n as usize));
+        at += n;
+    }
+    if at < end {
+        return Err(out_of_extents());
+    }
+    Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(logical: u64, physical: u64, length: u64) -> Extent {
+        Extent { logical, physical, length, flags: 0 }
+    }
+
+    #[test]
+    fn maps_across_extent_boundaries() {
+        let map = vec![ext(0, 1 << 20, 4096), ext(4096, 8 << 20, 8192)];
+        let p = map_range(&map, 12288, 2048, 4096).unwrap();
+        assert_eq!(p, vec![((1 << 20) + 2048, 0, 2048), (8 << 20, 2048, 2048)]);
+    }
+
+    #[test]
+    fn never_maps_outside_the_extents() {
+        let map = vec![ext(0, 1 << 20, 4096), ext(8192, 8 << 20, 4096)];
+        // past the end, into a gap, and overflow
+        assert_eq!(map_range(&map, 12288, 8192, 8192).unwrap_err().code, "EOUT_OF_EXTENTS");
+        assert_eq!(map_range(&map, 12288, 0, 8192).unwrap_err().code, "EOUT_OF_EXTENTS");
+        assert_eq!(map_range(&map, 12288, u64::MAX - 10, 4096).unwrap_err().code, "EOUT_OF_EXTENTS");
+        // every mapped piece lies inside one extent
+        for off in (0..12288).step_by(512) {
+            if let Ok(pieces) = map_range(&map, 12288, off, 512) {
+                for (phys, _, n) in pieces {
+                    assert!(map.iter().any(|e| phys >= e.physical && phys + n as u64 <= e.physical + e.length));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The Node binding of md-bitmap-io: a few coarse operations, every one that touches a
+//! disk run off the JavaScript thread and returned as a promise. Errors reach
+//! JavaScript as `Error` objects whose `code` is the core's (an errno name, or one of
+//! the project's own such as `EEXTENT_HOLE`).
+
+use md_bitmap_io::{self as io, IoError, PageStore, Requested};
+use napi::bindgen_prelude::*;
+use napi::{Env, JsValue};
+use napi_derive::napi;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds the JS error for a core error, on the JS thread, so `code` is the core's.
+fn js_error(env: &Env, e: &IoError) -> Error {
+    let made = env.create_error(Error::new(Status::GenericFailure, e.message.clone())).and_then(|mut obj| {
+        obj.set("code", e.code.as_str())?;
+        if let Some(n) = e.errno {
+            obj.set("errno", n)?;
+        }
+        Ok(Error::from(obj.to_unknown()))
+    });
+    made.unwrap_or_else(|err| err)
+}
+
+/// Runs `work` on the core's I/O threads and settles a promise with its result,
+/// converted on the JS thread by `convert`.
+fn run<T, R, W, C>(env: &Env, work: W, convert: C) -> Result<Object<'_>>
+where
+    T: Send + 'static,
+    R: ToNapiValue + 'static,
+    W: FnOnce() -> io::Result<T> + Send + 'static,
+    C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
+{
+    let (deferred, promise) = env.create_deferred()?;
+    io::pool::IoPool::global().spawn(move || {
+        let result = work();
+        deferred.resolve(move |env| match result {
+            Ok(v) => convert(&env, v),
+            Err(e) => Err(js_error(&env, &e)),
+        });
+    });
+    Ok(promise)
+}
+
+fn invalid(env: &Env, message: String) -> Error {
+    js_error(env, &IoError::new("EINVAL", message))
+}
+
+fn offset_arg(env: &Env, what: &str, v: f64) -> Result<u64> {
+    if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 9007199254740991.0 {
+        Ok(v as u64)
+    } else {
+        Err(invalid(env, format!("{what} must be a non-negative safe integer, got {v}")))
+    }
+}
+
+#[napi(object)]
+pub struct ExtentInfo {
+    pub logical: f64,
+    pub physical: f64,
+    pub length: f64,
+    pub flags: Vec<String>,
+}
+
+#[napi(object)]
+pub struct ExtentMapInfo {
+    pub file_size: f64,
+    pub block_size: f64,
+    /// "fiemap" or "fibmap".
+    #[napi(ts_type = "'fiemap' | 'fibmap'")]
+    pub source: String,
+    pub extents: Vec<ExtentInfo>,
+}
+
+#[napi(object)]
+pub struct ProblemInfo {
+    pub code: String,
+    pub message: String,
+    pub offset: Option<f64>,
+    pub length: Option<f64>,
+    pub blocks_file_mode: bool,
+    pub blocks_device_mode: bool,
+}
+
+#[napi(object)]
+pub struct CheckInfo {
+    pub file_size: f64,
+    pub fs_type: String,
+    pub device: Option<String>,
+    pub file_mode_ok: bool,
+    pub device_mode_ok: bool,
+    pub problems: Vec<ProblemInfo>,
+    pub map: Option<ExtentMapInfo>,
+}
+
+fn map_info(m: io::ExtentMap) -> ExtentMapInfo {
+    ExtentMapInfo {
+        file_size: m.file_size as f64,
+        block_size: m.block_size as f64,
+        source: match m.source {
+            io::MapSource::Fiemap => "fiemap",
+            io::MapSource::Fibmap => "fibmap",
+        }
+        .into(),
+        extents: m
+            .extents
+            .iter()
+            .map(|e| ExtentInfo {
+                logical: e.logical as f64,
+                physical: e.physical as f64,
+                length: e.length as f64,
+                flags: e.flag_names().into_iter().map(String::from).collect(),
+            })
+            .collect(),
+    }
+}
+
+#[napi(ts_return_type = "Promise<ExtentMapInfo>")]
+pub fn extents(env: &Env, path: String) -> Result<Object<'_>> {
+    run(env, move || io::extents(&PathBuf::from(path)), |_, m| Ok(map_info(m)))
+}
+
+#[napi(ts_return_type = "Promise<CheckInfo>")]
+pub fn check(env: &Env, path: String) -> Result<Object<'_>> {
+    run(env, move || io::check(&PathBuf::from(path)), |_, r| {
+        Ok(CheckInfo {
+            file_size: r.file_size as f64,
+            fs_type: r.fs.name.clone(),
+            device: r.device.as_ref().map(|d| d.path.display().to_string()),
+            file_mode_ok: r.file_mode_ok(),
+            device_mode_ok: r.device_mode_ok(),
+            problems: r
+                .problems
+                .iter()
+                .map(|p| ProblemInfo {
+                    code: p.code.into(),
+                    message: p.message.clone(),
+                    offset: p.offset.map(|v| v as f64),
+                    length: p.length.map(|v| v as f64),
+                    blocks_file_mode: p.blocks_file_mode,
+                    blocks_device_mode: p.blocks_device_mode,
+                })
+                .collect(),
+            map: r.map.map(map_info),
+        })
+    })
+}
+
+/// How far into `view` the first byte aligned to `align` is. JavaScript over-allocates
+/// an ArrayBuffer and takes an aligned view at this offset: V8 never moves an
+/// ArrayBuffer's backing store, so the view stays aligned, and no external buffer
+/// (which some runtimes refuse) is involved.
+#[napi]
+pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> {
+    if !align.is_power_of_two() {
+        return Err(invalid(env, format!("alignment {align} is not a power of two")));
+    }
+    Ok(io::align::offset_to_alignment(view.as_ptr() as usize, align as usize) as u32)
+}
+
+#[napi(ts_return_type = "Promise<NativeStore>")]
+pub fn open_store(env: &Env, path: String, #[napi(ts_arg_type = "'file' | 'device'")] mode: String) -> Result<Object<'_>> {
+    let requested = match mode.as_str() {
+        "file" => Requested::File,
+        "device" => Requested::Device,
+        other => {
+            return Err(invalid(env, format!("mode must be 'file' or 'device', got '{other}'")))
+        }
+    };
+    run(env, move || PageStore::open(&PathBuf::from(path), requested), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
+}
+
+/// A JS view written into by an I/O thread; JS must not touch it until the promise settles.
+struct Target(Uint8Array);
+impl AsMut<[u8]> for Target {
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the view is held (alive) until the read settles, and the contract of
+        // `read` is that JS leaves it alone meanwhile, as with fs.read.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+#[napi(object)]
+pub struct StoreError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A page store opened on one file. See md-bitmap-io's `PageStore`.
+#[napi]
+pub struct NativeStore {
+    inner: Arc<PageStore>,
+}
+
+#[napi]
+impl NativeStore {
+    /// "direct", "buffered" or "device".
+    #[napi(getter, ts_return_type = "'direct' | 'buffered' | 'device'")]
+    pub fn mode(&self) -> &'static str {
+        self.inner.mode().name()
+    }
+    /// Why the store is buffered, when it is.
+    #[napi(getter)]
+    pub fn reason(&self) -> Option<String> {
+        self.inner.reason().map(String::from)
+    }
+    #[napi(getter)]
+    pub fn size(&self) -> f64 {
+        self.inner.size() as f64
+    }
+    /// Buffers, offsets and lengths must be multiples of this (direct and device modes).
+    #[napi(getter)]
+    pub fn alignment(&self) -> u32 {
+        self.inner.alignment().both() as u32
+    }
+    /// Where the alignment came from: "statx", "block-device" or "default".
+    #[napi(getter, ts_return_type = "'statx' | 'block-device' | 'default'")]
+    pub fn alignment_source(&self) -> &'static str {
+        match self.inner.alignment().source {
+            io::AlignSource::Statx => "statx",
+            io::AlignSource::BlockDevice => "block-device",
+            io::AlignSource::Default => "default",
+        }
+    }
+    /// The block device written in device mode.
+    #[napi(getter)]
+    pub fn device(&self) -> Option<String> {
+        self.inner.device_path().map(|p| p.display().to_string())
+    }
+
+    /// Writes `data` at `offset`. Many may be in flight at once; each counts as pending
+    /// until it completes.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write<'e>(&self, env: &'e Env, data: Uint8Array, offset: f64) -> Result<Object<'e>> {
+        let offset = offset_arg(env, "offset", offset)?;
+        let (deferred, promise) = env.create_deferred()?;
+        self.inner.submit_write(offset, data, move |r, data| {
+            // The view is released on the JS thread, with the settlement.
+            deferred.resolve(move |env| {
+                drop(data);
+                r.map_err(|e| js_error(&env, &e))
+            })
+        });
+        Ok(promise)
+    }
+
+    /// Reads `target.length` bytes at `offset` into `target`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn read<'e>(&self, env: &'e Env, target: Uint8Array, offset: f64) -> Result<Object<'e>> {
+        let offset = offset_arg(env, "offset", offset)?;
+        let (deferred, promise) = env.create_deferred()?;
+        self.inner.submit_read(offset, Target(target), move |r, target| {
+            deferred.resolve(move |env| {
+                drop(target);
+                r.map_err(|e| js_error(&env, &e))
+            })
+        });
+        Ok(promise)
+    }
+
+    /// fdatasync: makes completed writes durable.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn sync<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
+        let s = self.inner.clone();
+        run(env, move || s.sync(), |_, ()| Ok(()))
+    }
+
+    /// Resolves once no write is in flight: `true`, or `false` if `timeoutMs` passed first.
+    #[napi(ts_return_type = "Promise<boolean>")]
+    pub fn wait_idle<'e>(&self, env: &'e Env, timeout_ms: Option<f64>) -> Result<Object<'e>> {
+        let s = self.inner.clone();
+        let timeout = timeout_ms.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Duration::from_micros((t * 1000.0) as u64));
+        run(env, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
+    }
+
+    /// Writes in flight now.
+    #[napi]
+    pub fn pending(&self) -> u32 {
+        self.inner.pending().count() as u32
+    }
+
+    /// The first write error this store saw, or null. Sticky until close.
+    #[napi]
+    pub fn error(&self) -> Option<StoreError> {
+        self.inner.pending().error().map(|e| StoreError { code: e.code, message: e.message })
+    }
+
+    /// Waits for pending writes, syncs, and releases the file (unpinning it in device
+    /// mode). Rejects with the sticky write error if any write ever failed.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
+        let s = self.inner.clone();
+        run(env, move || s.close(), |_, ()| Ok(()))
+    }
+}

@@ -1,0 +1,69 @@
+/**
+ * Every error md-bitmap raises is an {@link MdBitmapError}: a string `code` to branch
+ * on, and a message that says what happened and what to do about it.
+ *
+ * Codes are either errno names from the operating system (`EIO`, `ENOSPC`, `EPERM`, …)
+ * or the project's own:
+ *
+ * | code | meaning |
+ * |---|---|
+ * | `EEXTENT_HOLE` | the file has a hole: blocks never allocated |
+ * | `EEXTENT_UNWRITTEN` | allocated with fallocate but never written |
+ * | `EEXTENT_DELALLOC` | delayed allocation not yet resolved |
+ * | `EEXTENT_INLINE` | data kept inline in filesystem metadata |
+ * | `EEXTENT_ENCODED` | data compressed or encrypted on disk |
+ * | `EEXTENT_SHARED` | blocks shared with another file (reflink) |
+ * | `EEXTENT_NOT_ALIGNED` | an extent not aligned to the device's blocks |
+ * | `EEXTENT_UNKNOWN` | the filesystem does not say where the data is |
+ * | `EDEVICE_NOT_PHYSICAL` | FIEMAP addresses are not device offsets (btrfs) |
+ * | `EDEVICE_NOT_SINGLE` | the filesystem is not on one block device |
+ * | `EFIEMAP_UNSUPPORTED` | the filesystem cannot map its blocks (tmpfs) |
+ * | `EFILE_MODE_UNSUPPORTED` | the file cannot be written in place |
+ * | `EDEVICE_MODE_UNSUPPORTED` | the file cannot be written on its device directly |
+ * | `EDEVICE_PIN` | the file could not be pinned (made immutable) for device mode |
+ * | `EOUT_OF_EXTENTS` | a device-mode write would fall outside the file's extents |
+ * | `EOUT_OF_RANGE` | an I/O past the end of the file |
+ * | `EALIGN` | an offset, length or buffer not aligned for direct I/O |
+ * | `ECLOSED` | the page store was closed |
+ * | `ENATIVE_LOAD` | the native addon could not be loaded |
+ * | `ENOT_REGULAR_FILE` | the path is not a regular file |
+ * | `EINVAL` | an argument is out of range |
+ *
+ * @module
+ */
+
+/** An error raised by md-bitmap. */
+export class MdBitmapError extends Error {
+  /** Stable, machine-readable: an errno name or one of the codes listed in this module. */
+  readonly code: string
+  /** The OS error number, when the error came from a system call. */
+  readonly errno?: number
+
+  constructor(code: string, message: string, options?: { cause?: unknown; errno?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause })
+    this.name = 'MdBitmapError'
+    this.code = code
+    if (options?.errno !== undefined) this.errno = options.errno
+  }
+}
+
+/** Turns whatever the native layer threw into an {@link MdBitmapError}, keeping its code. */
+export function fromNative(e: unknown): MdBitmapError {
+  if (e instanceof MdBitmapError) return e
+  const err = e as { code?: unknown; errno?: unknown; message?: unknown }
+  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? err.code : 'EINTERNAL'
+  const message = typeof err?.message === 'string' ? err.message : String(e)
+  return new MdBitmapError(code, message, {
+    cause: e,
+    errno: typeof err?.errno === 'number' ? err.errno : undefined,
+  })
+}
+
+/** Awaits a native promise, rethrowing its rejection as an {@link MdBitmapError}. */
+export async function native<T>(p: Promise<T> | (() => Promise<T>)): Promise<T> {
+  try {
+    return await (typeof p === 'function' ? p() : p)
+  } catch (e) {
+    throw fromNative(e)
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * Page stores, extent maps and aligned buffers: the block I/O that the bitmap and the
+ * mirror are built on, done by the native core off the JavaScript thread.
+ *
+ * @module
+ */
+import type { CheckInfo, ExtentMapInfo, NativeStore } from './binding'
+import { MdBitmapError, native } from './errors'
+import { binding } from './native'
+
+export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './binding'
+
+/** How a page store reaches the disk. */
+export type StoreMode = 'direct' | 'buffered' | 'device'
+
+/**
+ * The extents of a file, from FIEMAP (or FIBMAP where FIEMAP is missing).
+ * Rejects with `EFIEMAP_UNSUPPORTED` on filesystems that cannot map blocks (tmpfs).
+ */
+export function extents(path: string): Promise<ExtentMapInfo> {
+  return native(() => binding().extents(path))
+}
+
+/**
+ * Judges a file for in-place page writes (`fileModeOk`) and for device mode
+ * (`deviceModeOk`), listing every problem found with its code and where it is.
+ */
+export function check(path: string): Promise<CheckInfo> {
+  return native(() => binding().check(path))
+}
+
+/**
+ * A zero-filled `Uint8Array` of `size` bytes whose address is a multiple of `align`,
+ * as direct I/O needs. It is a view into a slightly larger, ordinary `ArrayBuffer`
+ * (never a copy, never an external buffer).
+ */
+export function allocAligned(size: number, align = 4096): Uint8Array {
+  if (!Number.isSafeInteger(size) || size < 0) throw new MdBitmapError('EINVAL', `size must be a non-negative integer, got ${size}`)
+  if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0) {
+    throw new MdBitmapError('EINVAL', `alignment must be a power of two, got ${align}`)
+  }
+  const backing = new Uint8Array(size + align)
+  const offset = binding().alignmentOffset(backing, align)
+  return new Uint8Array(backing.buffer, offset, size)
+}
+
+/** Options of {@link PageStore.open}. */
+export interface PageStoreOptions {
+  /**
+   * `'file'` (default): write the file through its filesystem, with O_DIRECT where the
+   * filesystem allows it. `'device'`: write its blocks straight on the block device
+   * under the filesystem (needs root; refused where unsafe, see {@link check}).
+   */
+  mode?: 'file' | 'device'
+}
+
+/**
+ * Positional, aligned page I/O on one existing, fully allocated file. Many writes may
+ * be in flight at once; {@link PageStore.waitIdle} waits for all of them. The first
+ * write error is kept ({@link PageStore.error}) and reported again by
+ * {@link PageStore.close}, so it is never lost.
+ *
+ * @example
+ * ```ts
+ * const store = await PageStore.open('/var/lib/vm/disk.bitmap')
+ * const page = allocAligned(4096, store.alignment)
+ * page.fill(0xff)
+ * await store.write(page, 0)
+ * await store.sync()
+ * await store.close()
+ * ```
+ */
+export class PageStore {
+  private constructor(private readonly inner: NativeStore) {}
+
+  /** Opens a page store on an existing file. */
+  static async open(path: string, options: PageStoreOptions = {}): Promise<PageStore> {
+    const mode = options.mode ?? 'file'
+    return new PageStore(await native(() => binding().openStore(path, mode)))
+  }
+
+  /** `'direct'`, `'buffered'` (where direct I/O is refused or meaningless; see {@link reason}) or `'device'`. */
+  get mode(): StoreMode {
+    return this.inner.mode
+  }
+  /** Why the store is buffered, when it is. */
+  get reason(): string | null {
+    return this.inner.reason
+  }
+  /** The file's size in bytes; a store never changes it. */
+  get size(): number {
+    return this.inner.size
+  }
+  /** Offsets, lengths and buffer addresses must be multiples of this (except in buffered mode). */
+  get alignment(): number {
+    return this.inner.alignment
+  }
+  /** Where {@link alignment} came from. */
+  get alignmentSource(): 'statx' | 'block-device' | 'default' {
+    return this.inner.alignmentSource
+  }
+  /** The block device written in device mode, else null. */
+  get device(): string | null {
+    return this.inner.device
+  }
+
+  /** Writes `data` at `offset`; the buffer must not change until the promise settles. */
+  write(data: Uint8Array, offset: number): Promise<void> {
+    return native(() => this.inner.write(data, offset))
+  }
+  /** Reads `target.length` bytes at `offset` into `target`. */
+  read(target: Uint8Array, offset: number): Promise<void> {
+    return native(() => this.inner.read(target, offset))
+  }
+  /** fdatasync: completed writes become durable. */
+  sync(): Promise<void> {
+    return native(() => this.inner.sync())
+  }
+  /** Resolves `true` once no write is in flight, or `false` if `timeoutMs` passes first. */
+  waitIdle(timeoutMs?: number): Promise<boolean> {
+    return native(() => this.inner.waitIdle(timeoutMs))
+  }
+  /** Writes in flight now. */
+  get pending(): number {
+    return this.inner.pending()
+  }
+  /** The first write error this store saw, or null. */
+  error(): MdBitmapError | null {
+    const e = this.inner.error()
+    return e ? new MdBitmapError(e.code, e.message) : null
+  }
+  /** Waits for pending writes, syncs and releases the file; rejects with the sticky error if any write failed. */
+  close(): Promise<void> {
+    return native(() => this.inner.close())
+  }
+}
