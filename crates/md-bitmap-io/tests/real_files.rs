@@ -1,0 +1,143 @@
+//! The core against real files on the filesystem the tests run on, and on /dev/shm
+//! (tmpfs). Loop devices, other filesystems and device mode are covered by the
+//! JavaScript suite, which can mount them.
+
+use md_bitmap_io::{check, extents, AlignedBuf, MapSource, Mode, PageStore, Requested};
+use nix::libc;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(base: &str, tag: &str) -> TempDir {
+        let p = PathBuf::from(base).join(format!("md-bitmap-io-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn written_file(path: &Path, size: usize, byte: u8) {
+    let mut f = File::create(path).unwrap();
+    f.write_all(&vec![byte; size]).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_written_file_is_wholly_mapped_and_accepted() {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "written");
+    let p = d.0.join("f");
+    written_file(&p, 1 << 20, 0x5a);
+    let m = extents(&p).unwrap();
+    assert_eq!(m.source, MapSource::Fiemap);
+    assert_eq!(m.file_size, 1 << 20);
+    let covered: u64 = m.extents.iter().map(|e| e.length).sum();
+    assert!(covered >= 1 << 20, "extents cover {covered} of {} bytes", 1 << 20);
+    assert!(m.extents.last().unwrap().flags & md_bitmap_io::extents::FIEMAP_EXTENT_LAST != 0);
+    let r = check(&p).unwrap();
+    assert!(r.file_mode_ok(), "{:?}", r.problems);
+}
+
+#[test]
+fn holes_and_unwritten_extents_are_named() {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "holes");
+    let sparse = d.0.join("sparse");
+    let f = File::create(&sparse).unwrap();
+    f.set_len(1 << 20).unwrap();
+    f.write_all_at(&[1u8; 4096], 512 * 1024).unwrap();
+    f.sync_all().unwrap();
+    let r = check(&sparse).unwrap();
+    let holes: Vec<_> = r.problems.iter().filter(|p| p.code == "EEXTENT_HOLE").collect();
+    assert_eq!(holes.len(), 2, "{:?}", r.problems);
+    assert_eq!(holes[0].offset, Some(0));
+    assert!(!r.file_mode_ok());
+    assert_eq!(PageStore::open(&sparse, Requested::File).err().unwrap().code, "EFILE_MODE_UNSUPPORTED");
+
+    let unwritten = d.0.join("unwritten");
+    let f = File::create(&unwritten).unwrap();
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) };
+    assert_eq!(rc, 0, "fallocate");
+    let r = check(&unwritten).unwrap();
+    assert!(r.problems.iter().any(|p| p.code == "EEXTENT_UNWRITTEN"), "{:?}", r.problems);
+    assert!(!r.file_mode_ok());
+    // Written once, the same file is accepted.
+    f.write_all_at(&vec![0u8; 1 << 20], 0).unwrap();
+    f.sync_all().unwrap();
+    assert!(check(&unwritten).unwrap().file_mode_ok());
+}
+
+#[test]
+fn direct_store_round_trips_and_tracks_pending_writes() {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "store");
+    let p = d.0.join("f");
+    written_file(&p, 1 << 20, 0);
+    let store = Arc::new(PageStore::open(&p, Requested::File).unwrap());
+    assert_eq!(store.mode(), Mode::Direct);
+    let align = store.alignment().both() as usize;
+    let (tx, rx) = mpsc::channel();
+    for i in 0..1000u64 {
+        let mut page = AlignedBuf::new(4096, align);
+        page.fill((i % 251) as u8);
+        let tx = tx.clone();
+        store.submit_write((i % 256) * 4096, page, move |r, _| tx.send(r).unwrap());
+    }
+    assert!(store.wait_idle(None));
+    assert_eq!(store.pending().count(), 0);
+    drop(tx);
+    assert_eq!(rx.iter().filter(|r| r.is_ok()).count(), 1000);
+    store.sync().unwrap();
+    // The last write to each page wins: page k was last written by i = 768 + k (k < 232) or 512 + k.
+    let mut back = AlignedBuf::new(4096, align);
+    for k in 0..256u64 {
+        store.read_at(k * 4096, &mut back).unwrap();
+        let last = if k < 1000 - 768 { 768 + k } else { 512 + k };
+        assert!(back.iter().all(|&b| b == (last % 251) as u8), "page {k}");
+    }
+    assert_eq!(store.write_at(1, &back[..512]).unwrap_err().code, "EALIGN");
+    assert_eq!(store.write_at(1 << 20, &back).unwrap_err().code, "EOUT_OF_RANGE");
+    assert!(store.pending().error().is_none(), "misuse must not become the sticky I/O error");
+    store.close().unwrap();
+    assert_eq!(store.write_at(0, &back).unwrap_err().code, "ECLOSED");
+    // What the store wrote is what the file holds.
+    let bytes = fs::read(&p).unwrap();
+    assert!(bytes[..4096].iter().all(|&b| b == (768 % 251) as u8));
+}
+
+#[test]
+fn tmpfs_cannot_be_mapped_and_falls_back_to_buffered() {
+    if !Path::new("/dev/shm").is_dir() {
+        panic!("/dev/shm (tmpfs) is needed for this test");
+    }
+    let d = TempDir::new("/dev/shm", "tmpfs");
+    let p = d.0.join("f");
+    written_file(&p, 64 * 1024, 3);
+    assert_eq!(extents(&p).unwrap_err().code, "EFIEMAP_UNSUPPORTED");
+    let r = check(&p).unwrap();
+    assert!(r.file_mode_ok());
+    assert!(!r.device_mode_ok());
+    assert!(r.problems.iter().any(|p| p.code == "EFIEMAP_UNSUPPORTED"));
+    let s = PageStore::open(&p, Requested::File).unwrap();
+    assert_eq!(s.mode(), Mode::Buffered);
+    assert!(s.reason().unwrap().contains("tmpfs"));
+    s.write_at(100, b"hello").unwrap(); // buffered: no alignment needed
+    let mut back = [0u8; 5];
+    s.read_at(100, &mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    assert_eq!(PageStore::open(&p, Requested::Device).err().unwrap().code, "EDEVICE_MODE_UNSUPPORTED");
+}
+
+#[test]
+fn not_a_regular_file_is_refused() {
+    assert_eq!(check(Path::new("/dev/null")).unwrap_err().code, "ENOT_REGULAR_FILE");
+    assert_eq!(extents(Path::new("/nonexistent/x")).unwrap_err().code, "ENOENT");
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond Node and Rust: filesystem tools for the loop-mounted
+# filesystems, mdadm (the outside judge of the bitmap format) and fio (the baseline of
+# the I/O benchmark). Debian/Ubuntu only; needs root. Run by .ci/run; run it yourself
+# once on a development machine to run every test instead of skipping some.
+set -euo pipefail
+need=()
+for pair in mkfs.ext4:e2fsprogs filefrag:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
+            mdadm:mdadm fio:fio losetup:mount fallocate:util-linux lsattr:e2fsprogs; do
+  cmd=${pair%%:*} pkg=${pair##*:}
+  PATH="$PATH:/sbin:/usr/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-test-deps: everything is already installed"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "install-test-deps: missing ${need[*]}; run this script as root to install them" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u)
