@@ -7,3 +7,8 @@
 export { MdBitmapError } from './errors'
 export { PageStore, allocAligned, check, extents } from './store'
 export type { CheckInfo, ExtentInfo, ExtentMapInfo, PageStoreOptions, ProblemInfo, StoreMode } from './store'
+export { Bitmap } from './bitmap'
+export type { BitmapStats, CreateOptions, OpenOptions, Range } from './bitmap'
+export { COUNTER_MAX, NEEDED, RESYNC } from './counters'
+export { decode as decodeSuperblock, encode as encodeSuperblock, mdadmUuid } from './superblock'
+export type { Superblock, SuperblockInput } from './superblock'

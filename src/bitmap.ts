@@ -1,0 +1,550 @@
+/**
+ * A write-intent bitmap in a file, in the on-disk format of Linux md: one bit per
+ * chunk of the data it covers, set (durably) before any write to the chunk is issued,
+ * cleared lazily once every write to it completed and it stayed idle.
+ *
+ * The counters' state machine is described in `counters.ts`, the daemon in
+ * `daemon.ts`, the page attributes in `pages.ts`.
+ *
+ * @module
+ */
+import { EventEmitter } from 'node:events'
+import { randomBytes } from 'node:crypto'
+import { open as openFile, unlink } from 'node:fs/promises'
+import { Counters, NEEDED, RESYNC } from './counters'
+import { Daemon, type DaemonTarget } from './daemon'
+import { MdBitmapError } from './errors'
+import { PAGE_SIZE, PageImage } from './pages'
+import { PageStore, allocAligned, check, type StoreMode } from './store'
+import {
+  SUPERBLOCK_SIZE,
+  STATE_STALE,
+  bitVersion,
+  chunkCount,
+  clearBit,
+  decode,
+  dirtyCount,
+  encode,
+  getBit,
+  pagedFileSize,
+  parseUuid,
+  setBit,
+  type Superblock,
+} from './superblock'
+
+/** Options of {@link Bitmap.create}. */
+export interface CreateOptions {
+  /** Bytes of data the bitmap covers: a positive multiple of 512. */
+  size: number
+  /** Bytes of data per bit: a power of two, at least 512. */
+  chunkSize: number
+  /** Seconds between daemon passes (1 to 86400). Default 5. */
+  daemonSleep?: number
+  /** Most write-behind writes outstanding at once (0 to 16383; 0 = off). Default 0. */
+  writeBehind?: number
+  /** The array's identity: 16 bytes or 32 hex digits. Default: random. */
+  uuid?: Uint8Array | string
+  /** `'file'` (default) or `'device'`; see {@link PageStore.open}. */
+  mode?: 'file' | 'device'
+  /** Allow a filesystem that does not survive a reboot (tmpfs). Default false. */
+  allowVolatile?: boolean
+  /** Replace an existing file. Default false: an existing file is an `EEXIST` error. */
+  overwrite?: boolean
+}
+
+/** Options of {@link Bitmap.open}. */
+export interface OpenOptions {
+  mode?: 'file' | 'device'
+  /** The uuid the bitmap must carry (`EUUID` otherwise). */
+  uuid?: Uint8Array | string
+  /**
+   * The mirror's event count. A bitmap whose events are older is stale: it missed
+   * changes, so every chunk is marked for resync.
+   */
+  events?: bigint
+  allowVolatile?: boolean
+}
+
+/** A byte range of the data. */
+export interface Range {
+  offset: number
+  length: number
+}
+
+/** What {@link Bitmap.stats} reports. */
+export interface BitmapStats {
+  chunks: number
+  chunkSize: number
+  /** Chunks whose bit is set in the page image. */
+  dirty: number
+  /** Page writes issued since open. */
+  pagesWritten: number
+  behindWrites: number
+  /** The most write-behind writes seen outstanding at once. */
+  behindWritesHighWater: number
+  maxWriteBehind: number
+  mode: StoreMode
+  /** Set once a write to the bitmap failed: the bitmap is no longer used. */
+  kicked: boolean
+  events: bigint
+  eventsCleared: bigint
+}
+
+const VOLATILE_FS = new Set(['tmpfs', 'ramfs'])
+const SECTOR = 512
+
+/**
+ * A write-intent bitmap file.
+ *
+ * Events: `'error'` (a write to the bitmap failed; it has been kicked). With no
+ * listener the error is still kept in {@link Bitmap.error} and `close()` rejects
+ * with it.
+ *
+ * @example
+ * ```ts
+ * const bitmap = await Bitmap.create('/var/lib/vm/disk.bitmap', {
+ *   size: 10 * 2 ** 30, chunkSize: 64 * 2 ** 20,
+ * })
+ * await bitmap.startWrite(offset, data.length)    // bits durable
+ * await writeTheDataEverywhere(data, offset)
+ * bitmap.endWrite(offset, data.length)
+ * await bitmap.close()
+ * ```
+ */
+export class Bitmap extends EventEmitter implements DaemonTarget {
+  private readonly counters: Counters
+  private readonly pages: PageImage
+  private readonly daemon: Daemon
+  private readonly bits: Uint8Array
+  private readonly bitVersion: 3 | 4
+  private unplugging: Promise<void> | undefined
+  private fullWaiters: (() => void)[] = []
+  private syncCheckpoint = 0
+  private closed = false
+  private _needSync = false
+  private _degraded = false
+  private _error: MdBitmapError | undefined
+  private _behind = 0
+  private _behindHigh = 0
+
+  private constructor(
+    readonly path: string,
+    private readonly store: PageStore,
+    image: Uint8Array,
+    private sb: Superblock,
+    /** True when the bitmap was found stale at open: every chunk was marked for resync. */
+    readonly wasStale: boolean,
+    private readonly mirrorEvents: bigint | undefined,
+  ) {
+    super()
+    this.bits = image.subarray(SUPERBLOCK_SIZE)
+    this.bitVersion = bitVersion(sb)
+    this.counters = new Counters(chunkCount(sb))
+    this.pages = new PageImage(store, image, (e) => this.kick(e))
+    this.daemon = new Daemon(this, (e) => this.kick(e))
+  }
+
+  /** Creates a new bitmap file, fully written (no holes, no unwritten extents), and opens it. */
+  static async create(path: string, options: CreateOptions): Promise<Bitmap> {
+    const { size, chunkSize } = options
+    if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0) {
+      throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
+    }
+    const uuid = options.uuid === undefined ? randomBytes(16) : parseUuid(options.uuid)
+    const header = encode({
+      uuid,
+      syncSize: size / SECTOR,
+      chunkSize,
+      daemonSleep: options.daemonSleep ?? 5,
+      writeBehind: options.writeBehind ?? 0,
+    })
+    const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
+    file.set(header)
+    let fh
+    try {
+      fh = await openFile(path, options.overwrite ? 'w' : 'wx')
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException
+      const hint = err.code === 'EEXIST' ? '; open it with Bitmap.open, or pass overwrite: true to replace it' : ''
+      throw new MdBitmapError(err.code ?? 'EIO', `cannot create ${path}: ${err.message}${hint}`, { cause: e })
+    }
+    try {
+      // Written in full and synced, so every block is allocated and written.
+      await fh.writeFile(file)
+      await fh.sync()
+    } catch (e) {
+      await fh.close().catch(() => {})
+      await unlink(path).catch(() => {})
+      const err = e as NodeJS.ErrnoException
+      throw new MdBitmapError(err.code ?? 'EIO', `cannot write ${path}: ${err.message}; nothing was left behind`, { cause: e })
+    }
+    await fh.close()
+    try {
+      return await Bitmap.open(path, { mode: options.mode, allowVolatile: options.allowVolatile })
+    } catch (e) {
+      await unlink(path).catch(() => {})
+      throw e
+    }
+  }
+
+  /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
+  static async open(path: string, options: OpenOptions = {}): Promise<Bitmap> {
+    const report = await check(path)
+    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) {
+      throw new MdBitmapError(
+        'EVOLATILE',
+        `${path} is on ${report.fsType}, which does not survive a reboot: after a crash the bitmap would be gone and nothing would say which chunks to resync; put it on a disk filesystem (or pass allowVolatile: true for tests)`,
+      )
+    }
+    const store = await PageStore.open(path, { mode: options.mode ?? 'file' })
+    try {
+      if (store.size < SUPERBLOCK_SIZE || store.size % store.alignment !== 0) {
+        throw new MdBitmapError(
+          'ESHORTFILE',
+          `${path} is ${store.size} bytes: a bitmap file holds a 256-byte superblock and is a whole number of ${store.alignment}-byte blocks; recreate it with Bitmap.create`,
+        )
+      }
+      const image = allocAligned(store.size, store.alignment)
+      await store.read(image, 0)
+      const sb = decode(image, { uuid: options.uuid, fileSize: store.size })
+      const stale = (sb.state & STATE_STALE) !== 0 || (options.events !== undefined && sb.events < options.events)
+      const bitmap = new Bitmap(path, store, image, sb, stale, options.events)
+      await bitmap.load()
+      return bitmap
+    } catch (e) {
+      await store.close().catch(() => {})
+      throw e
+    }
+  }
+
+  private async load(): Promise<void> {
+    const chunks = this.counters.chunks
+    if (this.wasStale) {
+      // Out of date: it may lack bits for writes it never saw. Every chunk is dirty,
+      // on disk too, before STALE is dropped from the superblock.
+      for (let c = 0; c < chunks; c++) {
+        if (!setBit(this.bits, c, this.bitVersion)) this.pages.markNeedWrite(this.pageOf(c))
+        this.counters.loadDirty(c)
+      }
+      if (this.mirrorEvents !== undefined && this.mirrorEvents > this.sb.events) this.sb.events = this.mirrorEvents
+      await this.pages.flushNeedWrite()
+      this.sb.state &= ~STATE_STALE
+      await this.syncSuperblock()
+    } else {
+      for (let c = 0; c < chunks; c++) if (getBit(this.bits, c, this.bitVersion)) this.counters.loadDirty(c)
+    }
+    this.throwIfError()
+    this.daemon.start(this.sb.daemonSleep)
+  }
+
+  // -- geometry -------------------------------------------------------------------
+
+  /** Bytes of data covered. */
+  get size(): number {
+    return this.sb.syncSize * SECTOR
+  }
+  get chunkSize(): number {
+    return this.sb.chunkSize
+  }
+  get chunks(): number {
+    return this.counters.chunks
+  }
+  get uuid(): Uint8Array {
+    return this.sb.uuid.slice()
+  }
+  /** The superblock as it stands in memory (a copy). */
+  get superblock(): Superblock {
+    return { ...this.sb, uuid: this.sb.uuid.slice() }
+  }
+  /** Write-behind limit from the superblock (0 = write-behind off). */
+  get maxWriteBehind(): number {
+    return this.sb.writeBehind
+  }
+  get behindWrites(): number {
+    return this._behind
+  }
+  get behindWritesHighWater(): number {
+    return this._behindHigh
+  }
+  /** The write error that kicked this bitmap, if one did. */
+  get error(): MdBitmapError | undefined {
+    return this._error
+  }
+
+  private pageOf(chunk: number): number {
+    // The bit's byte within the file; version 3 keeps a chunk's bit within its 8-byte word.
+    return PageImage.pageOf(SUPERBLOCK_SIZE + Math.floor(chunk / 8))
+  }
+
+  private chunkRange(what: string, offset: number, length: number): [number, number] {
+    if (this.closed) throw new MdBitmapError('ECLOSED', `${what} on ${this.path}: the bitmap is closed`)
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || offset % SECTOR || length % SECTOR) {
+      throw new MdBitmapError('EINVAL', `${what}: offset ${offset} and length ${length} must be non-negative multiples of 512 (length > 0)`)
+    }
+    if (offset + length > this.size) {
+      throw new MdBitmapError('EOUT_OF_RANGE', `${what}: ${offset}+${length} goes past the ${this.size} bytes the bitmap covers`)
+    }
+    return [Math.floor(offset / this.sb.chunkSize), Math.floor((offset + length - 1) / this.sb.chunkSize)]
+  }
+
+  // -- the write path -----------------------------------------------------------------
+
+  /**
+   * Announces a write of `length` bytes at `offset`. Resolves once the bits covering
+   * the range are on stable storage: only then may the data writes be issued. All
+   * startWrites of one tick share one batch of page writes; a range whose bits are
+   * already set resolves with no I/O. `behind` counts it as a write-behind write.
+   */
+  async startWrite(offset: number, length: number, behind = false): Promise<void> {
+    const [first, last] = this.chunkRange('startWrite', offset, length)
+    const touched = new Set<number>()
+    for (let c = first; c <= last; c++) {
+      while (this.counters.startWrite(c) === 'full') {
+        await new Promise<void>((resolve) => this.fullWaiters.push(resolve))
+      }
+      const page = this.pageOf(c)
+      if (!getBit(this.bits, c, this.bitVersion)) {
+        setBit(this.bits, c, this.bitVersion)
+        this.pages.markDirty(page)
+      }
+      touched.add(page)
+    }
+    if (behind) {
+      this._behind++
+      if (this._behind > this._behindHigh) this._behindHigh = this._behind
+    }
+    if (this._error) return // kicked: the mirror goes on without a bitmap
+    for (const p of touched) {
+      if (this.pages.isDirty(p)) {
+        await this.unplug()
+        break
+      }
+    }
+    // A bit set by an earlier caller may still be on its way to the disk.
+    for (const p of touched) await this.pages.settled(p)
+  }
+
+  /** Group commit: every DIRTY page of this tick in one batch, written and waited for. */
+  private unplug(): Promise<void> {
+    this.unplugging ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      this.unplugging = undefined
+      return this.pages.flushDirty()
+    })
+    return this.unplugging
+  }
+
+  /**
+   * The write announced by {@link startWrite} completed on every member (or failed:
+   * `success = false` marks its chunks for resync).
+   */
+  endWrite(offset: number, length: number, success = true, behind = false): void {
+    const [first, last] = this.chunkRange('endWrite', offset, length)
+    let wake = false
+    for (let c = first; c <= last; c++) wake = this.counters.endWrite(c, success, this._degraded) || wake
+    if (behind) {
+      if (this._behind === 0) throw new MdBitmapError('EINVAL', 'endWrite(behind) without a matching behind startWrite')
+      this._behind--
+    }
+    if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
+      this.sb.eventsCleared = this.sb.events
+      this._needSync = true
+    }
+    if (wake) for (const w of this.fullWaiters.splice(0)) w()
+  }
+
+  // -- degraded mode and events ---------------------------------------------------
+
+  /** While degraded no bit is cleared and every write ends NEEDED. */
+  get degraded(): boolean {
+    return this._degraded
+  }
+  set degraded(v: boolean) {
+    this._degraded = v
+  }
+
+  get events(): bigint {
+    return this.sb.events
+  }
+  /** Records the mirror's event count in the superblock, durably. */
+  async setEvents(events: bigint): Promise<void> {
+    this.sb.events = events
+    if (this.sb.eventsCleared > events) this.sb.eventsCleared = events
+    await this.syncSuperblock()
+    this.throwIfError()
+  }
+
+  // -- resync -------------------------------------------------------------------------
+
+  private chunkAt(what: string, offset: number): number {
+    return this.chunkRange(what, offset, SECTOR)[0]
+  }
+
+  /**
+   * Whether the chunk holding `offset` must be copied by a resync (NEEDED or already
+   * in resync). A NEEDED chunk is marked RESYNC unless the mirror is degraded.
+   */
+  startSync(offset: number): boolean {
+    return this.counters.startSync(this.chunkAt('startSync', offset), this._degraded)
+  }
+
+  /** Ends the resync of the chunk holding `offset`; `aborted` marks it NEEDED again. */
+  endSync(offset: number, aborted: boolean): void {
+    this.counters.endSync(this.chunkAt('endSync', offset), aborted)
+  }
+
+  /** Ends every resync in progress (completed). */
+  closeSync(): void {
+    for (let c = 0; c < this.chunks; c++) this.counters.endSync(c, false)
+    this.syncCheckpoint = 0
+  }
+
+  /**
+   * Checkpoints a resync that has reached `offset`: every chunk wholly below it that
+   * is still in resync is ended (completed), so the daemon may clear it.
+   */
+  condEndSync(offset: number): void {
+    const upto = Math.min(Math.floor(offset / this.sb.chunkSize), this.chunks)
+    for (let c = this.syncCheckpoint; c < upto; c++) this.counters.endSync(c, false)
+    this.syncCheckpoint = Math.max(this.syncCheckpoint, upto)
+  }
+
+  /** Whether the chunk holding `offset` is NEEDED or in resync. */
+  needsSync(offset: number): boolean {
+    return (this.counters.get(this.chunkAt('needsSync', offset)) & (NEEDED | RESYNC)) !== 0
+  }
+
+  // -- reports ------------------------------------------------------------------------
+
+  /** The byte ranges whose bits are set: what a resync or an incremental backup must copy. */
+  dirtyChunks(): Range[] {
+    const out: Range[] = []
+    const cs = this.sb.chunkSize
+    for (let c = 0; c < this.chunks; c++) {
+      if (!getBit(this.bits, c, this.bitVersion)) continue
+      const offset = c * cs
+      const length = Math.min(cs, this.size - offset)
+      const prev = out[out.length - 1]
+      if (prev && prev.offset + prev.length === offset) prev.length += length
+      else out.push({ offset, length })
+    }
+    return out
+  }
+
+  stats(): BitmapStats {
+    return {
+      chunks: this.chunks,
+      chunkSize: this.sb.chunkSize,
+      dirty: dirtyCount(this.bits, this.chunks, this.bitVersion),
+      pagesWritten: this.pages.pagesWritten,
+      behindWrites: this._behind,
+      behindWritesHighWater: this._behindHigh,
+      maxWriteBehind: this.sb.writeBehind,
+      mode: this.store.mode,
+      kicked: this._error !== undefined,
+      events: this.sb.events,
+      eventsCleared: this.sb.eventsCleared,
+    }
+  }
+
+  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED); for tests and tools. */
+  counter(offset: number): number {
+    return this.counters.get(this.chunkAt('counter', offset))
+  }
+
+  // -- the daemon ---------------------------------------------------------------------
+
+  /** @internal */
+  get needSync(): boolean {
+    return this._needSync
+  }
+  /** @internal */
+  get mayClear(): boolean {
+    return !this._degraded && this._error === undefined && !this.closed
+  }
+
+  /** Writes the superblock (page 0 with the current header) and waits for it. @internal */
+  async syncSuperblock(): Promise<void> {
+    this._needSync = false
+    this.pages.image.set(encode(this.sb), 0)
+    await this.pages.write(0)
+  }
+
+  /** @internal */
+  stepCandidates(mayClear: boolean): number {
+    let changed = 0
+    for (const c of this.counters.candidateChunks()) {
+      const r = this.counters.daemonStep(c, mayClear)
+      if (r === 'none') continue
+      changed++
+      if (r === 'cleared' && clearBit(this.bits, c, this.bitVersion)) this.pages.markNeedWrite(this.pageOf(c))
+    }
+    return changed
+  }
+
+  /** @internal */
+  writeClearedPages(): Promise<void> {
+    return this.pages.flushNeedWrite()
+  }
+
+  /** Runs one daemon pass now (tests and tools; the timer runs them anyway). */
+  daemonPass(): Promise<number> {
+    return this.daemon.pass()
+  }
+
+  /**
+   * Runs daemon passes until every idle chunk's bit is cleared (as far as allowed) and
+   * writes the superblock.
+   */
+  async flush(): Promise<void> {
+    await this.daemon.drain()
+    await this.syncSuperblock()
+    await this.pages.settledAll()
+    await this.store.sync().catch((e) => this.kick(e))
+    this.throwIfError()
+  }
+
+  // -- errors -------------------------------------------------------------------------
+
+  /**
+   * A write to the bitmap failed. Stop relying on it: mark it STALE on disk (if that
+   * still works) so the next open resyncs everything, and report the error. The
+   * mirror keeps running; startWrite no longer waits for I/O.
+   */
+  private kick(e: unknown): void {
+    if (this._error) return
+    const err = e instanceof MdBitmapError ? e : new MdBitmapError('EIO', String(e), { cause: e })
+    this._error = new MdBitmapError(
+      err.code,
+      `bitmap ${this.path} failed a write and is no longer used (${err.message}); the next open will resync every chunk`,
+      { cause: err, errno: err.errno },
+    )
+    this.daemon.stop()
+    this.sb.state |= STATE_STALE
+    const header = allocAligned(PAGE_SIZE, this.store.alignment)
+    header.set(this.pages.image.subarray(0, PAGE_SIZE))
+    header.set(encode(this.sb), 0)
+    this.store.write(header, 0).catch(() => {})
+    if (this.listenerCount('error') > 0) this.emit('error', this._error)
+  }
+
+  private throwIfError(): void {
+    if (this._error) throw this._error
+  }
+
+  /**
+   * Flushes, waits for every pending write, and leaves a consistent file. Rejects
+   * with the bitmap's write error if one ever happened (after closing all the same).
+   */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.daemon.stop()
+    try {
+      if (!this._error) await this.flush()
+    } finally {
+      this.closed = true
+      await this.pages.settledAll()
+      await this.store.close().catch((e) => this.kick(e))
+    }
+    this.throwIfError()
+  }
+}
