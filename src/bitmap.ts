@@ -339,6 +339,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    */
   endWrite(offset: number, length: number, success = true, behind = false): void {
     const [first, last] = this.chunkRange('endWrite', offset, length)
+    // Check the whole range first, so a misuse changes nothing.
+    for (let c = first; c <= last; c++) {
+      if (this.counters.count(c) < 3) {
+        throw new MdBitmapError('EINVAL', `endWrite(${offset}, ${length}): chunk ${c} has no write in flight; every endWrite must match a startWrite`)
+      }
+    }
     let wake = false
     for (let c = first; c <= last; c++) wake = this.counters.endWrite(c, success, this._degraded) || wake
     if (behind) {

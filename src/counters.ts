@@ -47,6 +47,7 @@
  *
  * @module
  */
+import { MdBitmapError } from './errors'
 
 /** Counter bit: the chunk must be resynced. */
 export const NEEDED = 0x8000
@@ -104,7 +105,10 @@ export class Counters {
   /** Returns whether the chunk was at COUNTER_MAX (so waiting writers may retry). */
   endWrite(chunk: number, success: boolean, degraded: boolean): boolean {
     let v = this.values[chunk]
-    if ((v & COUNTER_MAX) === 0) throw new RangeError(`endWrite on chunk ${chunk} without a matching startWrite`)
+    if ((v & COUNTER_MAX) < 3) {
+      // Below 3 nothing is in flight: 0-2 are the idle states.
+      throw new MdBitmapError('EINVAL', `endWrite on chunk ${chunk} without a matching startWrite`)
+    }
     const wasFull = (v & COUNTER_MAX) === COUNTER_MAX
     if (!success || degraded) v |= NEEDED
     v -= 1
