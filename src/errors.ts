@@ -28,6 +28,18 @@
  * | `ENATIVE_LOAD` | the native addon could not be loaded |
  * | `ENOT_REGULAR_FILE` | the path is not a regular file |
  * | `EINVAL` | an argument is out of range |
+ * | `EBADMAGIC` | the file does not start with the md bitmap magic |
+ * | `EBADVERSION` | a bitmap version other than 3 or 4 |
+ * | `ECLUSTERED` | a clustered (version 5) bitmap, not supported |
+ * | `ELOCKLESS` | a lockless (version 6) bitmap, not supported |
+ * | `EBADCHUNK` | chunk size not a power of two, or under 512 |
+ * | `EBADDAEMON` | daemon sleep 0 or over a day |
+ * | `EBADWRITEBEHIND` | write-behind over 16383 |
+ * | `EBADSIZE` | sync size 0 (or beyond a safe integer) |
+ * | `ESHORTFILE` | the file is shorter than its chunks need |
+ * | `ESHORTBUFFER` | fewer than 256 bytes to decode |
+ * | `EUUID` | the bitmap belongs to another array |
+ * | `EVOLATILE` | a bitmap on a filesystem that does not survive a reboot (tmpfs) |
  *
  * @module
  */
