@@ -27,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +54,6 @@ pub enum Requested {
 }
 
 struct DeviceTarget {
-    dev: File,
     path: PathBuf,
     /// The file's extents, sorted by logical offset, covering [0, size) with no gap.
     map: Vec<Extent>,
@@ -62,10 +61,20 @@ struct DeviceTarget {
     pinned_by_us: bool,
 }
 
-pub struct PageStore {
-    path: PathBuf,
+/// The open descriptors of a store. Taken (and so closed) by `close()`: a closed store
+/// holds nothing open, so its filesystem can be unmounted and its device detached.
+struct Fds {
     /// The file itself: read-write in file modes, read-only in device mode.
     file: File,
+    /// The block device, opened O_DIRECT, in device mode.
+    dev: Option<File>,
+}
+
+pub struct PageStore {
+    path: PathBuf,
+    /// I/O holds the read side while it uses the descriptors; close takes the write
+    /// side, so it waits for reads and writes in progress before closing them.
+    fds: RwLock<Option<Fds>>,
     device: Option<DeviceTarget>,
     mode: Mode,
     /// Why the store is buffered, when it is.
@@ -149,7 +158,7 @@ impl PageStore {
         let align = dio_alignment(&file);
         Ok(PageStore {
             path: path.to_path_buf(),
-            file,
+            fds: RwLock::new(Some(Fds { file, dev: None })),
             device: None,
             mode,
             reason,
@@ -216,8 +225,8 @@ impl PageStore {
         map.sort_by_key(|e| e.logical);
         Ok(PageStore {
             path: path.to_path_buf(),
-            file,
-            device: Some(DeviceTarget { dev, path: bdev.path, map, pinned_by_us: !was_immutable }),
+            fds: RwLock::new(Some(Fds { file, dev: Some(dev) })),
+            device: Some(DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable }),
             mode: Mode::Device,
             reason: None,
             size: report.file_size,
@@ -260,9 +269,13 @@ impl PageStore {
         map_range(&d.map, self.size, offset, len)
     }
 
+    fn closed_error(&self, what: &str) -> IoError {
+        IoError::new("ECLOSED", format!("{what} on {}: the page store is closed", self.path.display()))
+    }
+
     fn check_io(&self, what: &str, offset: u64, buf: &[u8]) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
-            return Err(IoError::new("ECLOSED", format!("{what} on {}: the page store is closed", self.path.display())));
+            return Err(self.closed_error(what));
         }
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
@@ -304,14 +317,16 @@ impl PageStore {
             e.message = format!("write of {} bytes at {offset} to {}: {}", buf.len(), self.path.display(), e.message);
             e
         };
-        match &self.device {
-            None => self.file.write_all_at(buf, offset).map_err(ctx),
-            Some(d) => {
+        let fds = self.fds.read().unwrap();
+        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("write")) };
+        match (&self.device, &fds.dev) {
+            (Some(d), Some(dev)) => {
                 for (phys, at, n) in map_range(&d.map, self.size, offset, buf.len() as u64)? {
-                    d.dev.write_all_at(&buf[at..at + n], phys).map_err(ctx)?;
+                    dev.write_all_at(&buf[at..at + n], phys).map_err(ctx)?;
                 }
                 Ok(())
             }
+            _ => fds.file.write_all_at(buf, offset).map_err(ctx),
         }
     }
 
@@ -326,22 +341,25 @@ impl PageStore {
             e.message = format!("read of {len} bytes at {offset} from {}: {}", path.display(), e.message);
             e
         };
-        match &self.device {
-            None => self.file.read_exact_at(buf, offset).map_err(ctx),
-            Some(d) => {
+        let fds = self.fds.read().unwrap();
+        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("read")) };
+        match (&self.device, &fds.dev) {
+            (Some(d), Some(dev)) => {
                 for (phys, at, n) in map_range(&d.map, self.size, offset, len as u64)? {
-                    d.dev.read_exact_at(&mut buf[at..at + n], phys).map_err(ctx)?;
+                    dev.read_exact_at(&mut buf[at..at + n], phys).map_err(ctx)?;
                 }
                 Ok(())
             }
+            _ => fds.file.read_exact_at(buf, offset).map_err(ctx),
         }
     }
 
     /// Makes completed writes durable: fdatasync of the file, or of the device in
     /// device mode (which flushes the device's volatile cache).
     pub fn sync(&self) -> Result<()> {
-        let f = self.device.as_ref().map(|d| &d.dev).unwrap_or(&self.file);
-        nix::unistd::fdatasync(f).map_err(|e| {
+        let fds = self.fds.read().unwrap();
+        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("sync")) };
+        nix::unistd::fdatasync(fds.dev.as_ref().unwrap_or(&fds.file)).map_err(|e| {
             let e = IoError::sys(e, format!("fdatasync {}", self.path.display()));
             self.pending.begin();
             self.pending.end(Some(&e));
@@ -397,12 +415,15 @@ impl PageStore {
             return Ok(());
         }
         self.pending.wait_idle(None);
-        let synced = nix::unistd::fdatasync(self.device.as_ref().map(|d| &d.dev).unwrap_or(&self.file));
+        // Waits for reads and writes still using the descriptors; they are closed when
+        // `fds` drops at the end of this function.
+        let Some(fds) = self.fds.write().unwrap().take() else { return Ok(()) };
+        let synced = nix::unistd::fdatasync(fds.dev.as_ref().unwrap_or(&fds.file));
         if let Some(d) = &self.device {
             if d.pinned_by_us {
-                let _ = set_immutable(&self.file, false);
+                let _ = set_immutable(&fds.file, false);
             }
-            drop_page_cache(&self.file);
+            drop_page_cache(&fds.file);
         }
         if let Some(e) = self.pending.error() {
             return Err(e);

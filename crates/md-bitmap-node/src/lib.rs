@@ -43,6 +43,31 @@ where
     Ok(promise)
 }
 
+/// Like `run`, but on a thread of its own, for work that only waits (for pending writes
+/// to drain). Waiting on the I/O pool would hold a pool thread, so enough waiters could
+/// take every thread while the writes they wait for sit queued behind them, a
+/// deadlock; and a waiter queued behind writes that hang could not honour its timeout.
+fn run_waiting<T, R, W, C>(env: &Env, work: W, convert: C) -> Result<Object<'_>>
+where
+    T: Send + 'static,
+    R: ToNapiValue + 'static,
+    W: FnOnce() -> io::Result<T> + Send + 'static,
+    C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
+{
+    let (deferred, promise) = env.create_deferred()?;
+    std::thread::Builder::new()
+        .name("md-bitmap-wait".into())
+        .spawn(move || {
+            let result = work();
+            deferred.resolve(move |env| match result {
+                Ok(v) => convert(&env, v),
+                Err(e) => Err(js_error(&env, &e)),
+            });
+        })
+        .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))?;
+    Ok(promise)
+}
+
 fn invalid(env: &Env, message: String) -> Error {
     js_error(env, &IoError::new("EINVAL", message))
 }
@@ -271,7 +296,7 @@ impl NativeStore {
     pub fn wait_idle<'e>(&self, env: &'e Env, timeout_ms: Option<f64>) -> Result<Object<'e>> {
         let s = self.inner.clone();
         let timeout = timeout_ms.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Duration::from_micros((t * 1000.0) as u64));
-        run(env, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
+        run_waiting(env, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
     }
 
     /// Writes in flight now.
@@ -291,6 +316,6 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let s = self.inner.clone();
-        run(env, move || s.close(), |_, ()| Ok(()))
+        run_waiting(env, move || s.close(), |_, ()| Ok(()))
     }
 }
