@@ -390,7 +390,11 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    * in resync). A NEEDED chunk is marked RESYNC unless the mirror is degraded.
    */
   startSync(offset: number): boolean {
-    return this.counters.startSync(this.chunkAt('startSync', offset), this._degraded)
+    const c = this.chunkAt('startSync', offset)
+    const r = this.counters.startSync(c, this._degraded)
+    // A chunk below the checkpoint in resync again: the next condEndSync must reach it.
+    if (c < this.syncCheckpoint && this.counters.get(c) & RESYNC) this.syncCheckpoint = c
+    return r
   }
 
   /** Ends the resync of the chunk holding `offset`; `aborted` marks it NEEDED again. */
