@@ -345,12 +345,10 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
         throw new MdBitmapError('EINVAL', `endWrite(${offset}, ${length}): chunk ${c} has no write in flight; every endWrite must match a startWrite`)
       }
     }
+    if (behind && this._behind === 0) throw new MdBitmapError('EINVAL', 'endWrite(behind) without a matching behind startWrite')
     let wake = false
     for (let c = first; c <= last; c++) wake = this.counters.endWrite(c, success, this._degraded) || wake
-    if (behind) {
-      if (this._behind === 0) throw new MdBitmapError('EINVAL', 'endWrite(behind) without a matching behind startWrite')
-      this._behind--
-    }
+    if (behind) this._behind--
     if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
       this.sb.eventsCleared = this.sb.events
       this._needSync = true
