@@ -1,0 +1,118 @@
+/**
+ * The test harness itself: capability gating (skip outside CI, fail in CI, never a silent
+ * skip) and loop-mounted filesystems that are always cleaned up, even when the test
+ * throws or the process exits or is killed in the middle.
+ */
+import test from 'ava'
+import { spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { fsCaps, missing, requires } from './helpers/env'
+import { isMounted, loopBacking, withFs } from './helpers/loopfs'
+
+const ROOT = resolve(__dirname, '..')
+const AVA = join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs')
+
+function runFixtureSuite(ci: boolean) {
+  const dir = fs.mkdtempSync(join(tmpdir(), 'md-bitmap-gating-'))
+  const config = join(dir, 'ava.config.mjs')
+  fs.writeFileSync(
+    config,
+    `export default ${JSON.stringify({
+      files: ['__test__/helpers/fixtures/gating.ts'],
+      extensions: { ts: 'commonjs' },
+      nodeArguments: ['--import=tsx'],
+      workerThreads: false,
+    })}\n`,
+  )
+  const env: NodeJS.ProcessEnv = { ...process.env }
+  delete env.CI
+  if (ci) env.CI = 'true'
+  try {
+    const r = spawnSync(process.execPath, [AVA, '--config', config, '--tap'], { cwd: ROOT, env, encoding: 'utf8', timeout: 60_000 })
+    return { status: r.status, out: r.stdout + r.stderr }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+test('gating outside CI: missing capabilities skip their tests and say why, once', (t) => {
+  const r = runFixtureSuite(false)
+  t.is(r.status, 0, r.out)
+  t.regex(r.out, /^ok \d+ - gated concurrent # SKIP$/m)
+  t.regex(r.out, /^ok \d+ - gated serial # SKIP$/m)
+  t.regex(r.out, /^ok \d+ - ungated$/m)
+  const reasons = r.out.match(/skipping tests that need \[definitely-not-a-tool-md-bitmap\]: definitely-not-a-tool-md-bitmap not found in PATH/g)
+  t.is(reasons?.length, 1, r.out)
+})
+
+test('gating in CI: nothing skips; tests whose capabilities are missing fail with the reason', (t) => {
+  const r = runFixtureSuite(true)
+  t.not(r.status, 0)
+  t.notRegex(r.out, /# SKIP/)
+  t.regex(r.out, /^not ok \d+ - gated concurrent$/m)
+  t.regex(r.out, /^not ok \d+ - gated serial$/m)
+  t.regex(r.out, /^ok \d+ - ungated$/m)
+  t.regex(r.out, /tests may not skip in CI/)
+  t.regex(r.out, /definitely-not-a-tool-md-bitmap not found in PATH/)
+  t.regex(r.out, /# fail 2/)
+})
+
+test('capability probes', (t) => {
+  t.is(missing('root') === null, process.getuid?.() === 0)
+  t.is(missing('sh'), null)
+  t.regex(missing('no-such-tool-md-bitmap') ?? '', /not found/)
+  t.regex(missing('fs:no-such-fs-md-bitmap') ?? '', /does not support/)
+  t.is(requires(['sh']).unavailable, null)
+  t.truthy(requires(['sh', 'no-such-tool-md-bitmap']).unavailable)
+  t.deepEqual(fsCaps('tmpfs').includes('loop'), false)
+  t.deepEqual(fsCaps('xfs').includes('mkfs.xfs'), true)
+})
+
+const tloop = requires(fsCaps('ext4'))
+
+tloop('withFs cleans up when the test throws', async (t) => {
+  let seen: { dir: string; mountDir: string; loopDev: string | null; fd: number } | undefined
+  const err = await t.throwsAsync(
+    withFs('ext4', 16, async (mountDir, loopDev, ctx) => {
+      t.true(isMounted(mountDir))
+      t.truthy(loopBacking(loopDev))
+      // An open descriptor on the filesystem, as a failed test might leave behind.
+      seen = { dir: ctx.dir, mountDir, loopDev, fd: fs.openSync(join(mountDir, 'open'), 'w') }
+      throw new Error('boom')
+    }),
+  )
+  t.is(err?.message, 'boom')
+  t.truthy(seen)
+  t.false(isMounted(seen!.mountDir), 'unmounted (lazily: a descriptor was still open)')
+  t.false(fs.existsSync(seen!.dir), 'temporary directory removed')
+  // The busy loop device was set to detach itself once the filesystem is released.
+  fs.closeSync(seen!.fd)
+  const deadline = Date.now() + 3000
+  while (loopBacking(seen!.loopDev!) !== null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+  t.is(loopBacking(seen!.loopDev!), null, 'loop device detached')
+})
+
+tloop('withFs refuses sizes the tools would refuse', async (t) => {
+  await t.throwsAsync(withFs('xfs', 100, async () => undefined), { message: /at least 300 MiB/ })
+  await t.throwsAsync(withFs('btrfs', 64, async () => undefined), { message: /at least 128 MiB/ })
+})
+
+for (const how of ['exit', 'SIGTERM'] as const) {
+  tloop(`withFs: a process that ends mid-test (${how}) leaves no mount or loop device behind`, (t) => {
+    const script = `
+      const { withFs } = require(${JSON.stringify(join(__dirname, 'helpers', 'loopfs'))})
+      withFs('ext4', 16, async (mountDir, loopDev, ctx) => {
+        console.log(JSON.stringify({ dir: ctx.dir, mountDir, loopDev }))
+        ${how === 'exit' ? 'process.exit(0)' : "process.kill(process.pid, 'SIGTERM')"}
+        await new Promise((r) => setTimeout(r, 10000))
+      })
+    `
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 })
+    const seen = JSON.parse(r.stdout.trim().split('\n')[0])
+    t.false(isMounted(seen.mountDir), r.stderr)
+    t.is(loopBacking(seen.loopDev), null)
+    t.false(fs.existsSync(seen.dir))
+  })
+}
