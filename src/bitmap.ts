@@ -528,10 +528,10 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     )
     this.daemon.stop()
     this.sb.state |= STATE_STALE
-    const header = allocAligned(PAGE_SIZE, this.store.alignment)
-    header.set(this.pages.image.subarray(0, PAGE_SIZE))
-    header.set(encode(this.sb), 0)
-    this.store.write(header, 0).catch(() => {})
+    // Into the image, so every later write of page 0 carries STALE too, and written
+    // through page 0's chain, so no earlier snapshot (without STALE) lands after it.
+    this.pages.image.set(encode(this.sb), 0)
+    this.pages.write(0).catch(() => {})
     if (this.listenerCount('error') > 0) this.emit('error', this._error)
   }
 
