@@ -1,0 +1,747 @@
+/**
+ * Page store I/O benchmark (`npm run bench:io`).
+ *
+ * 4 KiB page writes made durable batch by batch: a "batch" is N writes issued at once
+ * (N = 1 or 32, the depth), all awaited, then one fdatasync. Measured, on the same
+ * preallocated, fully written file and in the same run:
+ *
+ * - `native`:          md-bitmap's PageStore (O_DIRECT where the filesystem allows it)
+ * - `fio`:             fio running the same pattern (see {@link fioArgs} for the job)
+ * - `fs.promises`:     Node's FileHandle.write + datasync, buffered (page cache)
+ * - `node O_DIRECT`:   the same, the file opened with fs.constants.O_DIRECT and the
+ *                      buffers from allocAligned()
+ *
+ * Options:
+ *   --quick            about 15 s in all (default: about 100 s)
+ *   --dir DIR          where the test file goes (default: a temp dir under /var/tmp)
+ *   --duration S       seconds per configuration, split over the rounds
+ *   --rounds R         the configurations are run R times, in rotated order, and summed,
+ *                      so that a burst of load from something else hits all alike
+ *   --size MIB         test file size (default 64)
+ *   --pattern P        rand (default) or seq
+ *   --depths A,B       default 1,32
+ *   --no-fio           skip fio
+ *   --out FILE         default bench/out/io.json
+ *
+ * The Node rows run on libuv's thread pool (UV_THREADPOOL_SIZE, default 4), so at depth
+ * 32 at most that many of their writes are really in flight; the value is recorded.
+ */
+import { execFile, execFileSync } from 'node:child_process'
+import { randomFillSync } from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { promisify } from 'node:util'
+import { PageStore, allocAligned, check } from '../src/index'
+
+const execFileP = promisify(execFile)
+const PAGE = 4096
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  quick: boolean
+  dir: string | null
+  durationS: number
+  rounds: number
+  sizeMiB: number
+  pattern: 'rand' | 'seq'
+  depths: number[]
+  fio: boolean
+  out: string
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = {
+    quick: false,
+    dir: null,
+    durationS: NaN,
+    rounds: NaN,
+    sizeMiB: 64,
+    pattern: 'rand',
+    depths: [1, 32],
+    fio: true,
+    out: path.join(__dirname, 'out', 'io.json'),
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    const val = (): string => {
+      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
+      if (v === undefined) throw new Error(`${a} needs a value`)
+      return v
+    }
+    const name = a.split('=')[0]
+    switch (name) {
+      case '--quick': o.quick = true; break
+      case '--dir': o.dir = path.resolve(val()); break
+      case '--duration': o.durationS = Number(val()); break
+      case '--rounds': o.rounds = Number(val()); break
+      case '--size': o.sizeMiB = Number(val()); break
+      case '--pattern': {
+        const p = val()
+        if (p !== 'rand' && p !== 'seq') throw new Error(`--pattern must be rand or seq, got ${p}`)
+        o.pattern = p
+        break
+      }
+      case '--depths': o.depths = val().split(',').map(Number); break
+      case '--no-fio': o.fio = false; break
+      case '--out': o.out = path.resolve(val()); break
+      case '--help': case '-h':
+        console.log('usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--no-fio] [--out FILE]')
+        return process.exit(0)
+      default: throw new Error(`unknown option ${a}`)
+    }
+  }
+  if (Number.isNaN(o.durationS)) o.durationS = o.quick ? 1.25 : 10
+  if (Number.isNaN(o.rounds)) o.rounds = o.quick ? 1 : 2
+  if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
+  if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
+  if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
+  return o
+}
+
+// ---------------------------------------------------------------------------------------
+// Measurements
+
+type Impl = 'fio' | 'native' | 'fs.promises' | 'node O_DIRECT'
+const IMPLS: Impl[] = ['fio', 'native', 'fs.promises', 'node O_DIRECT']
+
+/** One run of one configuration. */
+interface Sample {
+  writes: number
+  batches: number
+  /** Wall time over which writes and batches were counted. */
+  seconds: number
+  /** CPU time of the process doing the I/O (fio's own, or this Node process). */
+  cpuSeconds: number
+  /** fdatasync latencies, µs (ours: every one; fio: mean and percentiles of its own). */
+  syncUs: number[] | { n: number; mean: number; p50: number; p99: number }
+  /** Batch latencies (writes issued to fdatasync returned), µs; not available from fio. */
+  batchUs?: number[]
+  /** fio's per-write completion latency, µs. */
+  fioWriteClat?: { mean: number; p50: number; p99: number }
+  note?: string
+}
+
+interface Result {
+  impl: Impl
+  depth: number
+  pattern: 'rand' | 'seq'
+  detail: string
+  skipped?: string
+  samples: Sample[]
+  iops: number
+  batchesPerSec: number
+  meanBatchUs: number
+  /** meanBatchUs − syncMeanUs: the N writes, from issue to the last completion seen. */
+  writePhaseUs: number
+  syncMeanUs: number
+  syncP50Us: number
+  syncP99Us: number
+  batchP99Us: number | null
+  cpuUsPerWrite: number
+  roundIops: number[]
+}
+
+function pct(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
+  return sorted[i]
+}
+
+function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: string, samples: Sample[]): Result {
+  const writes = samples.reduce((s, x) => s + x.writes, 0)
+  const batches = samples.reduce((s, x) => s + x.batches, 0)
+  const seconds = samples.reduce((s, x) => s + x.seconds, 0)
+  const cpu = samples.reduce((s, x) => s + x.cpuSeconds, 0)
+  let syncMean: number, syncP50: number, syncP99: number
+  let batchP99: number | null = null
+  if (samples.every((s) => Array.isArray(s.syncUs))) {
+    const all = samples.flatMap((s) => s.syncUs as number[]).sort((a, b) => a - b)
+    syncMean = all.reduce((s, x) => s + x, 0) / all.length
+    syncP50 = pct(all, 50)
+    syncP99 = pct(all, 99)
+    const b = samples.flatMap((s) => s.batchUs ?? []).sort((a, b) => a - b)
+    batchP99 = b.length ? pct(b, 99) : null
+  } else {
+    // fio reports percentiles per run; across rounds they are averaged weighted by count
+    // (an approximation of the pooled percentile, close when the rounds agree).
+    const fs = samples.map((s) => s.syncUs as { n: number; mean: number; p50: number; p99: number })
+    const n = fs.reduce((s, x) => s + x.n, 0)
+    syncMean = fs.reduce((s, x) => s + x.mean * x.n, 0) / n
+    syncP50 = fs.reduce((s, x) => s + x.p50 * x.n, 0) / n
+    syncP99 = fs.reduce((s, x) => s + x.p99 * x.n, 0) / n
+  }
+  return {
+    impl,
+    depth,
+    pattern,
+    detail,
+    samples,
+    iops: writes / seconds,
+    batchesPerSec: batches / seconds,
+    meanBatchUs: (seconds * 1e6) / batches,
+    writePhaseUs: (seconds * 1e6) / batches - syncMean,
+    syncMeanUs: syncMean,
+    syncP50Us: syncP50,
+    syncP99Us: syncP99,
+    batchP99Us: batchP99,
+    cpuUsPerWrite: (cpu * 1e6) / writes,
+    roundIops: samples.map((s) => s.writes / s.seconds),
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Offsets: the same generator for every Node-side implementation
+
+class Offsets {
+  private state: number
+  private cursor = 0
+  constructor(private readonly pages: number, private readonly pattern: 'rand' | 'seq', seed: number) {
+    this.state = seed >>> 0 || 1
+  }
+  /** `n` page offsets for one batch: distinct within the batch. */
+  batch(n: number): number[] {
+    const out: number[] = []
+    if (this.pattern === 'seq') {
+      for (let i = 0; i < n; i++) {
+        out.push(this.cursor * PAGE)
+        this.cursor = (this.cursor + 1) % this.pages
+      }
+      return out
+    }
+    while (out.length < n) {
+      // xorshift32
+      let x = this.state
+      x ^= x << 13
+      x ^= x >>> 17
+      x ^= x << 5
+      this.state = x >>> 0
+      const off = (this.state % this.pages) * PAGE
+      if (n <= this.pages && out.includes(off)) continue
+      out.push(off)
+    }
+    return out
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Node-side loop, shared by native and fs.promises
+
+interface Target {
+  write(buf: Uint8Array, offset: number): Promise<unknown>
+  sync(): Promise<unknown>
+}
+
+async function runLoop(t: Target, bufs: Uint8Array[], depth: number, offsets: Offsets, seconds: number): Promise<Sample> {
+  let stamp = 0
+  const stampBufs = (): void => {
+    // Every write carries new bytes, as real page updates would.
+    stamp++
+    for (const b of bufs) {
+      b[0] = stamp & 0xff
+      b[1] = (stamp >>> 8) & 0xff
+      b[2] = (stamp >>> 16) & 0xff
+    }
+  }
+  // Warm-up, not counted: starts threads, faults in buffers.
+  for (let i = 0; i < 3; i++) {
+    stampBufs()
+    const offs = offsets.batch(depth)
+    await Promise.all(offs.map((o, j) => t.write(bufs[j], o)))
+    await t.sync()
+  }
+  const syncUs: number[] = []
+  const batchUs: number[] = []
+  let writes = 0
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const end = t0 + seconds * 1000
+  let now = t0
+  while (now < end) {
+    stampBufs()
+    const offs = offsets.batch(depth)
+    const b0 = performance.now()
+    await Promise.all(offs.map((o, j) => t.write(bufs[j], o)))
+    const b1 = performance.now()
+    await t.sync()
+    now = performance.now()
+    writes += depth
+    syncUs.push((now - b1) * 1000)
+    batchUs.push((now - b0) * 1000)
+  }
+  const cpu = process.cpuUsage(cpu0)
+  return {
+    writes,
+    batches: batchUs.length,
+    seconds: (now - t0) / 1000,
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    syncUs,
+    batchUs,
+  }
+}
+
+function randomBufs(depth: number, aligned: boolean): Uint8Array[] {
+  return Array.from({ length: depth }, () => {
+    const b = aligned ? allocAligned(PAGE, PAGE) : new Uint8Array(PAGE)
+    randomFillSync(b)
+    return b
+  })
+}
+
+async function runNative(file: string, depth: number, offsets: Offsets, seconds: number): Promise<{ sample: Sample; detail: string }> {
+  const store = await PageStore.open(file)
+  const threads = process.env.MD_BITMAP_IO_THREADS ?? '64 (default)'
+  const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}`
+  try {
+    const bufs = randomBufs(depth, true)
+    const sample = await runLoop({ write: (b, o) => store.write(b, o), sync: () => store.sync() }, bufs, depth, offsets, seconds)
+    return { sample, detail }
+  } finally {
+    await store.close()
+  }
+}
+
+async function runNode(file: string, depth: number, offsets: Offsets, seconds: number, direct: boolean): Promise<{ sample: Sample; detail: string }> {
+  const flags = fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0)
+  const fh = await fs.promises.open(file, flags)
+  try {
+    const bufs = randomBufs(depth, direct)
+    const sample = await runLoop(
+      { write: (b, o) => fh.write(b, 0, b.length, o), sync: () => fh.datasync() },
+      bufs,
+      depth,
+      offsets,
+      seconds,
+    )
+    const pool = process.env.UV_THREADPOOL_SIZE ?? '4 (default)'
+    return {
+      sample,
+      detail: `FileHandle.write + datasync, ${direct ? 'O_DIRECT, allocAligned buffers' : 'buffered'}, UV_THREADPOOL_SIZE=${pool}`,
+    }
+  } finally {
+    await fh.close()
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trips without I/O: what a promise-per-operation costs before the disk is touched
+
+interface RoundTrip {
+  what: string
+  depth: number
+  /** Wall time per round trip when `depth` are issued together and all awaited. */
+  usPerOp: number
+  cpuUsPerOp: number
+}
+
+async function measureRoundTrip(what: string, op: () => Promise<unknown>, depth: number, seconds: number): Promise<RoundTrip> {
+  for (let i = 0; i < 20; i++) await Promise.all(Array.from({ length: depth }, op))
+  let ops = 0
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const end = t0 + seconds * 1000
+  let now = t0
+  while (now < end) {
+    const ps: Promise<unknown>[] = []
+    for (let i = 0; i < depth; i++) ps.push(op())
+    await Promise.all(ps)
+    ops += depth
+    now = performance.now()
+  }
+  const cpu = process.cpuUsage(cpu0)
+  return { what, depth, usPerOp: ((now - t0) * 1000) / ops, cpuUsPerOp: (cpu.user + cpu.system) / ops }
+}
+
+/**
+ * The native store's `waitIdle(0)` on an idle store is one trip to the core's I/O
+ * threads and back (a promise settled through a threadsafe function), with no I/O; a
+ * FileHandle's `stat()` is the same for libuv's pool (one fstat). They show how much of
+ * a write's time is the hand-off rather than the disk.
+ */
+async function roundTrips(file: string, depths: number[], seconds: number): Promise<RoundTrip[]> {
+  const out: RoundTrip[] = []
+  const store = await PageStore.open(file)
+  try {
+    for (const d of depths) out.push(await measureRoundTrip('native waitIdle(0)', () => store.waitIdle(0), d, seconds))
+  } finally {
+    await store.close()
+  }
+  const fh = await fs.promises.open(file, 'r')
+  try {
+    for (const d of depths) out.push(await measureRoundTrip('FileHandle.stat()', () => fh.stat(), d, seconds))
+  } finally {
+    await fh.close()
+  }
+  return out
+}
+
+// ---------------------------------------------------------------------------------------
+// fio
+
+/**
+ * The fio job equivalent to one batch loop.
+ *
+ * `--ioengine=psync` cannot keep more than one write in flight, so depth 32 needs an
+ * async engine. libaio is the closest equivalent of "N writes at once, wait for all,
+ * then one fdatasync": with `--iodepth_batch_submit=N` the N writes go in one
+ * io_submit, `--iodepth_batch_complete_min=N` reaps all N before going on, and
+ * `--fdatasync=N` makes every N-th I/O a fdatasync, which fio's libaio engine refuses to
+ * queue while any write is still in flight (Linux AIO has no fsync for most
+ * filesystems) and then runs synchronously: exactly drain, then fdatasync, then the next
+ * batch. io_uring would instead queue IORING_OP_FSYNC alongside the writes, unordered
+ * with them (fio sets no drain flag), which is a different pattern. libaio needs
+ * `--direct=1` to be asynchronous at all, so fio is compared with O_DIRECT rows.
+ *
+ * `--fallocate=none` and the exact `--size` make fio use the existing, fully written
+ * file as it is. `--norandommap` makes the random offsets uniform with repetition, like
+ * the Node side's generator.
+ */
+function fioArgs(file: string, sizeBytes: number, depth: number, pattern: 'rand' | 'seq', ms: number): string[] {
+  return [
+    '--name=pagestore',
+    `--filename=${file}`,
+    `--size=${sizeBytes}`,
+    '--fallocate=none',
+    `--rw=${pattern === 'rand' ? 'randwrite' : 'write'}`,
+    ...(pattern === 'rand' ? ['--norandommap', '--randrepeat=0'] : []),
+    `--bs=${PAGE}`,
+    '--direct=1',
+    '--ioengine=libaio',
+    `--iodepth=${depth}`,
+    `--iodepth_batch_submit=${depth}`,
+    `--iodepth_batch_complete_min=${depth}`,
+    `--fdatasync=${depth}`,
+    '--time_based',
+    `--runtime=${Math.max(1, Math.round(ms))}ms`,
+    '--output-format=json',
+  ]
+}
+
+interface FioPct {
+  mean: number
+  percentile?: Record<string, number>
+  N?: number
+}
+
+async function runFio(file: string, sizeBytes: number, depth: number, pattern: 'rand' | 'seq', seconds: number): Promise<{ sample: Sample; detail: string }> {
+  const args = fioArgs(file, sizeBytes, depth, pattern, seconds * 1000)
+  const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20 })
+  const json = JSON.parse(stdout.slice(stdout.indexOf('{')))
+  const job = json.jobs[0]
+  if (job.error) throw new Error(`fio job error ${job.error}`)
+  const w = job.write
+  const s = job.sync.lat_ns as FioPct
+  const cl = w.clat_ns as FioPct
+  const p = (x: FioPct, q: string): number => (x.percentile?.[q] ?? NaN) / 1000
+  const runtimeS = w.runtime / 1000 // ms, the job's measured run
+  const batches = s.N ?? Math.floor(w.total_ios / depth)
+  return {
+    sample: {
+      writes: w.total_ios,
+      batches,
+      seconds: runtimeS,
+      cpuSeconds: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeS,
+      syncUs: { n: batches, mean: s.mean / 1000, p50: p(s, '50.000000'), p99: p(s, '99.000000') },
+      fioWriteClat: { mean: cl.mean / 1000, p50: p(cl, '50.000000'), p99: p(cl, '99.000000') },
+    },
+    detail: `fio ${args.filter((a) => !a.startsWith('--filename') && !a.startsWith('--runtime') && !a.startsWith('--output')).join(' ')}`,
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup and machine
+
+function sh(cmd: string, args: string[]): string | null {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return null
+  }
+}
+
+function machineInfo(dir: string): Record<string, unknown> {
+  const mnt = sh('findmnt', ['-no', 'FSTYPE,SOURCE,OPTIONS', '-T', dir])?.split(/\s+/) ?? []
+  const source = mnt[1] ?? null
+  let blockDevice: Record<string, string | null> | null = null
+  if (source?.startsWith('/dev/')) {
+    const name = path.basename(fs.realpathSync(source))
+    // A partition's queue settings live on its parent disk.
+    const sys = fs.existsSync(`/sys/block/${name}`)
+      ? `/sys/block/${name}`
+      : sh('sh', ['-c', `dirname "$(readlink -f /sys/class/block/${name})"`])
+    const read = (f: string): string | null => {
+      try {
+        return fs.readFileSync(`${sys}/${f}`, 'utf8').trim()
+      } catch {
+        return null
+      }
+    }
+    blockDevice = {
+      name,
+      model: read('device/model'),
+      rotational: read('queue/rotational'),
+      scheduler: read('queue/scheduler'),
+      writeCache: read('queue/write_cache'),
+      logicalBlockSize: read('queue/logical_block_size'),
+      physicalBlockSize: read('queue/physical_block_size'),
+    }
+  }
+  const osRelease = (() => {
+    try {
+      return /PRETTY_NAME="?([^"\n]*)/.exec(fs.readFileSync('/etc/os-release', 'utf8'))?.[1] ?? null
+    } catch {
+      return null
+    }
+  })()
+  return {
+    nproc: os.availableParallelism(),
+    cpuModel: os.cpus()[0]?.model ?? null,
+    memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
+    os: osRelease,
+    kernel: os.release(),
+    node: process.version,
+    fio: sh('fio', ['--version']),
+    uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null,
+    mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
+    dir,
+    fsType: mnt[0] ?? sh('stat', ['-f', '-c', '%T', dir]),
+    fsSource: source,
+    fsOptions: mnt[2] ?? null,
+    blockDevice,
+  }
+}
+
+/** Pressure stall information: the share of time something waited for CPU or I/O (avg10, %). */
+function pressure(): { cpuSome10: number | null; ioSome10: number | null; ioFull10: number | null } {
+  const read = (k: string, kind: string): number | null => {
+    try {
+      const m = new RegExp(`^${kind} avg10=([\\d.]+)`, 'm').exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))
+      return m ? Number(m[1]) : null
+    } catch {
+      return null
+    }
+  }
+  return { cpuSome10: read('cpu', 'some'), ioSome10: read('io', 'some'), ioFull10: read('io', 'full') }
+}
+
+async function prepareFile(file: string, size: number): Promise<void> {
+  const fd = fs.openSync(file, 'w')
+  try {
+    const chunk = Buffer.alloc(1 << 20)
+    for (let off = 0; off < size; off += chunk.length) {
+      randomFillSync(chunk)
+      fs.writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off)
+    }
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+  const c = await check(file)
+  if (!c.fileModeOk) throw new Error(`test file not fit for page writes: ${JSON.stringify(c.problems)}`)
+}
+
+async function probeODirect(file: string): Promise<string | null> {
+  try {
+    const fh = await fs.promises.open(file, fs.constants.O_RDWR | fs.constants.O_DIRECT)
+    try {
+      const b = allocAligned(PAGE, PAGE)
+      await fh.read(b, 0, PAGE, 0)
+      await fh.write(b, 0, PAGE, 0)
+    } finally {
+      await fh.close()
+    }
+    return null
+  } catch (e) {
+    return `O_DIRECT through fs.promises failed: ${(e as Error).message}`
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+function fmt(n: number | null, digits = 0): string {
+  if (n === null || !Number.isFinite(n)) return '–'
+  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+}
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
+  const line = (r: string[]): string => r.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')
+  return [line(rows[0]), w.map((n) => '-'.repeat(n)).join('  '), ...rows.slice(1).map(line)].join('\n')
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const opt = parseArgs(process.argv.slice(2))
+  const ownDir = opt.dir === null
+  const dir = ownDir ? fs.mkdtempSync('/var/tmp/md-bitmap-bench-') : opt.dir!
+  fs.mkdirSync(dir, { recursive: true })
+  const file = path.join(dir, 'pages.bin')
+  const size = opt.sizeMiB << 20
+  const pages = size / PAGE
+  const startedAt = new Date()
+  const load0 = os.loadavg()
+  const psi0 = pressure()
+  const machine = machineInfo(dir)
+
+  const fioOk = opt.fio && sh('fio', ['--version']) !== null
+  const impls = IMPLS.filter((i) => i !== 'fio' || fioOk)
+  const perRound = opt.durationS / opt.rounds
+  const estimate = Math.round(impls.length * opt.depths.length * opt.durationS + impls.length * opt.depths.length * opt.rounds * 0.4)
+  console.log(
+    `bench:io: ${opt.sizeMiB} MiB file in ${dir} (${machine.fsType} on ${machine.fsSource}), ${opt.pattern} 4 KiB writes, depths ${opt.depths.join(', ')}, ` +
+      `${opt.durationS} s per configuration in ${opt.rounds} round(s), about ${estimate} s`,
+  )
+
+  try {
+    await prepareFile(file, size)
+    const odirectProblem = await probeODirect(file)
+    if (odirectProblem) console.log(`node O_DIRECT: skipped: ${odirectProblem}`)
+
+    const samples = new Map<string, { detail: string; samples: Sample[]; skipped?: string }>()
+    const key = (impl: Impl, depth: number): string => `${impl}@${depth}`
+    let seed = 0x9e3779b9
+    for (let round = 0; round < opt.rounds; round++) {
+      for (const depth of opt.depths) {
+        // Rotate the order each round, so none always runs first or after the same one.
+        const order = impls.map((_, i) => impls[(i + round) % impls.length])
+        for (const impl of order) {
+          const k = key(impl, depth)
+          const entry = samples.get(k) ?? { detail: '', samples: [] }
+          samples.set(k, entry)
+          if (impl === 'node O_DIRECT' && odirectProblem) {
+            entry.skipped = odirectProblem
+            continue
+          }
+          const offsets = new Offsets(pages, opt.pattern, (seed = (seed * 1103515245 + 12345) >>> 0))
+          let r: { sample: Sample; detail: string }
+          if (impl === 'fio') r = await runFio(file, size, depth, opt.pattern, perRound)
+          else if (impl === 'native') r = await runNative(file, depth, offsets, perRound)
+          else r = await runNode(file, depth, offsets, perRound, impl === 'node O_DIRECT')
+          entry.detail = r.detail
+          entry.samples.push(r.sample)
+          process.stdout.write(
+            `  round ${round + 1}/${opt.rounds} depth ${String(depth).padStart(2)} ${impl.padEnd(13)} ${fmt(r.sample.writes / r.sample.seconds).padStart(7)} writes/s\n`,
+          )
+        }
+      }
+    }
+
+    const trips = await roundTrips(file, opt.depths, opt.quick ? 0.25 : 0.5)
+
+    const results: Result[] = []
+    for (const depth of opt.depths) {
+      for (const impl of impls) {
+        const e = samples.get(key(impl, depth))!
+        if (e.skipped || e.samples.length === 0) {
+          results.push({ ...summarize(impl, depth, opt.pattern, e.detail, []), skipped: e.skipped ?? 'not run' })
+        } else {
+          results.push(summarize(impl, depth, opt.pattern, e.detail, e.samples))
+        }
+      }
+    }
+
+    const rows: string[][] = [
+      ['depth', 'implementation', 'writes/s', 'batches/s', 'batch µs', 'writes µs', 'sync µs mean', 'sync p50', 'sync p99', 'CPU µs/write', 'rounds (writes/s)'],
+    ]
+    for (const r of results) {
+      if (r.skipped) {
+        rows.push([String(r.depth), r.impl, 'skipped', '', '', '', '', '', '', '', ''])
+        continue
+      }
+      rows.push([
+        String(r.depth),
+        r.impl,
+        fmt(r.iops),
+        fmt(r.batchesPerSec),
+        fmt(r.meanBatchUs),
+        fmt(r.writePhaseUs),
+        fmt(r.syncMeanUs),
+        fmt(r.syncP50Us),
+        fmt(r.syncP99Us),
+        fmt(r.cpuUsPerWrite, 1),
+        r.roundIops.map((x) => fmt(x)).join(' / '),
+      ])
+    }
+    const ratios: Record<string, Record<string, number | null>> = {}
+    const ratioRows: string[][] = [['depth', 'ratio (writes/s)', 'value']]
+    for (const depth of opt.depths) {
+      const get = (impl: Impl): Result | undefined => results.find((r) => r.impl === impl && r.depth === depth && !r.skipped)
+      const n = get('native')
+      const d: Record<string, number | null> = {}
+      for (const other of ['fio', 'fs.promises', 'node O_DIRECT'] as Impl[]) {
+        const o = get(other)
+        const v = n && o ? n.iops / o.iops : null
+        d[`native/${other}`] = v
+        ratioRows.push([String(depth), `native / ${other}`, v === null ? '–' : v.toFixed(2)])
+      }
+      ratios[String(depth)] = d
+    }
+
+    console.log()
+    console.log(table(rows))
+    console.log()
+    console.log(table(ratioRows))
+    console.log()
+    console.log(
+      table([
+        ['depth', 'round trip, no I/O', 'µs/op', 'CPU µs/op'],
+        ...trips.map((t) => [String(t.depth), t.what, fmt(t.usPerOp, 1), fmt(t.cpuUsPerOp, 1)]),
+      ]),
+    )
+    console.log()
+    console.log('batch µs = wall time / batches (N writes issued together, all awaited, then one fdatasync);')
+    console.log('writes µs = batch µs - sync µs mean: the N writes, from issue to the last completion seen.')
+    console.log('sync = the fdatasync after each batch. CPU µs/write: the whole process (Node rows) or fio\'s own.')
+    const details = new Map<string, string>()
+    for (const r of results) if (r.detail) details.set(r.impl, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
+    for (const [impl, d] of details) console.log(`  ${impl}: ${d}`)
+
+    const load1 = os.loadavg()
+    const psi1 = pressure()
+    const out = {
+      benchmark: 'bench:io',
+      command: `npm run bench:io${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      machine: { ...machine, loadavgBefore: load0, loadavgAfter: load1, pressureBefore: psi0, pressureAfter: psi1 },
+      params: {
+        fileBytes: size,
+        pageBytes: PAGE,
+        pattern: opt.pattern,
+        depths: opt.depths,
+        secondsPerConfig: opt.durationS,
+        rounds: opt.rounds,
+        batch: 'N writes issued concurrently, all awaited, then one fdatasync',
+      },
+      results: results.map((r) => ({
+        ...r,
+        samples: r.samples.map((s) => ({
+          writes: s.writes,
+          batches: s.batches,
+          seconds: s.seconds,
+          cpuSeconds: s.cpuSeconds,
+          ...(s.fioWriteClat ? { fioWriteClatUs: s.fioWriteClat } : {}),
+          ...(Array.isArray(s.syncUs) ? {} : { fioSyncUs: s.syncUs }),
+        })),
+      })),
+      ratios,
+      roundTrips: trips,
+    }
+    fs.mkdirSync(path.dirname(opt.out), { recursive: true })
+    fs.writeFileSync(opt.out, JSON.stringify(out, null, 2) + '\n')
+    console.log(`\nwrote ${path.relative(process.cwd(), opt.out) || opt.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
+        `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`)
+  } finally {
+    if (ownDir) fs.rmSync(dir, { recursive: true, force: true })
+    else fs.rmSync(file, { force: true })
+  }
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})
