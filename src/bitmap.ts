@@ -196,7 +196,9 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
         `${path} is on ${report.fsType}, which does not survive a reboot: after a crash the bitmap would be gone and nothing would say which chunks to resync; put it on a disk filesystem (or pass allowVolatile: true for tests)`,
       )
     }
-    const store = await PageStore.open(path, { mode: options.mode ?? 'file' })
+    // dsync: a page write completes only once it is on stable storage, past any
+    // volatile device cache; only then may the data writes it guards be issued.
+    const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
     try {
       if (store.size < SUPERBLOCK_SIZE || store.size % store.alignment !== 0) {
         throw new MdBitmapError(

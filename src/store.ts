@@ -52,6 +52,11 @@ export interface PageStoreOptions {
    * under the filesystem (needs root; refused where unsafe, see {@link check}).
    */
   mode?: 'file' | 'device'
+  /**
+   * Make every write durable when it completes (O_DSYNC: the device's volatile cache
+   * is flushed, or the write is FUA). Default false: durability waits for {@link PageStore.sync}.
+   */
+  dsync?: boolean
 }
 
 /**
@@ -76,7 +81,7 @@ export class PageStore {
   /** Opens a page store on an existing file. */
   static async open(path: string, options: PageStoreOptions = {}): Promise<PageStore> {
     const mode = options.mode ?? 'file'
-    return new PageStore(await native(() => binding().openStore(path, mode)))
+    return new PageStore(await native(() => binding().openStore(path, mode, options.dsync ?? false)))
   }
 
   /** `'direct'`, `'buffered'` (where direct I/O is refused or meaningless; see {@link reason}) or `'device'`. */

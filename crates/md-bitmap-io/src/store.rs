@@ -109,13 +109,21 @@ fn drop_page_cache(f: &File) {
 
 impl PageStore {
     pub fn open(path: &Path, requested: Requested) -> Result<PageStore> {
+        Self::open_with(path, requested, false)
+    }
+
+    /// `dsync`: every write is durable when it completes (O_DSYNC: FUA or a cache flush
+    /// per write), for metadata such as a bitmap that must be on stable storage before
+    /// the writes it guards are issued. Without it, durability waits for `sync()`.
+    pub fn open_with(path: &Path, requested: Requested, dsync: bool) -> Result<PageStore> {
+        let extra = if dsync { libc::O_DSYNC } else { 0 };
         match requested {
-            Requested::File => Self::open_file(path),
-            Requested::Device => Self::open_device(path),
+            Requested::File => Self::open_file(path, extra),
+            Requested::Device => Self::open_device(path, extra),
         }
     }
 
-    fn open_file(path: &Path) -> Result<PageStore> {
+    fn open_file(path: &Path, extra: libc::c_int) -> Result<PageStore> {
         let report = {
             let f = File::open(path).map_err(|e| with_path(e.into(), path))?;
             check_open(&f, path, None)?
@@ -128,10 +136,7 @@ impl PageStore {
         }
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
-            o.read(true).write(true);
-            if direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
+            o.read(true).write(true).custom_flags(extra | if direct { libc::O_DIRECT } else { 0 });
             o.open(path)
         };
         let unmappable = report.map.is_none();
@@ -170,7 +175,7 @@ impl PageStore {
         })
     }
 
-    fn open_device(path: &Path) -> Result<PageStore> {
+    fn open_device(path: &Path, extra: libc::c_int) -> Result<PageStore> {
         let file = File::open(path).map_err(|e| with_path(e.into(), path))?;
         // Pin first, map second: a map taken before pinning could be stale by the time
         // the pin holds.
@@ -202,7 +207,7 @@ impl PageStore {
         let dev = OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_DIRECT)
+            .custom_flags(libc::O_DIRECT | extra)
             .open(&bdev.path)
             .map_err(|e| {
                 let mut e: IoError = e.into();

@@ -140,3 +140,37 @@ fn not_a_regular_file_is_refused() {
     assert_eq!(check(Path::new("/dev/null")).unwrap_err().code, "ENOT_REGULAR_FILE");
     assert_eq!(extents(Path::new("/nonexistent/x")).unwrap_err().code, "ENOENT");
 }
+
+/// The open flags (octal, from /proc/self/fdinfo) of every descriptor open on `path`.
+fn open_flags_of(path: &Path) -> Vec<u32> {
+    let target = fs::canonicalize(path).unwrap();
+    fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            (fs::read_link(e.path()).ok()? == target).then(|| {
+                let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", e.file_name().to_str().unwrap())).unwrap();
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim().to_string();
+                u32::from_str_radix(&flags, 8).unwrap()
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn dsync_stores_write_through_the_device_cache() {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "dsync");
+    let p = d.0.join("f");
+    written_file(&p, 64 * 1024, 0);
+    let plain = PageStore::open(&p, Requested::File).unwrap();
+    let flags = open_flags_of(&p);
+    assert_eq!(flags.len(), 1);
+    assert_eq!(flags[0] & libc::O_DSYNC as u32, 0);
+    assert_ne!(flags[0] & libc::O_DIRECT as u32, 0);
+    plain.close().unwrap();
+    let durable = PageStore::open_with(&p, Requested::File, true).unwrap();
+    let flags = open_flags_of(&p);
+    assert_eq!(flags.len(), 1);
+    assert_ne!(flags[0] & libc::O_DSYNC as u32, 0, "flags {:o}", flags[0]);
+    durable.close().unwrap();
+}

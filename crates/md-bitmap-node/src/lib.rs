@@ -185,7 +185,12 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
 }
 
 #[napi(ts_return_type = "Promise<NativeStore>")]
-pub fn open_store(env: &Env, path: String, #[napi(ts_arg_type = "'file' | 'device'")] mode: String) -> Result<Object<'_>> {
+pub fn open_store(
+    env: &Env,
+    path: String,
+    #[napi(ts_arg_type = "'file' | 'device'")] mode: String,
+    dsync: Option<bool>,
+) -> Result<Object<'_>> {
     let requested = match mode.as_str() {
         "file" => Requested::File,
         "device" => Requested::Device,
@@ -193,7 +198,8 @@ pub fn open_store(env: &Env, path: String, #[napi(ts_arg_type = "'file' | 'devic
             return Err(invalid(env, format!("mode must be 'file' or 'device', got '{other}'")))
         }
     };
-    run(env, move || PageStore::open(&PathBuf::from(path), requested), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
+    let dsync = dsync.unwrap_or(false);
+    run(env, move || PageStore::open_with(&PathBuf::from(path), requested, dsync), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
 }
 
 /// A JS view written into by an I/O thread; JS must not touch it until the promise settles.
