@@ -131,7 +131,8 @@ async function runPromise(cmds: Cmd[]): Promise<void> {
   const resync = new Set<number>()
   let degraded = false
   const fail = (where: string, what: string) => {
-    throw new Error(`after ${where}: ${what}\n${log.join('\n')}`)
+    const kicked = bitmap.error ? `\n(the bitmap was kicked: ${bitmap.error.code} ${bitmap.error.message})` : ''
+    throw new Error(`after ${where}: ${what}${kicked}\n${log.join('\n')}`)
   }
   const check = (where: string) => {
     const disk = readDisk(path)
@@ -235,8 +236,10 @@ async function runPromise(cmds: Cmd[]): Promise<void> {
     for (const w of resolved.splice(0)) bitmap.endWrite(w.offset, w.length, true, w.behind)
     bitmap.degraded = false
     degraded = false
+    // A chunk in RESYNC whose write ended NEEDED (degraded or failed) needs a second
+    // round: the first endSync leaves NEEDED, as in md.
     for (const c of touched) {
-      if (bitmap.startSync(c * CS)) bitmap.endSync(c * CS, false)
+      for (let round = 0; round < 2 && bitmap.startSync(c * CS); round++) bitmap.endSync(c * CS, false)
     }
     bitmap.closeSync()
     await bitmap.flush()
