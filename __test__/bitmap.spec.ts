@@ -775,6 +775,17 @@ test('errors: create on tmpfs (/dev/shm) → EVOLATILE and nothing left behind, 
   }
 })
 
+test('COUNTER_MAX: close() releases a writer waiting at a full chunk with ECLOSED', async (t) => {
+  const path = newPath()
+  const b = await Bitmap.create(path, { size: 4 * 4096, chunkSize: 4096, daemonSleep: IDLE })
+  await Promise.all(Array.from({ length: COUNTER_MAX - 2 }, () => b.startWrite(0, 512)))
+  const waiter = b.startWrite(0, 512)
+  t.false(await settledYet(waiter))
+  await b.close()
+  t.is(await code(waiter), 'ECLOSED')
+  t.true(readDisk(path).bit(0), 'the chunk with writes still counted stays dirty on disk')
+})
+
 test('errors: create with invalid geometry', async (t) => {
   t.is(await code(Bitmap.create(newPath(), { size: 1000, chunkSize: 4096 })), 'EINVAL', 'size not a multiple of 512')
   t.is(await code(Bitmap.create(newPath(), { size: 0, chunkSize: 4096 })), 'EINVAL')

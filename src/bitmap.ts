@@ -10,7 +10,8 @@
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { open as openFile, unlink } from 'node:fs/promises'
+import { open as openFile, statfs, unlink } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
 import { MdBitmapError } from './errors'
@@ -91,6 +92,17 @@ export interface BitmapStats {
 }
 
 const VOLATILE_FS = new Set(['tmpfs', 'ramfs'])
+const VOLATILE_MAGIC = new Map([
+  [0x01021994, 'tmpfs'],
+  [0x858458f6, 'ramfs'],
+])
+
+function volatileError(path: string, fsType: string): MdBitmapError {
+  return new MdBitmapError(
+    'EVOLATILE',
+    `${path} is on ${fsType}, which does not survive a reboot: after a crash the bitmap would be gone and nothing would say which chunks to resync; put it on a disk filesystem (or pass allowVolatile: true for tests)`,
+  )
+}
 const SECTOR = 512
 
 /**
@@ -150,6 +162,10 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0) {
       throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
     }
+    if (!options.allowVolatile) {
+      const fsType = VOLATILE_MAGIC.get((await statfs(dirname(path)).catch(() => ({ type: 0 }))).type)
+      if (fsType) throw volatileError(path, fsType)
+    }
     const uuid = options.uuid === undefined ? randomBytes(16) : parseUuid(options.uuid)
     const header = encode({
       uuid,
@@ -190,12 +206,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
   static async open(path: string, options: OpenOptions = {}): Promise<Bitmap> {
     const report = await check(path)
-    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) {
-      throw new MdBitmapError(
-        'EVOLATILE',
-        `${path} is on ${report.fsType}, which does not survive a reboot: after a crash the bitmap would be gone and nothing would say which chunks to resync; put it on a disk filesystem (or pass allowVolatile: true for tests)`,
-      )
-    }
+    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) throw volatileError(path, report.fsType)
     // dsync: a page write completes only once it is on stable storage, past any
     // volatile device cache; only then may the data writes it guards be issued.
     const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
@@ -303,6 +314,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     for (let c = first; c <= last; c++) {
       while (this.counters.startWrite(c) === 'full') {
         await new Promise<void>((resolve) => this.fullWaiters.push(resolve))
+        // Closed meanwhile: the chunks counted so far stay dirty, which only costs a resync.
+        if (this.closed) throw new MdBitmapError('ECLOSED', `startWrite on ${this.path}: the bitmap was closed while this write waited at COUNTER_MAX`)
       }
       const page = this.pageOf(c)
       if (!getBit(this.bits, c, this.bitVersion)) {
@@ -552,6 +565,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
       if (!this._error) await this.flush()
     } finally {
       this.closed = true
+      for (const w of this.fullWaiters.splice(0)) w()
       await this.pages.settledAll()
       await this.store.close().catch((e) => this.kick(e))
     }

@@ -81,7 +81,7 @@ import { MdBitmapError } from './errors'
 export const BITMAP_MAGIC = 0x6d746962
 /** Size of the superblock; the bit array starts at this byte offset. */
 export const SUPERBLOCK_SIZE = 256
-/** The host-endian version, read but never written. */
+/** The host-endian version. New bitmaps are version 4; a version-3 file is kept as found, as the kernel does (its bits in this host's order). */
 export const BITMAP_MAJOR_HOSTENDIAN = 3
 /** The version this module writes: little-endian bit order. */
 export const BITMAP_MAJOR = 4
@@ -110,7 +110,7 @@ const CLUSTER_NAME_SIZE = 64
 
 /** The decoded md bitmap superblock. See the module comment for the field types. */
 export interface Superblock {
-  /** 3 (host-endian bits, read only) or 4 (little-endian bits). */
+  /** 3 (host-endian bits: read, and written back as found) or 4 (little-endian bits: what new bitmaps use). */
   version: 3 | 4
   /** The array's UUID: 16 bytes, in file order. Format it with {@link mdadmUuid}. */
   uuid: Uint8Array
