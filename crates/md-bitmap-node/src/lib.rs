@@ -32,15 +32,15 @@ where
     W: FnOnce() -> io::Result<T> + Send + 'static,
     C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
 {
-    let (deferred, promise) = env.create_deferred()?;
-    io::pool::IoPool::global().spawn(move || {
-        let result = work();
-        deferred.resolve(move |env| match result {
-            Ok(v) => convert(&env, v),
-            Err(e) => Err(js_error(&env, &e)),
-        });
-    });
-    Ok(promise)
+    run_on(
+        env,
+        |job| {
+            io::pool::IoPool::global().spawn(job);
+            Ok(())
+        },
+        work,
+        convert,
+    )
 }
 
 /// Like `run`, but on a thread of its own, for work that only waits (for pending writes
@@ -54,17 +54,37 @@ where
     W: FnOnce() -> io::Result<T> + Send + 'static,
     C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
 {
+    run_on(
+        env,
+        |job| {
+            std::thread::Builder::new()
+                .name("md-bitmap-wait".into())
+                .spawn(job)
+                .map(|_| ())
+                .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))
+        },
+        work,
+        convert,
+    )
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn run_on<T, R, W, C>(env: &Env, spawn: impl FnOnce(Job) -> Result<()>, work: W, convert: C) -> Result<Object<'_>>
+where
+    T: Send + 'static,
+    R: ToNapiValue + 'static,
+    W: FnOnce() -> io::Result<T> + Send + 'static,
+    C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
+{
     let (deferred, promise) = env.create_deferred()?;
-    std::thread::Builder::new()
-        .name("md-bitmap-wait".into())
-        .spawn(move || {
-            let result = work();
-            deferred.resolve(move |env| match result {
-                Ok(v) => convert(&env, v),
-                Err(e) => Err(js_error(&env, &e)),
-            });
-        })
-        .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))?;
+    spawn(Box::new(move || {
+        let result = work();
+        deferred.resolve(move |env| match result {
+            Ok(v) => convert(&env, v),
+            Err(e) => Err(js_error(&env, &e)),
+        });
+    }))?;
     Ok(promise)
 }
 
