@@ -21,11 +21,11 @@
 import test from 'ava'
 import fc from 'fast-check'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { requires, which } from './helpers/env'
+import { diskTempDir, removeDir } from './helpers/mdadm'
 import {
   SUPERBLOCK_SIZE,
   STATE_HOSTENDIAN,
@@ -50,23 +50,12 @@ let filesCompared = 0
 let fieldsCompared = 0
 
 // mdadm opens bitmap files with O_DIRECT, which tmpfs refuses: use a disk-backed dir.
-const TMPFS_MAGIC = 0x01021994
 let dir: string | undefined
 function workDir(): string {
-  if (dir) return dir
-  for (const parent of [tmpdir(), '/var/tmp', process.cwd()]) {
-    try {
-      if (statfsSync(parent).type === TMPFS_MAGIC) continue
-      dir = mkdtempSync(join(parent, 'md-bitmap-sb-'))
-      return dir
-    } catch {
-      // try the next one
-    }
-  }
-  throw new Error('no disk-backed directory for test files (mdadm needs O_DIRECT)')
+  return (dir ??= diskTempDir('md-bitmap-sb-'))
 }
 test.after.always(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true })
+  removeDir(dir)
   if (filesCompared) console.log(`superblock-mdadm: ${filesCompared} files, ${fieldsCompared} printed fields compared with mdadm -X`)
 })
 

@@ -91,11 +91,12 @@ export interface BitmapStats {
   eventsCleared: bigint
 }
 
-const VOLATILE_FS = new Set(['tmpfs', 'ramfs'])
+/** Filesystems that do not survive a reboot, by statfs magic. */
 const VOLATILE_MAGIC = new Map([
   [0x01021994, 'tmpfs'],
   [0x858458f6, 'ramfs'],
 ])
+const VOLATILE_FS = new Set(VOLATILE_MAGIC.values())
 
 function volatileError(path: string, fsType: string): MdBitmapError {
   return new MdBitmapError(
@@ -543,10 +544,9 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     )
     this.daemon.stop()
     this.sb.state |= STATE_STALE
-    // Into the image, so every later write of page 0 carries STALE too, and written
-    // through page 0's chain, so no earlier snapshot (without STALE) lands after it.
-    this.pages.image.set(encode(this.sb), 0)
-    this.pages.write(0).catch(() => {})
+    // Through the image and page 0's chain (as every superblock write), so every later
+    // write of page 0 carries STALE too and no earlier snapshot lands after it.
+    void this.syncSuperblock()
     if (this.listenerCount('error') > 0) this.emit('error', this._error)
   }
 

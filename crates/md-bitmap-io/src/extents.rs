@@ -82,10 +82,10 @@ const FIEMAP_HEADER: usize = 32;
 const FIEMAP_EXTENT_SIZE: usize = 56;
 const EXTENTS_PER_CALL: usize = 256;
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+fn ne_u64(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().unwrap())
 }
-fn le_u32(b: &[u8], at: usize) -> u32 {
+fn ne_u32(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
 }
 
@@ -157,7 +157,7 @@ fn fiemap(file: &File, file_size: u64) -> std::result::Result<Vec<Extent>, Errno
         }
         // The first call synced the file; later calls need not do it again.
         flags = 0;
-        let mapped = le_u32(bytes, 20) as usize;
+        let mapped = ne_u32(bytes, 20) as usize;
         if mapped == 0 {
             break;
         }
@@ -165,10 +165,10 @@ fn fiemap(file: &File, file_size: u64) -> std::result::Result<Vec<Extent>, Errno
         for i in 0..mapped {
             let at = FIEMAP_HEADER + i * FIEMAP_EXTENT_SIZE;
             let e = Extent {
-                logical: le_u64(bytes, at),
-                physical: le_u64(bytes, at + 8),
-                length: le_u64(bytes, at + 16),
-                flags: le_u32(bytes, at + 40),
+                logical: ne_u64(bytes, at),
+                physical: ne_u64(bytes, at + 8),
+                length: ne_u64(bytes, at + 16),
+                flags: ne_u32(bytes, at + 40),
             };
             last |= e.flags & FIEMAP_EXTENT_LAST != 0;
             start = e.end();

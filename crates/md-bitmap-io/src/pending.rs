@@ -29,10 +29,7 @@ impl Pending {
     /// A write completed; `err` is recorded if it is the first error.
     pub fn end(&self, err: Option<&IoError>) {
         if let Some(e) = err {
-            let mut slot = self.error.lock().unwrap();
-            if slot.is_none() {
-                *slot = Some(e.clone());
-            }
+            self.record_error(e);
         }
         // Decrement under the lock so a waiter cannot check the count, miss the
         // notification and sleep forever.
@@ -66,6 +63,15 @@ impl Pending {
             }
         }
         true
+    }
+
+    /// Keeps `e` as the sticky error unless an earlier one is kept already; for
+    /// failures that make writes undurable without being writes (a failed fdatasync).
+    pub fn record_error(&self, e: &IoError) {
+        let mut slot = self.error.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(e.clone());
+        }
     }
 
     /// The first write error seen, if any. Sticky: it stays until the store is closed.

@@ -366,8 +366,7 @@ impl PageStore {
         let Some(fds) = fds.as_ref() else { return Err(self.closed_error("sync")) };
         nix::unistd::fdatasync(fds.dev.as_ref().unwrap_or(&fds.file)).map_err(|e| {
             let e = IoError::sys(e, format!("fdatasync {}", self.path.display()));
-            self.pending.begin();
-            self.pending.end(Some(&e));
+            self.pending.record_error(&e);
             e
         })
     }

@@ -23,54 +23,20 @@ fn js_error(env: &Env, e: &IoError) -> Error {
     made.unwrap_or_else(|err| err)
 }
 
-/// Runs `work` on the core's I/O threads and settles a promise with its result,
-/// converted on the JS thread by `convert`.
-fn run<T, R, W, C>(env: &Env, work: W, convert: C) -> Result<Object<'_>>
-where
-    T: Send + 'static,
-    R: ToNapiValue + 'static,
-    W: FnOnce() -> io::Result<T> + Send + 'static,
-    C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
-{
-    run_on(
-        env,
-        |job| {
-            io::pool::IoPool::global().spawn(job);
-            Ok(())
-        },
-        work,
-        convert,
-    )
+/// Where `run` does its work.
+enum On {
+    /// The core's I/O threads.
+    Pool,
+    /// A thread of its own, for work that only waits (for pending writes to drain).
+    /// Waiting on the I/O pool would hold a pool thread, so enough waiters could take
+    /// every thread while the writes they wait for sit queued behind them, a deadlock;
+    /// and a waiter queued behind writes that hang could not honour its timeout.
+    OwnThread,
 }
 
-/// Like `run`, but on a thread of its own, for work that only waits (for pending writes
-/// to drain). Waiting on the I/O pool would hold a pool thread, so enough waiters could
-/// take every thread while the writes they wait for sit queued behind them, a
-/// deadlock; and a waiter queued behind writes that hang could not honour its timeout.
-fn run_waiting<T, R, W, C>(env: &Env, work: W, convert: C) -> Result<Object<'_>>
-where
-    T: Send + 'static,
-    R: ToNapiValue + 'static,
-    W: FnOnce() -> io::Result<T> + Send + 'static,
-    C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
-{
-    run_on(
-        env,
-        |job| {
-            std::thread::Builder::new()
-                .name("md-bitmap-wait".into())
-                .spawn(job)
-                .map(|_| ())
-                .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))
-        },
-        work,
-        convert,
-    )
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-fn run_on<T, R, W, C>(env: &Env, spawn: impl FnOnce(Job) -> Result<()>, work: W, convert: C) -> Result<Object<'_>>
+/// Runs `work` off the JS thread and settles a promise with its result, converted on
+/// the JS thread by `convert`.
+fn run<T, R, W, C>(env: &Env, on: On, work: W, convert: C) -> Result<Object<'_>>
 where
     T: Send + 'static,
     R: ToNapiValue + 'static,
@@ -78,13 +44,22 @@ where
     C: FnOnce(&Env, T) -> Result<R> + Send + 'static,
 {
     let (deferred, promise) = env.create_deferred()?;
-    spawn(Box::new(move || {
+    let job = move || {
         let result = work();
         deferred.resolve(move |env| match result {
             Ok(v) => convert(&env, v),
             Err(e) => Err(js_error(&env, &e)),
         });
-    }))?;
+    };
+    match on {
+        On::Pool => io::pool::IoPool::global().spawn(job),
+        On::OwnThread => {
+            std::thread::Builder::new()
+                .name("md-bitmap-wait".into())
+                .spawn(job)
+                .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))?;
+        }
+    }
     Ok(promise)
 }
 
@@ -163,12 +138,12 @@ fn map_info(m: io::ExtentMap) -> ExtentMapInfo {
 
 #[napi(ts_return_type = "Promise<ExtentMapInfo>")]
 pub fn extents(env: &Env, path: String) -> Result<Object<'_>> {
-    run(env, move || io::extents(&PathBuf::from(path)), |_, m| Ok(map_info(m)))
+    run(env, On::Pool, move || io::extents(&PathBuf::from(path)), |_, m| Ok(map_info(m)))
 }
 
 #[napi(ts_return_type = "Promise<CheckInfo>")]
 pub fn check(env: &Env, path: String) -> Result<Object<'_>> {
-    run(env, move || io::check(&PathBuf::from(path)), |_, r| {
+    run(env, On::Pool, move || io::check(&PathBuf::from(path)), |_, r| {
         Ok(CheckInfo {
             file_size: r.file_size as f64,
             fs_type: r.fs.name.clone(),
@@ -219,7 +194,7 @@ pub fn open_store(
         }
     };
     let dsync = dsync.unwrap_or(false);
-    run(env, move || PageStore::open_with(&PathBuf::from(path), requested, dsync), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
+    run(env, On::Pool, move || PageStore::open_with(&PathBuf::from(path), requested, dsync), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
 }
 
 /// A JS view written into by an I/O thread; JS must not touch it until the promise settles.
@@ -314,7 +289,7 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn sync<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let s = self.inner.clone();
-        run(env, move || s.sync(), |_, ()| Ok(()))
+        run(env, On::Pool, move || s.sync(), |_, ()| Ok(()))
     }
 
     /// Resolves once no write is in flight: `true`, or `false` if `timeoutMs` passed first.
@@ -322,7 +297,7 @@ impl NativeStore {
     pub fn wait_idle<'e>(&self, env: &'e Env, timeout_ms: Option<f64>) -> Result<Object<'e>> {
         let s = self.inner.clone();
         let timeout = timeout_ms.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Duration::from_micros((t * 1000.0) as u64));
-        run_waiting(env, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
+        run(env, On::OwnThread, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
     }
 
     /// Writes in flight now.
@@ -342,6 +317,6 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let s = self.inner.clone();
-        run_waiting(env, move || s.close(), |_, ()| Ok(()))
+        run(env, On::OwnThread, move || s.close(), |_, ()| Ok(()))
     }
 }
