@@ -73,7 +73,7 @@ export interface ExtentMapInfo {
 
 export declare function extents(path: string): Promise<ExtentMapInfo>
 
-export declare function openStore(path: string, mode: 'file' | 'device', dsync?: boolean | undefined | null): Promise<NativeStore>
+export declare function openStore(path: string, mode: 'file' | 'device' | 'data', dsync?: boolean | undefined | null): Promise<NativeStore>
 
 export interface ProblemInfo {
   code: string

@@ -139,6 +139,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   private _error: MdBitmapError | undefined
   private _behind = 0
   private _behindHigh = 0
+  /**
+   * Called by the daemon before a pass that may clear bits; must not reject. A mirror
+   * makes its members' completed writes durable here, so no bit is cleared over data
+   * still in a volatile device cache.
+   */
+  beforeClear: (() => Promise<void>) | undefined
 
   private constructor(
     readonly path: string,
@@ -475,7 +481,39 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     return this.counters.get(this.chunkAt('counter', offset))
   }
 
+  /**
+   * Marks a range for resync, durably: its bits are set and written before this
+   * resolves, and its chunks are NEEDED (a full recovery marks the whole device).
+   */
+  async markNeeded(offset: number, length: number): Promise<void> {
+    const [first, last] = this.chunkRange('markNeeded', offset, length)
+    for (let c = first; c <= last; c++) {
+      this.counters.markNeeded(c)
+      if (!setBit(this.bits, c, this.bitVersion)) this.pages.markNeedWrite(this.pageOf(c))
+    }
+    if (this._error) return
+    await this.pages.flushNeedWrite()
+    this.throwIfError()
+  }
+
+  /** The chunks that are NEEDED or in resync, in order: what a resync must visit. */
+  neededChunks(): number[] {
+    const out: number[] = []
+    for (let c = 0; c < this.chunks; c++) if (this.counters.get(c) & (NEEDED | RESYNC)) out.push(c)
+    return out
+  }
+
+  /** Whether a write error stopped the bitmap (see the `'error'` event). */
+  get kicked(): boolean {
+    return this._error !== undefined
+  }
+
   // -- the daemon ---------------------------------------------------------------------
+
+  /** @internal */
+  get hasCandidates(): boolean {
+    return this.counters.hasCandidates
+  }
 
   /** @internal */
   get needSync(): boolean {

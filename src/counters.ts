@@ -136,6 +136,10 @@ export class Counters {
     return 'none'
   }
 
+  get hasCandidates(): boolean {
+    return this.candidates.size > 0
+  }
+
   /** The chunks a daemon pass should look at, in order. */
   candidateChunks(): number[] {
     return [...this.candidates].sort((a, b) => a - b)

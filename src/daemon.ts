@@ -2,6 +2,9 @@
  * The bitmap daemon: every `daemonSleep` seconds, one pass of lazy bit clearing.
  *
  * A pass, in order:
+ * 0. If the target has a `beforeClear` hook and some chunk may be cleared, run it:
+ *    the mirror makes its members' completed writes durable there (fdatasync), so a
+ *    bit is never cleared over data still in a device's volatile cache.
  * 1. If `events_cleared` changed since the superblock was last written, write the
  *    superblock and wait for it: a bit may be cleared on disk only once the
  *    superblock says which events the clearing accounts for (a member that returns
@@ -28,10 +31,15 @@ export interface DaemonTarget {
   stepCandidates(mayClear: boolean): number
   /** Writes the pages whose bits were cleared. */
   writeClearedPages(): Promise<void>
+  /** Whether some chunk is a candidate for a step (so a pass may clear a bit). */
+  readonly hasCandidates: boolean
+  /** Runs before candidates step; must not reject. */
+  beforeClear?: () => Promise<void>
 }
 
 /** One pass; returns how many chunks changed state (0: nothing left to do). */
 export async function daemonPass(target: DaemonTarget): Promise<number> {
+  if (target.beforeClear && target.hasCandidates && target.mayClear) await target.beforeClear()
   if (target.needSync) await target.syncSuperblock()
   // Re-read: an endWrite during the superblock write may have asked for another update.
   const changed = target.stepCandidates(target.mayClear && !target.needSync)

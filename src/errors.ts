@@ -40,6 +40,14 @@
  * | `ESHORTBUFFER` | fewer than 256 bytes to decode |
  * | `EUUID` | the bitmap belongs to another array |
  * | `EVOLATILE` | a bitmap on a filesystem that does not survive a reboot (tmpfs) |
+ * | `EMIRROR_METADATA` | the mirror's metadata file is missing, corrupt or does not match |
+ * | `EMIRROR_FAILED` | no member in sync is left to serve the request |
+ * | `EMIRROR_WRITE` | a write reached no member that may acknowledge it |
+ * | `EMIRROR_READ` | every member that could serve a read failed it |
+ * | `EMIRROR_MEMBER` | a member is missing, too small, or in the wrong state for the request |
+ * | `EMIRROR_LAST_MEMBER` | the request would leave no member in sync |
+ * | `EMIRROR_BUSY` | a resync or recovery is already running |
+ * | `EABORTED` | the operation was aborted through its `AbortSignal` |
  *
  * @module
  */

@@ -44,14 +44,21 @@ export function allocAligned(size: number, align = 4096): Uint8Array {
   return new Uint8Array(backing.buffer, offset, size)
 }
 
+/** Whether `view` starts at an address that is a multiple of `align`. */
+export function isAligned(view: Uint8Array, align: number): boolean {
+  return binding().alignmentOffset(view, align) === 0
+}
+
 /** Options of {@link PageStore.open}. */
 export interface PageStoreOptions {
   /**
    * `'file'` (default): write the file through its filesystem, with O_DIRECT where the
    * filesystem allows it. `'device'`: write its blocks straight on the block device
    * under the filesystem (needs root; refused where unsafe, see {@link check}).
+   * `'data'`: a mirror member's data: a regular file (holes allowed) or a whole block
+   * device (opened exclusively), with direct I/O where the filesystem allows it.
    */
-  mode?: 'file' | 'device'
+  mode?: 'file' | 'device' | 'data'
   /**
    * Make every write durable when it completes (O_DSYNC: the device's volatile cache
    * is flushed, or the write is FUA). Default false: durability waits for {@link PageStore.sync}.

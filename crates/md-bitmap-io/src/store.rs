@@ -49,8 +49,13 @@ impl Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requested {
+    /// A bitmap-style file, written in place: whole, no holes or unsafe extents.
     File,
+    /// A bitmap-style file written on the device under its filesystem.
     Device,
+    /// Data: a mirror member, a regular file (holes allowed: the filesystem fills
+    /// them) or a whole block device, read and written with direct I/O.
+    Data,
 }
 
 struct DeviceTarget {
@@ -120,6 +125,7 @@ impl PageStore {
         match requested {
             Requested::File => Self::open_file(path, extra),
             Requested::Device => Self::open_device(path, extra),
+            Requested::Data => Self::open_data(path, extra),
         }
     }
 
@@ -168,6 +174,54 @@ impl PageStore {
             mode,
             reason,
             size: report.file_size,
+            align,
+            pending: Pending::new(),
+            closed: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
+        })
+    }
+
+    fn open_data(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+        use std::os::unix::fs::FileTypeExt;
+        let meta = std::fs::metadata(path).map_err(|e| with_path(e.into(), path))?;
+        let block = meta.file_type().is_block_device();
+        if !block && !meta.is_file() {
+            return Err(IoError::new("EINVAL", format!("{} is neither a regular file nor a block device", path.display())));
+        }
+        // A block device is opened exclusively, as md does: no one mounts it under us.
+        let excl = if block { libc::O_EXCL } else { 0 };
+        let open = |direct: bool| {
+            let mut o = OpenOptions::new();
+            o.read(true).write(true).custom_flags(extra | excl | if direct { libc::O_DIRECT } else { 0 });
+            o.open(path)
+        };
+        let (file, mode, reason) = match open(true) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                (open(false), Mode::Buffered, Some("the filesystem refuses O_DIRECT; buffered writes with fdatasync".to_string()))
+            }
+            r => (r, Mode::Direct, None),
+        };
+        let file = file.map_err(|e| with_path(e.into(), path))?;
+        let (size, align) = if block {
+            let mut size: u64 = 0;
+            // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
+            const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+            let r = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+            if r < 0 {
+                return Err(IoError::sys(nix::errno::Errno::last(), format!("BLKGETSIZE64 {}", path.display())));
+            }
+            let lbs = logical_block_size(&file).unwrap_or(4096);
+            (size, DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice })
+        } else {
+            (meta.len(), dio_alignment(&file))
+        };
+        Ok(PageStore {
+            path: path.to_path_buf(),
+            fds: RwLock::new(Some(Fds { file, dev: None })),
+            device: None,
+            mode,
+            reason,
+            size,
             align,
             pending: Pending::new(),
             closed: AtomicBool::new(false),

@@ -62,6 +62,19 @@ fn holes_and_unwritten_extents_are_named() {
     assert_eq!(holes[0].offset, Some(0));
     assert!(!r.file_mode_ok());
     assert_eq!(PageStore::open(&sparse, Requested::File).err().unwrap().code, "EFILE_MODE_UNSUPPORTED");
+    // A data member may have holes: the filesystem fills them on write.
+    let data = std::sync::Arc::new(PageStore::open(&sparse, Requested::Data).unwrap());
+    assert_eq!(data.size(), 1 << 20);
+    let mut buf = AlignedBuf::new(4096, data.alignment().memory as usize);
+    data.read_at(512 * 1024, buf.as_mut()).unwrap();
+    assert!(buf.as_ref().iter().all(|&b| b == 1));
+    buf.as_mut().fill(7);
+    data.write_at(0, buf.as_ref()).unwrap();
+    data.read_at(0, buf.as_mut()).unwrap();
+    assert!(buf.as_ref().iter().all(|&b| b == 7));
+    data.close().unwrap();
+    let dir = d.0.clone();
+    assert_eq!(PageStore::open(&dir, Requested::Data).err().unwrap().code, "EINVAL");
 
     let unwritten = d.0.join("unwritten");
     let f = File::create(&unwritten).unwrap();
