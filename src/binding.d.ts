@@ -46,28 +46,48 @@ export declare function alignmentOffset(view: Uint8Array, align: number): number
 
 export declare function check(path: string): Promise<CheckInfo>
 
+/** What `check` found about a file: whether file mode and device mode may use it. */
 export interface CheckInfo {
+  /** The file's size in bytes. */
   fileSize: number
+  /** The name of the filesystem the file is on, e.g. `ext4`, `xfs`, `btrfs`, `tmpfs`. */
   fsType: string
+  /** The block device under the filesystem (e.g. `/dev/loop0`), when it sits on one. */
   device?: string
+  /** True when no problem rules out file mode. */
   fileModeOk: boolean
+  /** True when no problem rules out device mode. */
   deviceModeOk: boolean
+  /** Every problem found, each named by its code. */
   problems: Array<ProblemInfo>
+  /** The extent map, when the filesystem can map its blocks. */
   map?: ExtentMapInfo
 }
 
+/** One extent of a file: a run of bytes stored contiguously on the device. */
 export interface ExtentInfo {
+  /** Where the extent starts in the file, in bytes. */
   logical: number
+  /** Where it starts on the device under the filesystem, in bytes. */
   physical: number
+  /** Its length in bytes. */
   length: number
+  /**
+   * The FIEMAP flags set on it, by name: `last`, `unknown`, `delalloc`, `encoded`,
+   * `encrypted`, `not_aligned`, `inline`, `tail`, `unwritten`, `merged`, `shared`.
+   */
   flags: Array<string>
 }
 
+/** The extent map of a file: where its bytes live on the device. */
 export interface ExtentMapInfo {
+  /** The file's size in bytes. */
   fileSize: number
+  /** The filesystem block size in bytes (FIGETBSZ, else st_blksize). */
   blockSize: number
   /** "fiemap" or "fibmap". */
   source: 'fiemap' | 'fibmap'
+  /** The extents, in file order. */
   extents: Array<ExtentInfo>
 }
 
@@ -75,16 +95,26 @@ export declare function extents(path: string): Promise<ExtentMapInfo>
 
 export declare function openStore(path: string, mode: 'file' | 'device' | 'data', dsync?: boolean | undefined | null): Promise<NativeStore>
 
+/** One problem that `check` found with a file. */
 export interface ProblemInfo {
+  /** A stable code naming the problem, e.g. `EEXTENT_HOLE` or `EEXTENT_UNWRITTEN`. */
   code: string
+  /** What is wrong, in words. */
   message: string
+  /** Where in the file the problem starts, in bytes, when it concerns a byte range. */
   offset?: number
+  /** How many bytes the problem concerns, when it concerns a byte range. */
   length?: number
+  /** Whether the problem rules out file mode. */
   blocksFileMode: boolean
+  /** Whether the problem rules out device mode. */
   blocksDeviceMode: boolean
 }
 
+/** The first write error a native store saw. */
 export interface StoreError {
+  /** The error code (an errno name such as `EIO`, or one of the core's codes). */
   code: string
+  /** What failed, in words. */
   message: string
 }

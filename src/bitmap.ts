@@ -55,6 +55,7 @@ export interface CreateOptions {
 
 /** Options of {@link Bitmap.open}. */
 export interface OpenOptions {
+  /** `'file'` (default) or `'device'`; see {@link PageStore.open}. */
   mode?: 'file' | 'device'
   /** The uuid the bitmap must carry (`EUUID` otherwise). */
   uuid?: Uint8Array | string
@@ -63,31 +64,41 @@ export interface OpenOptions {
    * changes, so every chunk is marked for resync.
    */
   events?: bigint
+  /** Allow a filesystem that does not survive a reboot (tmpfs). Default false. */
   allowVolatile?: boolean
 }
 
 /** A byte range of the data. */
 export interface Range {
+  /** Where the range starts, in bytes from the start of the data. */
   offset: number
+  /** Its length in bytes. */
   length: number
 }
 
 /** What {@link Bitmap.stats} reports. */
 export interface BitmapStats {
+  /** Chunks the bitmap covers: one bit each. */
   chunks: number
+  /** Bytes of data per chunk. */
   chunkSize: number
   /** Chunks whose bit is set in the page image. */
   dirty: number
   /** Page writes issued since open. */
   pagesWritten: number
+  /** Write-behind writes outstanding now. */
   behindWrites: number
   /** The most write-behind writes seen outstanding at once. */
   behindWritesHighWater: number
+  /** The write-behind limit from the superblock (0 = write-behind off). */
   maxWriteBehind: number
+  /** How the bitmap file is written: `'direct'`, `'buffered'` or `'device'`. */
   mode: StoreMode
   /** Set once a write to the bitmap failed: the bitmap is no longer used. */
   kicked: boolean
+  /** The superblock's event count. */
   events: bigint
+  /** The event count when bits were last cleared. */
   eventsCleared: bigint
 }
 
@@ -147,6 +158,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   beforeClear: (() => Promise<void>) | undefined
 
   private constructor(
+    /** The bitmap file's path. */
     readonly path: string,
     private readonly store: PageStore,
     image: Uint8Array,
@@ -263,12 +275,15 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   get size(): number {
     return this.sb.syncSize * SECTOR
   }
+  /** Bytes of data per chunk (per bit). */
   get chunkSize(): number {
     return this.sb.chunkSize
   }
+  /** Chunks covered: ⌈size / chunkSize⌉. */
   get chunks(): number {
     return this.counters.chunks
   }
+  /** The array's UUID, 16 bytes in file order (a copy). */
   get uuid(): Uint8Array {
     return this.sb.uuid.slice()
   }
@@ -280,9 +295,11 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   get maxWriteBehind(): number {
     return this.sb.writeBehind
   }
+  /** Write-behind writes outstanding now (started with `behind` and not yet ended). */
   get behindWrites(): number {
     return this._behind
   }
+  /** The most write-behind writes seen outstanding at once since open. */
   get behindWritesHighWater(): number {
     return this._behindHigh
   }
@@ -384,10 +401,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   get degraded(): boolean {
     return this._degraded
   }
+  /** Set by the mirror while a member is failed or missing, cleared once it is whole. */
   set degraded(v: boolean) {
     this._degraded = v
   }
 
+  /** The superblock's event count. */
   get events(): bigint {
     return this.sb.events
   }
@@ -408,10 +427,13 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   /**
    * Whether the chunk holding `offset` must be copied by a resync (NEEDED or already
    * in resync). A NEEDED chunk is marked RESYNC unless the mirror is degraded.
+   * `degraded` overrides {@link Bitmap.degraded} for this call: a recovery passes whether the
+   * mirror stays degraded once its targets are in sync (the kernel's still_degraded),
+   * so a chunk copied to every member that lacks it is no longer NEEDED.
    */
-  startSync(offset: number): boolean {
+  startSync(offset: number, degraded = this._degraded): boolean {
     const c = this.chunkAt('startSync', offset)
-    const r = this.counters.startSync(c, this._degraded)
+    const r = this.counters.startSync(c, degraded)
     // A chunk below the checkpoint in resync again: the next condEndSync must reach it.
     if (c < this.syncCheckpoint && this.counters.get(c) & RESYNC) this.syncCheckpoint = c
     return r
@@ -460,6 +482,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     return out
   }
 
+  /** A snapshot of the bitmap's geometry, dirty chunks and write-behind counts. */
   stats(): BitmapStats {
     return {
       chunks: this.chunks,

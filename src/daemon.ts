@@ -12,7 +12,8 @@
  * 2. Each candidate chunk steps down: 2 → 1, then 1 → 0 with its bit cleared in the
  *    page image. Nothing is cleared while the mirror is degraded, while a chunk is
  *    NEEDED or in resync, or if another `events_cleared` update arrived meanwhile.
- * 3. The pages whose bits were cleared are written (lazily: nothing waits on them).
+ * 3. The pages whose bits were cleared are written; the pass waits for them, writers
+ *    never do.
  *
  * Passes never overlap. The timer is unref'd, so it never keeps a process alive.
  *
@@ -39,10 +40,13 @@ export interface DaemonTarget {
 
 /** One pass; returns how many chunks changed state (0: nothing left to do). */
 export async function daemonPass(target: DaemonTarget): Promise<number> {
-  if (target.beforeClear && target.hasCandidates && target.mayClear) await target.beforeClear()
+  // Taken once: clearing allowed only if it was allowed (and members flushed) before
+  // the awaits below, and still is after them.
+  const mayClear = target.mayClear
+  if (target.beforeClear && target.hasCandidates && mayClear) await target.beforeClear()
   if (target.needSync) await target.syncSuperblock()
   // Re-read: an endWrite during the superblock write may have asked for another update.
-  const changed = target.stepCandidates(target.mayClear && !target.needSync)
+  const changed = target.stepCandidates(mayClear && target.mayClear && !target.needSync)
   await target.writeClearedPages()
   return changed
 }

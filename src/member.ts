@@ -29,7 +29,9 @@ export interface Member {
 
 /** What a mirror knows of a member when it asks for it to be opened. */
 export interface MemberSpec {
+  /** The member's path (or URL) as the mirror records it. */
   path: string
+  /** Whether the member is write-mostly. */
   writeMostly: boolean
   /** The member's slot in the mirror. */
   index: number

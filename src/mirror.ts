@@ -76,6 +76,7 @@ export interface MirrorCreateOptions {
   bitmap: string | null
   /** The metadata file. Default: the bitmap's path with `.mirror.json` appended; required without a bitmap. */
   metadata?: string
+  /** The members, in slot order: local files or block devices (created sparse when missing), or what `openMember` opens. */
   members: MemberOptions[]
   /** Bytes of data mirrored: a multiple of every member's alignment. */
   size: number
@@ -111,58 +112,87 @@ export interface MirrorOpenOptions {
   bitmap?: string
   /** The metadata file, if not beside the bitmap (and for a mirror without a bitmap). */
   metadata?: string
+  /** Opens members of other kinds (remote disks). Default: local files and block devices. */
   openMember?: OpenMember
+  /** Where the bitmap is written: `'file'` (default) or `'device'`. */
   bitmapMode?: 'file' | 'device'
+  /** Allow the bitmap on a filesystem that does not survive a reboot (tmpfs). */
   allowVolatile?: boolean
 }
 
 /** A member as {@link Mirror.members} shows it. */
 export interface MemberInfo {
+  /** The member's slot in the mirror. */
   index: number
+  /** Its path (or URL). */
   path: string
+  /** Whether it is write-mostly: read only when no other member can serve. */
   writeMostly: boolean
+  /** `'in-sync'`, `'faulty'`, `'recovering'` or `'removed'`. */
   state: MemberState
   /** The mirror's event count when the member was last in sync. */
   events: bigint
   /** Why the member is faulty. */
-  error?: { code: string; message: string }
+  error?: {
+    /** The error code, e.g. `EIO`. */
+    code: string
+    /** What failed, in words. */
+    message: string
+  }
   /** Writes in flight on this member now. */
   writesInFlight: number
 }
 
 /** What {@link Mirror.stats} reports. */
 export interface MirrorStats {
+  /** Writes acknowledged since open. */
   writes: number
+  /** Reads served since open. */
   reads: number
   /** Writes made behind (acknowledged before the write-mostly members had them). */
   behindWrites: number
   /** Behind writes in flight now, and the most at once. */
   behindInFlight: number
+  /** The most behind writes in flight at once since open. */
   behindHighWater: number
   /** Bytes held in write-behind copies now, and the most at once. */
   behindBytes: number
+  /** The most bytes held in write-behind copies at once since open. */
   behindBytesHighWater: number
   /** Writes that could have been behind but were synchronous: at the writeBehind limit, or past the memory budget. */
-  behindFallbacks: { limit: number; memory: number }
+  behindFallbacks: {
+    /** Synchronous because the bitmap's writeBehind limit was reached. */
+    limit: number
+    /** Synchronous because the copy would have passed behindMemoryLimit. */
+    memory: number
+  }
   /** Member failures seen since open. */
   memberFailures: number
+  /** Some member is not in sync (see {@link Mirror.degraded}). */
   degraded: boolean
+  /** The mirror's event count. */
   events: bigint
 }
 
 /** A resync's progress, given to {@link ResyncOptions.onProgress}. */
 export interface ResyncProgress {
+  /** Chunks visited so far. */
   chunksDone: number
+  /** Chunks this resync visits in all. */
   chunksTotal: number
+  /** Bytes copied so far. */
   bytesCopied: number
+  /** Bytes of the chunks this resync visits. */
   bytesTotal: number
   /** Bytes copied per second so far. */
   rate: number
+  /** Milliseconds since the resync started. */
   elapsedMs: number
 }
 
 /** Options of {@link Mirror.resync}. */
 export interface ResyncOptions {
+  /** Called with the progress as chunks are copied, at most every {@link ResyncOptions.progressIntervalMs}, and once at the end. */
   onProgress?: (p: ResyncProgress) => void
   /** Aborts the resync; the chunks not yet copied stay marked, so a later resync resumes. */
   signal?: AbortSignal
@@ -174,13 +204,17 @@ export interface ResyncOptions {
 export interface ResyncReport {
   /** Chunks copied, and their indices. */
   chunksCopied: number
+  /** The indices of the chunks copied. */
   chunks: number[]
+  /** Bytes of the chunks copied (counted once, however many targets). */
   bytesCopied: number
   /** Chunks the resync had to visit. */
   chunksTotal: number
+  /** How long the resync took, in milliseconds. */
   durationMs: number
   /** The member copied from, and the members copied to. */
   source: number
+  /** The slots of the members copied to. */
   targets: number[]
   /** Members that were recovering and are now in sync. */
   recovered: number[]
@@ -371,7 +405,9 @@ export class Mirror extends EventEmitter {
         const why = meta.members.map((m, i) => `member ${i} ${m.path}: ${m.state}${m.error ? ` (${m.error.message})` : ''}`).join('; ')
         throw new MdBitmapError('EMIRROR_FAILED', `no member of the mirror in ${metaPath} is in sync and available: ${why}`)
       }
-      if (!meta.clean && !bitmap && meta.resyncFrom === null) meta.resyncFrom = 0
+      // Without a bitmap, an unclean shutdown may have left any chunk different, below a
+      // resync checkpoint too (writes went on there): the resync starts over.
+      if (!meta.clean && !bitmap) meta.resyncFrom = 0
       const mirror = new Mirror(metaPath, meta, bitmap, slots, openMember)
       await mirror.start()
       return mirror
@@ -401,12 +437,15 @@ export class Mirror extends EventEmitter {
 
   // -- geometry and state -------------------------------------------------------------
 
+  /** Bytes of data mirrored. */
   get size(): number {
     return this.meta.size
   }
+  /** Bytes per bitmap bit, and the unit of resync. */
   get chunkSize(): number {
     return this.meta.chunkSize
   }
+  /** The mirror's identity, as 32 hex digits. */
   get uuid(): string {
     return this.meta.uuid
   }
@@ -414,6 +453,7 @@ export class Mirror extends EventEmitter {
   get alignment(): number {
     return this._alignment
   }
+  /** The mirror's event count: bumped at every open and member change. */
   get events(): bigint {
     return this.meta.events
   }
@@ -426,6 +466,7 @@ export class Mirror extends EventEmitter {
     return this.bitmap ? this.bitmap.neededChunks().length > 0 : this.meta.resyncFrom !== null
   }
 
+  /** Every member slot, with its state. */
   get members(): MemberInfo[] {
     return this.slots.map((s, index) => {
       const info: MemberInfo = {
@@ -441,6 +482,7 @@ export class Mirror extends EventEmitter {
     })
   }
 
+  /** Counts of writes, reads, write-behind and failures since open. */
   stats(): MirrorStats {
     const s = this.s
     return {
@@ -474,12 +516,15 @@ export class Mirror extends EventEmitter {
     const first = Math.floor(offset / this.meta.chunkSize)
     const last = Math.floor((offset + len - 1) / this.meta.chunkSize)
     await this.barrier.enterWrite(first, last)
-    const active = this.slots.filter((s) => s.active)
+    // Fast members first: their writes are issued before the write-behind copy is made.
+    const active = this.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
     const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
     // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
     const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
     let behind = false
     try {
+      // Closed while this write waited at the barrier: the bitmap may be gone.
+      this.checkOpen('write')
       if (ackers.size === 0) throw this.failedError('write')
       behind = fastInSync.length > 0 && this.mayGoBehind(active, len)
       if (behind) this.reserveBehind(len)
@@ -490,10 +535,10 @@ export class Mirror extends EventEmitter {
       throw e
     }
     this.s.writes++
-    const copy = behind ? copyAligned(buf, this._alignment) : undefined
+    let copy: Uint8Array | undefined
     let everyMember = true
     const outcomes = active.map((slot) => {
-      const payload = copy && slot.record.writeMostly ? copy : buf
+      const payload = behind && slot.record.writeMostly ? (copy ??= copyAligned(buf, this._alignment)) : buf
       return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
         () => undefined as MdBitmapError | undefined,
         async (e) => {
@@ -628,6 +673,11 @@ export class Mirror extends EventEmitter {
     const metaErr = metaErrs.find((e) => e)
     if (strict && metaErr) throw metaErr
     if (strict && !this.slots.some((s) => s.inSync)) throw this.failedError('flush')
+  }
+
+  /** Flushes the given members; a failure fails that member. Never rejects. */
+  private async flushSlots(slots: Slot[]): Promise<void> {
+    await Promise.all(slots.filter((s) => s.active).map((s) => s.member!.flush().catch((e) => this.failMember(s, e))))
   }
 
   /** The bitmap daemon's hook: members durable before a bit is cleared. Never rejects. */
@@ -794,7 +844,10 @@ export class Mirror extends EventEmitter {
     const chunkLen = (c: number) => Math.min(cs, this.meta.size - c * cs)
     let source = this.sourceSlot()
     if (!source) throw this.failedError('resync')
-    const targets = () => this.slots.filter((s) => s.active && s !== source)
+    // The members active now; one re-added meanwhile missed the chunks already copied,
+    // so it waits for a resync of its own (reAdd runs one) rather than join this one.
+    const initial = this.slots.filter((s) => s.active && s !== source)
+    const targets = () => initial.filter((s) => s.active && s !== source)
     const report: ResyncReport = {
       chunksCopied: 0,
       chunks: [],
@@ -820,6 +873,8 @@ export class Mirror extends EventEmitter {
       o.onProgress({ chunksDone: done, chunksTotal: list.length, bytesCopied: report.bytesCopied, bytesTotal, rate: elapsedMs > 0 ? (report.bytesCopied * 1000) / elapsedMs : 0, elapsedMs })
     }
     let lastCheckpoint = performance.now()
+    /** Without a bitmap: every chunk below this was copied (where an aborted resync resumes). */
+    let copiedUpTo = this.meta.resyncFrom ?? 0
     try {
       if (targets().length > 0) {
         for (const c of list) {
@@ -828,7 +883,9 @@ export class Mirror extends EventEmitter {
           await this.barrier.lockSync(c)
           let failed = false
           try {
-            const need = bm ? bm.startSync(c * cs) : true
+            // Degraded even once the targets have this chunk? Then it stays NEEDED for the missing members.
+            const stillDegraded = this.slots.some((s) => s.record.state !== 'in-sync' && !targets().includes(s))
+            const need = bm ? bm.startSync(c * cs, stillDegraded) : true
             if (need) {
               for (;;) {
                 const r = await this.copyChunk(c * cs, chunkLen(c), source, targets(), o.signal)
@@ -859,9 +916,12 @@ export class Mirror extends EventEmitter {
             this.barrier.unlockSync(c)
           }
           done++
+          copiedUpTo = (c + 1) * cs
           bm?.condEndSync((c + 1) * cs)
           if (!bm && performance.now() - lastCheckpoint > 5000) {
             lastCheckpoint = performance.now()
+            // The copies must be durable before the checkpoint says they were made.
+            await this.flushSlots(targets())
             this.meta.resyncFrom = (c + 1) * cs
             await this.persist()
           }
@@ -869,12 +929,18 @@ export class Mirror extends EventEmitter {
         }
       }
     } catch (e) {
-      if (!bm && this.meta.resyncFrom !== null) await this.persist().catch(() => {})
+      if (!bm && this.meta.resyncFrom !== null) {
+        await this.flushSlots(targets())
+        this.meta.resyncFrom = Math.max(this.meta.resyncFrom, copiedUpTo)
+        await this.persist().catch(() => {})
+      }
       throw e
     } finally {
       bm?.closeSync()
     }
-    // Complete: only if every target took every chunk (no member failed meanwhile).
+    // Complete: only if every target took every chunk (no member failed meanwhile),
+    // durably: a recovered member may become the next resync's source.
+    if (this.failures === generation && targets().length > 0) await this.flushSlots(targets())
     if (this.failures === generation && targets().length > 0) {
       for (const s of targets()) {
         if (s.record.state === 'recovering') {

@@ -120,7 +120,11 @@ export interface Superblock {
   eventsCleared: bigint
   /** Size of the data covered, in 512-byte sectors; a positive safe integer. */
   syncSize: number
-  /** State flags ({@link STATE_STALE}, {@link STATE_HOSTENDIAN}, …); never {@link STATE_WRITE_ERROR}. */
+  /**
+   * State flags: 0x2 STALE (every chunk must be resynced), 0x8000 HOSTENDIAN (the bits
+   * are host-endian, as in version 3), and any other bit some kernel stored; never
+   * 0x4 WRITE_ERROR, which only has a meaning inside a running kernel.
+   */
   state: number
   /** Bytes of data per bit: a power of two, 512 ..= 2^31. */
   chunkSize: number
@@ -145,7 +149,10 @@ export interface Superblock {
  * default (version 4, events 0, state 0, daemonSleep 5, the rest 0 or empty).
  */
 export type SuperblockInput = Pick<Superblock, 'uuid' | 'syncSize' | 'chunkSize'> &
-  Partial<Omit<Superblock, 'uuid' | 'syncSize' | 'chunkSize' | 'version'>> & { version?: number }
+  Partial<Omit<Superblock, 'uuid' | 'syncSize' | 'chunkSize' | 'version'>> & {
+    /** 4 (default) or 3; any other number is refused with the code `decode` uses for it. */
+    version?: number
+  }
 
 /** Options for {@link decode}. */
 export interface DecodeOptions {
@@ -347,7 +354,8 @@ export function normalize(input: SuperblockInput): Superblock {
 
 /**
  * The 256-byte superblock for `input` (version 4 unless `input.version` is 3).
- * Throws {@link MdBitmapError} for any invalid field (see {@link normalize}).
+ * Throws {@link MdBitmapError} for any invalid field: the codes `decode` uses for the same
+ * faults, and `EINVAL` for a value of the wrong type or out of its field's range.
  */
 export function encode(input: SuperblockInput): Uint8Array {
   const sb = normalize(input)

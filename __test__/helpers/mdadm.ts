@@ -27,9 +27,11 @@
  * for large arrays; `Chunksize` in B / KB / MB / GB.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, rmSync, statSync, statfsSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fromBytes } from '../../src/cli/bitmap-file'
+import { mdadmReport } from '../../src/cli/examine'
 import { which } from './env'
 import { readDirect } from './io'
 
@@ -112,7 +114,21 @@ export function parseExamineBitmap(text: string): MdadmBitmap {
   }
 }
 
-/** Runs `mdadm -X path` and parses the report. */
+/**
+ * `md-bitmap examine`'s report for the same file (computed in-process from src/cli,
+ * reading the file with O_DIRECT as mdadm does) must be mdadm's text exactly: every
+ * file a test hands to mdadm is also a check of the command. Throws on a difference.
+ */
+function crossCheckExamine(path: string, mdadmText: string): void {
+  const size = statSync(path).size
+  const data = size % 4096 === 0 ? readDirect(path, 0, size) : new Uint8Array(readFileSync(path))
+  const ours = mdadmReport(fromBytes(path, data, size), path).bytes.toString('utf8')
+  if (ours !== mdadmText) {
+    throw new Error(`md-bitmap examine differs from mdadm -X on ${path}\n--- mdadm -X\n${mdadmText}--- md-bitmap examine\n${ours}`)
+  }
+}
+
+/** Runs `mdadm -X path` and parses the report (and checks `md-bitmap examine` against it). */
 export function examineBitmap(path: string): MdadmBitmap {
   const mdadm = which('mdadm')
   if (!mdadm) throw new Error('mdadm not found')
@@ -125,6 +141,7 @@ export function examineBitmap(path: string): MdadmBitmap {
     if (x.stdout && /Bitmap :/.test(x.stdout)) out = x.stdout
     else throw new Error(`mdadm -X ${path} failed (status ${x.status}): ${x.stderr ?? e}`)
   }
+  crossCheckExamine(path, out)
   return parseExamineBitmap(out)
 }
 

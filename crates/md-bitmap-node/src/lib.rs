@@ -75,42 +75,67 @@ fn offset_arg(env: &Env, what: &str, v: f64) -> Result<u64> {
     }
 }
 
+/// One extent of a file: a run of bytes stored contiguously on the device.
 #[napi(object)]
 pub struct ExtentInfo {
+    /// Where the extent starts in the file, in bytes.
     pub logical: f64,
+    /// Where it starts on the device under the filesystem, in bytes.
     pub physical: f64,
+    /// Its length in bytes.
     pub length: f64,
+    /// The FIEMAP flags set on it, by name: `last`, `unknown`, `delalloc`, `encoded`,
+    /// `encrypted`, `not_aligned`, `inline`, `tail`, `unwritten`, `merged`, `shared`.
     pub flags: Vec<String>,
 }
 
+/// The extent map of a file: where its bytes live on the device.
 #[napi(object)]
 pub struct ExtentMapInfo {
+    /// The file's size in bytes.
     pub file_size: f64,
+    /// The filesystem block size in bytes (FIGETBSZ, else st_blksize).
     pub block_size: f64,
     /// "fiemap" or "fibmap".
     #[napi(ts_type = "'fiemap' | 'fibmap'")]
     pub source: String,
+    /// The extents, in file order.
     pub extents: Vec<ExtentInfo>,
 }
 
+/// One problem that `check` found with a file.
 #[napi(object)]
 pub struct ProblemInfo {
+    /// A stable code naming the problem, e.g. `EEXTENT_HOLE` or `EEXTENT_UNWRITTEN`.
     pub code: String,
+    /// What is wrong, in words.
     pub message: String,
+    /// Where in the file the problem starts, in bytes, when it concerns a byte range.
     pub offset: Option<f64>,
+    /// How many bytes the problem concerns, when it concerns a byte range.
     pub length: Option<f64>,
+    /// Whether the problem rules out file mode.
     pub blocks_file_mode: bool,
+    /// Whether the problem rules out device mode.
     pub blocks_device_mode: bool,
 }
 
+/// What `check` found about a file: whether file mode and device mode may use it.
 #[napi(object)]
 pub struct CheckInfo {
+    /// The file's size in bytes.
     pub file_size: f64,
+    /// The name of the filesystem the file is on, e.g. `ext4`, `xfs`, `btrfs`, `tmpfs`.
     pub fs_type: String,
+    /// The block device under the filesystem (e.g. `/dev/loop0`), when it sits on one.
     pub device: Option<String>,
+    /// True when no problem rules out file mode.
     pub file_mode_ok: bool,
+    /// True when no problem rules out device mode.
     pub device_mode_ok: bool,
+    /// Every problem found, each named by its code.
     pub problems: Vec<ProblemInfo>,
+    /// The extent map, when the filesystem can map its blocks.
     pub map: Option<ExtentMapInfo>,
 }
 
@@ -208,9 +233,12 @@ impl AsMut<[u8]> for Target {
     }
 }
 
+/// The first write error a native store saw.
 #[napi(object)]
 pub struct StoreError {
+    /// The error code (an errno name such as `EIO`, or one of the core's codes).
     pub code: String,
+    /// What failed, in words.
     pub message: String,
 }
 

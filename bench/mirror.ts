@@ -1,0 +1,667 @@
+/**
+ * Mirror benchmark (`npm run bench:mirror`). In one run, on the same member files
+ * (sparse files on a disk filesystem, by default under /var/tmp; the region the write
+ * tests use is written in full first, so no test pays for block allocation):
+ *
+ * 1. Writes through a mirror of two members, three workloads:
+ *    - 4 KiB writes at random 4 KiB-aligned offsets, 1 in flight
+ *    - the same, 32 in flight
+ *    - 1 MiB sequential writes, 1 in flight
+ *    in four configurations:
+ *    - (a)        no bitmap (`bitmap: null`): the baseline
+ *    - (b)        a bitmap of 64 MiB chunks
+ *    - (c) sync   (b) plus a third, write-mostly member slowed by 10 ms per write
+ *                 (SlowMember), writeBehind 0: every write waits for the slow member
+ *    - (c) behind the same with writeBehind 256: the ack waits for the fast members only
+ *    Each configuration is a fresh mirror over the same files (`assumeClean`), each
+ *    workload runs for a fixed time, and the configurations run in rotated order
+ *    round after round, so outside load does not always fall on the same one. Printed:
+ *    MB/s, IOPS, ack latency p50/p99, CPU per write (the whole process's CPU time, the
+ *    native I/O threads included, over the writes), bitmap page writes per 1000
+ *    writes, member flushes (fdatasync: the bitmap daemon makes the members durable
+ *    before it clears bits; the mirror without a bitmap never flushes by itself) with
+ *    their total time; the ratio (b)/(a); and (c) behind against (c) sync. Write
+ *    throughput counts acknowledged writes: behind writes still draining to the slow
+ *    member when a workload ends are waited for (the "drain" column) before the next
+ *    workload starts, outside the timing.
+ *    Writes are not followed by flush(): a write resolves once the members' O_DIRECT
+ *    writes completed (and, with a bitmap, once its bits were durable).
+ * 2. Resync of a mirror of `--size` (default 4 GiB, both members written in full) with
+ *    a bitmap of `--resync-chunk` chunks (default 4 MiB: 1024 chunks): member 1 is
+ *    removed, 1 % of the chunks are dirtied by writes, and reAdd copies only those
+ *    ('bitmap' recovery). Against it, on the same mirror and files, a full recovery:
+ *    member 1 is removed for good and added again (addMember), which copies every
+ *    chunk. The order is partial, full, partial. The dirtied chunks are compared byte
+ *    for byte between the members after each recovery.
+ *
+ * Options (environment variables in brackets):
+ *   --quick          [MD_BITMAP_BENCH_QUICK=1]  a smoke run of about 10 s: 256 MiB
+ *                    mirror, 64 MiB write region, 256 KiB resync chunks, short timings
+ *   --dir DIR        [MD_BITMAP_BENCH_DIR]      where the files go (a temp dir is made in it;
+ *                    default /var/tmp); removed at the end, also on failure or Ctrl-C
+ *   --size MIB       [MD_BITMAP_BENCH_SIZE_MIB] mirror and member size (default 4096)
+ *   --region MIB     write-test region at the start of the members (default 1024)
+ *   --resync-chunk KIB  bitmap chunk of the resync test (default 4096)
+ *   --duration S     [MD_BITMAP_BENCH_SECONDS]  seconds per workload per round (default 3)
+ *   --rounds R       default 3
+ *   --slow-ms MS     delay of the write-mostly member (default 10)
+ *   --out FILE       default bench/out/mirror.json
+ */
+import { randomFillSync } from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
+
+const KiB = 1024
+const MiB = 1024 * KiB
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  quick: boolean
+  dir: string
+  size: number
+  region: number
+  resyncChunk: number
+  durationS: number
+  rounds: number
+  slowMs: number
+  out: string
+}
+
+function parseArgs(argv: string[]): Options {
+  const env = process.env
+  const quick = argv.includes('--quick') || (env.MD_BITMAP_BENCH_QUICK !== undefined && env.MD_BITMAP_BENCH_QUICK !== '' && env.MD_BITMAP_BENCH_QUICK !== '0')
+  const o: Options = {
+    quick,
+    dir: env.MD_BITMAP_BENCH_DIR || '/var/tmp',
+    size: (env.MD_BITMAP_BENCH_SIZE_MIB ? Number(env.MD_BITMAP_BENCH_SIZE_MIB) : quick ? 256 : 4096) * MiB,
+    region: (quick ? 64 : 1024) * MiB,
+    resyncChunk: (quick ? 256 : 4096) * KiB,
+    durationS: env.MD_BITMAP_BENCH_SECONDS ? Number(env.MD_BITMAP_BENCH_SECONDS) : quick ? 0.4 : 3,
+    rounds: quick ? 1 : 3,
+    slowMs: 10,
+    out: path.join(__dirname, 'out', 'mirror.json'),
+  }
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]
+    const val = (): string => {
+      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
+      if (v === undefined) throw new Error(`${a} needs a value`)
+      return v
+    }
+    switch (a.split('=')[0]) {
+      case '--quick': break
+      case '--dir': o.dir = path.resolve(val()); break
+      case '--size': o.size = Number(val()) * MiB; break
+      case '--region': o.region = Number(val()) * MiB; break
+      case '--resync-chunk': o.resyncChunk = Number(val()) * KiB; break
+      case '--duration': o.durationS = Number(val()); break
+      case '--rounds': o.rounds = Number(val()); break
+      case '--slow-ms': o.slowMs = Number(val()); break
+      case '--out': o.out = path.resolve(val()); break
+      case '--help': case '-h':
+        console.log('usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--out FILE]')
+        return process.exit(0)
+      default: throw new Error(`unknown option ${a}`)
+    }
+  }
+  if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % MiB !== 0) throw new Error('bad --size')
+  if (!Number.isSafeInteger(o.region) || o.region < MiB || o.region > o.size || o.region % MiB !== 0) throw new Error('bad --region (1 MiB .. --size)')
+  if (!Number.isSafeInteger(o.resyncChunk) || o.resyncChunk < 4 * KiB || (o.resyncChunk & (o.resyncChunk - 1)) !== 0) throw new Error('bad --resync-chunk (a power of two, at least 4 KiB)')
+  if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
+  if (!(o.slowMs >= 0)) throw new Error('bad --slow-ms')
+  return o
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+function pct(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]
+}
+
+const fmt = (x: number, digits = 0): string =>
+  Number.isFinite(x) ? x.toLocaleString('en', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : '–'
+
+function table(rows: string[][]): string {
+  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
+  return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')).join('\n')
+}
+
+/** xorshift32: the same offsets for every configuration of a round. */
+class Rng {
+  constructor(private state: number) {
+    this.state = state >>> 0 || 1
+  }
+  next(): number {
+    let x = this.state
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    this.state = x >>> 0
+    return this.state
+  }
+  /** Uniform in [0, 1), 53 bits from two draws (exact in a double). */
+  random(): number {
+    return (this.next() * 2 ** 21 + (this.next() >>> 11)) / 2 ** 53
+  }
+  below(n: number): number {
+    return Math.floor(this.random() * n)
+  }
+}
+
+const now = (): number => Number(process.hrtime.bigint()) / 1e3 // µs
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+function pressure(): { cpuSome10: number | null; ioSome10: number | null } {
+  const read = (k: string): number | null => {
+    try {
+      const m = /^some avg10=([\d.]+)/m.exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))
+      return m ? Number(m[1]) : null
+    } catch {
+      return null
+    }
+  }
+  return { cpuSome10: read('cpu'), ioSome10: read('io') }
+}
+
+// ---------------------------------------------------------------------------------------
+// Write tests
+
+type ConfigKey = 'a' | 'b' | 'c-sync' | 'c-behind'
+interface Config {
+  key: ConfigKey
+  label: string
+  bitmap: boolean
+  slow: boolean
+  writeBehind: number
+}
+const WRITE_CHUNK = 64 * MiB
+const BEHIND_LIMIT = 256
+const CONFIGS: Config[] = [
+  { key: 'a', label: '(a) no bitmap', bitmap: false, slow: false, writeBehind: 0 },
+  { key: 'b', label: '(b) bitmap 64 MiB chunks', bitmap: true, slow: false, writeBehind: 0 },
+  { key: 'c-sync', label: '(c) + slow write-mostly, sync', bitmap: true, slow: true, writeBehind: 0 },
+  { key: 'c-behind', label: `(c) + slow write-mostly, behind ${BEHIND_LIMIT}`, bitmap: true, slow: true, writeBehind: BEHIND_LIMIT },
+]
+
+type WorkloadKey = 'rand4k-qd1' | 'rand4k-qd32' | 'seq1m-qd1'
+interface Workload {
+  key: WorkloadKey
+  label: string
+  size: number
+  depth: number
+  seq: boolean
+}
+const WORKLOADS: Workload[] = [
+  { key: 'rand4k-qd1', label: '4 KiB random, 1 in flight', size: 4 * KiB, depth: 1, seq: false },
+  { key: 'rand4k-qd32', label: '4 KiB random, 32 in flight', size: 4 * KiB, depth: 32, seq: false },
+  { key: 'seq1m-qd1', label: '1 MiB sequential, 1 in flight', size: MiB, depth: 1, seq: true },
+]
+
+interface Sample {
+  writes: number
+  bytes: number
+  seconds: number
+  cpuSeconds: number
+  latUs: number[]
+  drainMs: number
+  bitmapPages: number
+  /** Member flushes during the workload (the bitmap daemon's, before it clears bits), and their total ms. */
+  flushes: number
+  flushMs: number
+  behindWrites: number
+  fallbacks: number
+  /** Most behind writes in flight seen at an ack. */
+  behindHighWater: number
+}
+
+async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number): Promise<Sample> {
+  const rng = new Rng(seed)
+  const pages = o.region / w.size
+  let cursor = 0
+  const lat: number[] = []
+  let bytes = 0
+  const st0: MirrorStats = mirror.stats()
+  const pages0 = mirror.bitmap?.stats().pagesWritten ?? 0
+  const flushes0 = { ...flushes }
+  const cpu0 = process.cpuUsage()
+  const t0 = now()
+  const deadline = t0 + o.durationS * 1e6
+  let lastAck = t0
+  // Behind writes in flight, sampled at every ack (the mirror's own high water spans its life).
+  const sampleBehind = (mirror.bitmap?.maxWriteBehind ?? 0) > 0
+  let behindMax = 0
+  await Promise.all(
+    Array.from({ length: w.depth }, async () => {
+      const buf = allocAligned(w.size, mirror.alignment)
+      randomFillSync(buf)
+      while (now() < deadline) {
+        const off = w.seq ? (cursor++ % pages) * w.size : rng.below(pages) * w.size
+        buf[0] = cursor & 0xff // every write carries a little new data
+        const t = now()
+        await mirror.write(buf, off)
+        lastAck = now()
+        lat.push(lastAck - t)
+        bytes += w.size
+        if (sampleBehind) behindMax = Math.max(behindMax, mirror.stats().behindInFlight)
+      }
+    }),
+  )
+  const cpu = process.cpuUsage(cpu0)
+  // Behind writes still going to the slow member: wait for them, outside the timing.
+  const d0 = now()
+  while (mirror.stats().behindInFlight > 0) await sleep(1)
+  const drainMs = (now() - d0) / 1e3
+  const st1 = mirror.stats()
+  return {
+    writes: lat.length,
+    bytes,
+    seconds: (lastAck - t0) / 1e6,
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    latUs: lat,
+    drainMs,
+    bitmapPages: (mirror.bitmap?.stats().pagesWritten ?? 0) - pages0,
+    flushes: flushes.count - flushes0.count,
+    flushMs: (flushes.us - flushes0.us) / 1e3,
+    behindWrites: st1.behindWrites - st0.behindWrites,
+    fallbacks: st1.behindFallbacks.limit - st0.behindFallbacks.limit + st1.behindFallbacks.memory - st0.behindFallbacks.memory,
+    behindHighWater: behindMax,
+  }
+}
+
+/** Member flushes (fdatasync) the mirror asked for, over all members, and their time. */
+const flushes = { count: 0, us: 0 }
+
+/** Counts and times flush(); reads and writes go straight through. */
+function counted(m: Member): Member {
+  return {
+    get path() {
+      return m.path
+    },
+    get size() {
+      return m.size
+    },
+    get alignment() {
+      return m.alignment
+    },
+    read: (t, o) => m.read(t, o),
+    write: (d, o) => m.write(d, o),
+    flush: async () => {
+      const t = now()
+      try {
+        await m.flush()
+      } finally {
+        flushes.count++
+        flushes.us += now() - t
+      }
+    },
+    close: () => m.close(),
+  }
+}
+
+function openerFor(slowMs: number): OpenMember {
+  return async (spec) => {
+    const f = counted(await FileMember.open(spec.path))
+    return spec.writeMostly ? new SlowMember(f, slowMs) : f
+  }
+}
+
+async function openConfig(c: Config, dir: string, files: { m0: string; m1: string; slow: string }, o: Options): Promise<Mirror> {
+  const members = [{ path: files.m0 }, { path: files.m1 }]
+  if (c.slow) members.push({ path: files.slow, writeMostly: true } as { path: string; writeMostly?: boolean })
+  return Mirror.create({
+    bitmap: c.bitmap ? path.join(dir, `${c.key}.bitmap`) : null,
+    metadata: path.join(dir, `${c.key}.mirror.json`),
+    members,
+    size: o.size,
+    chunkSize: WRITE_CHUNK,
+    writeBehind: c.writeBehind,
+    assumeClean: true, // the same data was written to every member in prefill()
+    overwrite: true,
+    openMember: openerFor(o.slowMs),
+  })
+}
+
+interface WriteResult {
+  config: ConfigKey
+  workload: WorkloadKey
+  writes: number
+  mbPerSec: number
+  iops: number
+  p50Us: number
+  p99Us: number
+  meanUs: number
+  cpuUsPerWrite: number
+  bitmapPagesPer1000: number
+  memberFlushes: number
+  memberFlushMs: number
+  behindWrites: number
+  fallbacks: number
+  behindHighWater: number
+  drainMs: number
+  roundsMbPerSec: number[]
+}
+
+function summarize(config: ConfigKey, workload: WorkloadKey, samples: Sample[]): WriteResult {
+  const writes = samples.reduce((s, x) => s + x.writes, 0)
+  const bytes = samples.reduce((s, x) => s + x.bytes, 0)
+  const seconds = samples.reduce((s, x) => s + x.seconds, 0)
+  const cpu = samples.reduce((s, x) => s + x.cpuSeconds, 0)
+  const lat = Float64Array.from(samples.flatMap((s) => s.latUs)).sort()
+  return {
+    config,
+    workload,
+    writes,
+    mbPerSec: bytes / seconds / 1e6,
+    iops: writes / seconds,
+    p50Us: pct(lat, 50),
+    p99Us: pct(lat, 99),
+    meanUs: lat.reduce((s, x) => s + x, 0) / lat.length,
+    cpuUsPerWrite: (cpu * 1e6) / writes,
+    bitmapPagesPer1000: (samples.reduce((s, x) => s + x.bitmapPages, 0) * 1000) / writes,
+    memberFlushes: samples.reduce((s, x) => s + x.flushes, 0),
+    memberFlushMs: samples.reduce((s, x) => s + x.flushMs, 0),
+    behindWrites: samples.reduce((s, x) => s + x.behindWrites, 0),
+    fallbacks: samples.reduce((s, x) => s + x.fallbacks, 0),
+    behindHighWater: Math.max(...samples.map((s) => s.behindHighWater)),
+    drainMs: Math.max(...samples.map((s) => s.drainMs)),
+    roundsMbPerSec: samples.map((s) => s.bytes / s.seconds / 1e6),
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files
+
+/** Writes `[0, length)` of every file with the same data (so the members are identical), then fdatasync. */
+async function prefill(paths: string[], length: number, size: number): Promise<void> {
+  const members: FileMember[] = []
+  try {
+    for (const p of paths) {
+      await FileMember.ensure(p, size)
+      members.push(await FileMember.open(p))
+    }
+    const piece = 4 * MiB
+    const align = Math.max(...members.map((m) => m.alignment))
+    const depth = 4
+    let next = 0
+    await Promise.all(
+      Array.from({ length: depth }, async () => {
+        const buf = allocAligned(piece, align)
+        randomFillSync(buf)
+        for (let off = next; off < length; off = next) {
+          next += piece
+          const n = Math.min(piece, length - off)
+          new DataView(buf.buffer, buf.byteOffset).setFloat64(0, off) // every piece differs
+          await Promise.all(members.map((m) => m.write(buf.subarray(0, n), off)))
+        }
+      }),
+    )
+    await Promise.all(members.map((m) => m.flush()))
+  } finally {
+    for (const m of members) await m.close()
+  }
+}
+
+/** Whether `[offset, offset + length)` holds the same bytes in both files. */
+async function sameBytes(a: string, b: string, offset: number, length: number): Promise<boolean> {
+  const [fa, fb] = [await fs.promises.open(a, 'r'), await fs.promises.open(b, 'r')]
+  try {
+    const ba = Buffer.alloc(Math.min(length, 4 * MiB))
+    const bb = Buffer.alloc(ba.length)
+    for (let o = offset; o < offset + length; o += ba.length) {
+      const n = Math.min(ba.length, offset + length - o)
+      await fa.read(ba, 0, n, o)
+      await fb.read(bb, 0, n, o)
+      if (!ba.subarray(0, n).equals(bb.subarray(0, n))) return false
+    }
+    return true
+  } finally {
+    await fa.close()
+    await fb.close()
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Resync test
+
+interface ResyncRun {
+  kind: 'bitmap' | 'full'
+  wallMs: number
+  report: Omit<ResyncReport, 'chunks'>
+  dirtyChunks: number
+  verified: boolean
+}
+
+async function waitClean(mirror: Mirror): Promise<void> {
+  const bm = mirror.bitmap!
+  for (let i = 0; i < 10; i++) {
+    await bm.flush()
+    if (bm.stats().dirty === 0 && bm.neededChunks().length === 0) return
+  }
+  throw new Error(`bitmap still has ${bm.stats().dirty} dirty chunks (${bm.neededChunks().length} needed) after flushing`)
+}
+
+/** While a member is out: dirties `count` distinct random chunks (a 64 KiB write in each) through the mirror. */
+async function dirty(mirror: Mirror, count: number, rng: Rng): Promise<number[]> {
+  const cs = mirror.chunkSize
+  const chunks = new Set<number>()
+  const total = mirror.size / cs
+  while (chunks.size < count) chunks.add(rng.below(total))
+  const len = Math.min(64 * KiB, cs)
+  const buf = allocAligned(len, mirror.alignment)
+  for (const c of chunks) {
+    randomFillSync(buf)
+    await mirror.write(buf, c * cs + rng.below(cs / len) * len)
+  }
+  return [...chunks].sort((x, y) => x - y)
+}
+
+async function resyncTest(dir: string, m0: string, m1: string, o: Options): Promise<{ runs: ResyncRun[]; chunks: number; dirtyCount: number }> {
+  const mirror = await Mirror.create({
+    bitmap: path.join(dir, 'resync.bitmap'),
+    members: [{ path: m0 }, { path: m1 }],
+    size: o.size,
+    chunkSize: o.resyncChunk,
+    assumeClean: true,
+    overwrite: true,
+  })
+  const chunks = mirror.size / mirror.chunkSize
+  const dirtyCount = Math.max(1, Math.round(chunks / 100))
+  const rng = new Rng(0x5eed)
+  const runs: ResyncRun[] = []
+  try {
+    for (const kind of ['bitmap', 'full', 'bitmap'] as const) {
+      await waitClean(mirror)
+      // Member 1 leaves (for good, for the full case: it comes back as a new member)...
+      await mirror.removeMember(1, kind === 'full' ? { forget: true } : {})
+      // ...misses 1 % of the chunks...
+      const dirtied = await dirty(mirror, dirtyCount, rng)
+      // ...and comes back.
+      const t0 = now()
+      const report = kind === 'bitmap' ? await mirror.reAdd(1) : await mirror.addMember({ path: m1 })
+      const wallMs = (now() - t0) / 1e3
+      if (report.recovery !== kind) throw new Error(`expected a '${kind}' recovery, the mirror did '${report.recovery}'`)
+      if (mirror.degraded) throw new Error(`mirror still degraded after the ${kind} recovery: ${JSON.stringify(mirror.members)}`)
+      let verified = true
+      for (const c of dirtied) verified = (await sameBytes(m0, m1, c * mirror.chunkSize, mirror.chunkSize)) && verified
+      if (!verified) throw new Error(`members differ in a dirtied chunk after the ${kind} recovery`)
+      const { chunks: _omit, ...rest } = report
+      runs.push({ kind, wallMs, report: rest, dirtyChunks: dirtied.length, verified })
+      console.log(
+        `  ${kind.padEnd(6)} recovery: ${fmt(wallMs)} ms (resync ${fmt(report.durationMs)} ms), ${report.chunksCopied} chunks = ${fmt(report.bytesCopied / MiB, 1)} MiB copied, ` +
+          `${fmt(report.bytesCopied / (report.durationMs / 1e3) / 1e6)} MB/s; dirtied chunks identical: ${verified ? 'yes' : 'NO'}`,
+      )
+    }
+  } finally {
+    await mirror.close()
+  }
+  return { runs, chunks, dirtyCount }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2))
+  fs.mkdirSync(o.dir, { recursive: true })
+  const dir = fs.mkdtempSync(path.join(o.dir, 'md-bitmap-bench-mirror-'))
+  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true })
+  process.on('exit', cleanup) // also after an uncaught error (a closed stdout pipe, say)
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      cleanup()
+      process.exit(130)
+    })
+  }
+  const started = new Date()
+  const tStart = now()
+  const load0 = os.loadavg()
+  const psi0 = pressure()
+  try {
+    const files = { m0: path.join(dir, 'm0.img'), m1: path.join(dir, 'm1.img'), slow: path.join(dir, 'slow.img') }
+    await FileMember.ensure(files.m0, o.size)
+    const info = await check(files.m0)
+    console.log(
+      `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
+        `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
+    )
+    let t = now()
+    await prefill([files.m0, files.m1], o.size, o.size)
+    await prefill([files.slow], o.region, o.size)
+    console.log(`prefill: ${((2 * o.size + o.region) / MiB).toFixed(0)} MiB written in ${((now() - t) / 1e6).toFixed(1)} s`)
+
+    // -- 1. writes ------------------------------------------------------------------
+    console.log('\n1. writes (MB/s per round)')
+    const samples = new Map<string, Sample[]>()
+    const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
+    for (let round = 0; round < o.rounds; round++) {
+      for (let i = 0; i < CONFIGS.length; i++) {
+        const c = CONFIGS[(i + round) % CONFIGS.length]
+        const mirror = await openConfig(c, dir, files, o)
+        try {
+          for (const [wi, w] of WORKLOADS.entries()) {
+            const s = await runWorkload(mirror, w, o, 1 + round * 100 + wi)
+            const k = key(c.key, w.key)
+            samples.set(k, [...(samples.get(k) ?? []), s])
+            console.log(
+              `  round ${round + 1}/${o.rounds} ${c.label.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.bytes / s.seconds / 1e6, 1).padStart(7)} MB/s${s.drainMs > 0.5 ? `  (drain ${fmt(s.drainMs)} ms)` : ''}`,
+            )
+          }
+        } finally {
+          await mirror.close()
+        }
+      }
+    }
+    const results: WriteResult[] = []
+    for (const w of WORKLOADS) for (const c of CONFIGS) results.push(summarize(c.key, w.key, samples.get(key(c.key, w.key))!))
+    const get = (c: ConfigKey, w: WorkloadKey) => results.find((r) => r.config === c && r.workload === w)!
+
+    const rows = [['workload', 'configuration', 'MB/s', 'IOPS', 'ack p50 µs', 'ack p99 µs', 'CPU µs/write', 'bitmap pages/1000', 'member flushes (ms)', 'behind', 'drain ms', 'per round MB/s']]
+    for (const w of WORKLOADS) {
+      for (const c of CONFIGS) {
+        const r = get(c.key, w.key)
+        rows.push([
+          w.label,
+          c.label,
+          fmt(r.mbPerSec, 1),
+          fmt(r.iops),
+          fmt(r.p50Us),
+          fmt(r.p99Us),
+          fmt(r.cpuUsPerWrite),
+          c.bitmap ? fmt(r.bitmapPagesPer1000, 1) : '–',
+          `${r.memberFlushes} (${fmt(r.memberFlushMs)})`,
+          c.writeBehind ? `${r.behindWrites}/${r.writes}, ≤${r.behindHighWater} in flight${r.fallbacks ? `, ${r.fallbacks} sync` : ''}` : '–',
+          c.writeBehind ? fmt(r.drainMs) : '–',
+          r.roundsMbPerSec.map((x) => fmt(x, 1)).join(' / '),
+        ])
+      }
+    }
+    console.log()
+    console.log(table(rows))
+
+    const ratioRows = [['workload', 'ratio', 'value']]
+    const ratios: Record<string, Record<string, number>> = {}
+    for (const w of WORKLOADS) {
+      const a = get('a', w.key)
+      const b = get('b', w.key)
+      const cs = get('c-sync', w.key)
+      const cb = get('c-behind', w.key)
+      const d = {
+        'b/a MB/s': b.mbPerSec / a.mbPerSec,
+        'b/a ack p50': b.p50Us / a.p50Us,
+        'c-behind/c-sync MB/s': cb.mbPerSec / cs.mbPerSec,
+        'c-behind/c-sync ack p50': cb.p50Us / cs.p50Us,
+        'c-behind/c-sync ack p99': cb.p99Us / cs.p99Us,
+        'c-behind/b MB/s': cb.mbPerSec / b.mbPerSec,
+      }
+      ratios[w.key] = d
+      ratioRows.push([w.label, '(b) bitmap / (a) no bitmap, MB/s', d['b/a MB/s'].toFixed(2)])
+      ratioRows.push([w.label, '(b) / (a), ack p50 µs', `${fmt(b.p50Us)} vs ${fmt(a.p50Us)} (${d['b/a ack p50'].toFixed(2)})`])
+      ratioRows.push([w.label, '(c) behind / (c) sync, MB/s', d['c-behind/c-sync MB/s'].toFixed(2)])
+      ratioRows.push([w.label, '(c) ack p50 µs, behind vs sync', `${fmt(cb.p50Us)} vs ${fmt(cs.p50Us)} (${d['c-behind/c-sync ack p50'].toFixed(3)})`])
+      ratioRows.push([w.label, '(c) ack p99 µs, behind vs sync', `${fmt(cb.p99Us)} vs ${fmt(cs.p99Us)} (${d['c-behind/c-sync ack p99'].toFixed(3)})`])
+      ratioRows.push([w.label, '(c) behind / (b), MB/s', d['c-behind/b MB/s'].toFixed(2)])
+    }
+    console.log()
+    console.log(table(ratioRows))
+
+    // -- 2. resync ------------------------------------------------------------------
+    console.log(`\n2. resync of a ${o.size / MiB} MiB mirror, ${o.resyncChunk / KiB} KiB chunks: 1 % dirtied while member 1 was out, against a full recovery`)
+    t = now()
+    const resync = await resyncTest(dir, files.m0, files.m1, o)
+    const partial = resync.runs.filter((r) => r.kind === 'bitmap')
+    const full = resync.runs.find((r) => r.kind === 'full')!
+    const partialMs = partial.reduce((s, r) => s + r.wallMs, 0) / partial.length
+    console.log(
+      `  ${resync.dirtyCount} of ${resync.chunks} chunks dirtied; bitmap recovery ${fmt(partialMs)} ms (mean of ${partial.length}) vs full ${fmt(full.wallMs)} ms: ` +
+        `${(full.wallMs / partialMs).toFixed(1)}x faster, ${fmt(partial[0].report.bytesCopied / MiB, 1)} MiB vs ${fmt(full.report.bytesCopied / MiB, 1)} MiB copied ` +
+        `(${(full.report.bytesCopied / partial[0].report.bytesCopied).toFixed(1)}x fewer bytes)`,
+    )
+    const resyncSeconds = (now() - t) / 1e6
+
+    const load1 = os.loadavg()
+    const psi1 = pressure()
+    const totalS = (now() - tStart) / 1e6
+    const out = {
+      benchmark: 'bench:mirror',
+      command: `npm run bench:mirror${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
+      startedAt: started.toISOString(),
+      finishedAt: new Date().toISOString(),
+      totalSeconds: totalS,
+      machine: {
+        nproc: os.availableParallelism(),
+        cpuModel: os.cpus()[0]?.model ?? null,
+        kernel: os.release(),
+        node: process.version,
+        fsType: info.fsType,
+        dir: o.dir,
+        loadavgBefore: load0,
+        loadavgAfter: load1,
+        pressureBefore: psi0,
+        pressureAfter: psi1,
+        mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
+      },
+      params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
+      writes: results,
+      ratios,
+      resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs },
+    }
+    fs.mkdirSync(path.dirname(o.out), { recursive: true })
+    fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')
+    console.log(
+      `\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
+        `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`,
+    )
+  } finally {
+    cleanup()
+  }
+}
+
+main().catch((e) => {
+  console.error(e)
+  process.exit(1)
+})

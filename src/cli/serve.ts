@@ -1,0 +1,117 @@
+/**
+ * `md-bitmap serve --bitmap FILE (--port N [--host ADDR] | --socket PATH)`: opens a
+ * mirror (whose members may be NBD URLs) and serves it as an NBD export until SIGINT
+ * or SIGTERM, then closes the export and the mirror cleanly.
+ *
+ * @internal
+ * @module
+ */
+import { Mirror } from '../mirror'
+import { nbdOpener } from '../nbd/client'
+import { serveNbd } from '../nbd/server'
+import { parse, parseInteger } from './args'
+import { usage } from './errors'
+import { bytes } from './format'
+import type { Io } from './io'
+
+export const HELP = `Usage: md-bitmap serve --bitmap FILE (--port N [--host ADDR] | --socket PATH) [options]
+
+Opens the mirror whose bitmap is FILE and serves it as an NBD export, so NBD clients
+(qemu-img, qemu-io, QEMU, nbd-client) use it as a disk. Members may be local files or
+NBD URLs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH); a member that
+cannot be reached is marked faulty and the mirror is served degraded. The export's
+minimum block size is the mirror's alignment: clients read-modify-write smaller I/O.
+
+The line "serving URL" goes to stdout once the export accepts connections. SIGINT or
+SIGTERM stops it: requests in flight are answered, clients are disconnected, and the
+mirror is closed cleanly (exit status 0).
+
+Options:
+  --bitmap FILE       the mirror's bitmap file (required unless --metadata is given)
+  --metadata FILE     the mirror's metadata file, when not FILE.mirror.json
+  --port N            listen on TCP port N (0: any free port, printed)
+  --host ADDR         the address to listen on with --port (default 127.0.0.1)
+  --socket PATH       listen on a Unix socket instead
+  --export NAME       the export's name (default: the empty default name, which
+                      clients also reach by any URL without a name)
+  --read-only         refuse writes (EPERM)
+  --timeout MS        per-request timeout of NBD members (default 30000; 0: none)
+  --device-mode       write the bitmap in device mode (needs root)
+  --allow-volatile    allow a bitmap on tmpfs
+  -h, --help          this help`
+
+export async function serve(argv: string[], io: Io): Promise<number> {
+  const { values } = parse(
+    'serve',
+    argv,
+    {
+      bitmap: { type: 'string' },
+      metadata: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      socket: { type: 'string' },
+      export: { type: 'string' },
+      'read-only': { type: 'boolean' },
+      timeout: { type: 'string' },
+      'device-mode': { type: 'boolean' },
+      'allow-volatile': { type: 'boolean' },
+    },
+    { min: 0, max: 0, names: '' },
+  )
+  if (values.help) {
+    io.out(HELP + '\n')
+    return 0
+  }
+  if (!values.bitmap && !values.metadata) throw usage('serve needs --bitmap FILE (or --metadata FILE)', 'serve')
+  if ((values.port === undefined) === (values.socket === undefined)) throw usage('serve needs --port N or --socket PATH (one of them)', 'serve')
+  if (values.host !== undefined && values.port === undefined) throw usage('--host goes with --port', 'serve')
+  const port = values.port === undefined ? undefined : parseInteger(values.port as string, '--port', 'serve', 0, 65535)
+  const timeoutMs = values.timeout === undefined ? undefined : parseInteger(values.timeout as string, '--timeout', 'serve', 0, 3_600_000)
+
+  const mirror = await Mirror.open({
+    bitmap: values.bitmap as string | undefined,
+    metadata: values.metadata as string | undefined,
+    openMember: nbdOpener({ timeoutMs }),
+    bitmapMode: values['device-mode'] ? 'device' : 'file',
+    allowVolatile: values['allow-volatile'] === true,
+  })
+  mirror.on('member-faulty', (e: { index: number; path: string; error: { code: string; message: string } }) => {
+    io.err(`serve: member ${e.index} (${e.path}) is faulty: ${e.error.code}: ${e.error.message}; the mirror goes on degraded\n`)
+  })
+  mirror.on('error', (e: { code: string; message: string }) => io.err(`serve: ${e.code}: ${e.message}\n`))
+  let server
+  try {
+    server = await serveNbd(mirror, {
+      port,
+      host: port === undefined ? undefined : ((values.host as string | undefined) ?? '127.0.0.1'),
+      socket: values.socket as string | undefined,
+      exportName: (values.export as string | undefined) ?? '',
+      readOnly: values['read-only'] === true,
+      log: (m) => io.err(`serve: ${m}\n`),
+    })
+  } catch (e) {
+    await mirror.close().catch(() => {})
+    throw e
+  }
+  for (const m of mirror.members) {
+    if (m.state !== 'in-sync') io.err(`serve: member ${m.index} (${m.path}) is ${m.state}${m.error ? `: ${m.error.code}` : ''}; serving degraded\n`)
+  }
+  if (mirror.needsResync) io.err('serve: some chunks are marked for resync; run `md-bitmap resync` (reads are served from the in-sync members meanwhile)\n')
+  io.out(`serving ${server.url} (${bytes(mirror.size)}, block size ${mirror.alignment}, ${mirror.members.length} members)\n`)
+
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const on = (s: NodeJS.Signals) => {
+      process.off('SIGINT', on)
+      process.off('SIGTERM', on)
+      resolve(s)
+    }
+    process.on('SIGINT', on)
+    process.on('SIGTERM', on)
+  })
+  io.err(`serve: ${signal}: stopping\n`)
+  const errors: unknown[] = []
+  await server.close().catch((e) => errors.push(e))
+  await mirror.close().catch((e) => errors.push(e))
+  if (errors.length) throw errors[0]
+  return 0
+}

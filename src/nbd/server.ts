@@ -1,0 +1,517 @@
+/**
+ * A mirror served over NBD: {@link serveNbd} exposes a {@link Mirror} (or any
+ * {@link NbdTarget}: a member works too) as one NBD export on a TCP port or a Unix
+ * socket, so real clients (qemu-io, qemu-img, qemu's block layer, nbd-client) use it
+ * as a disk.
+ *
+ * Handshake: fixed newstyle (non-fixed clients are served too), with `NBD_OPT_GO`,
+ * `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST` and `NBD_OPT_ABORT`; every
+ * other option (structured replies, meta contexts, TLS, extended headers) is answered
+ * `NBD_REP_ERR_UNSUP`, so clients fall back to simple replies. The export advertises
+ * `NBD_INFO_BLOCK_SIZE` with the minimum set to the target's alignment, so clients do
+ * their own read-modify-write for smaller I/O; the empty name selects the export too.
+ *
+ * Transmission: flags HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES (and
+ * READ_ONLY when asked). Requests are served concurrently, replies go out as each
+ * completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
+ * flush; TRIM is accepted and ignored unless the target has a `trim` (the protocol
+ * lets a server ignore it); WRITE_ZEROES writes zeroes. Bad requests get error
+ * replies: unaligned or out of range → EINVAL (writes past the end → ENOSPC, as the
+ * protocol asks), unknown commands or flags → EINVAL, writes on a read-only export →
+ * EPERM, a failed read or write → EIO (or the errno the target reported). A client
+ * that breaks the framing (bad magic) is disconnected; nothing a client sends can
+ * bring the server down.
+ *
+ * ```ts
+ * const server = await serveNbd(mirror, { port: 10809, host: '127.0.0.1', exportName: 'disk' })
+ * console.log(server.url) // nbd://127.0.0.1:10809/disk
+ * // qemu-img convert -n -O raw image.raw nbd://127.0.0.1:10809/disk
+ * await server.close()     // stops listening, lets requests in flight finish, disconnects
+ * ```
+ *
+ * @module
+ */
+import { lstat, unlink } from 'node:fs/promises'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
+import { MdBitmapError } from '../errors'
+import { allocAligned } from '../store'
+import {
+  Cmd,
+  CmdFlag,
+  DEFAULT_MAX_PAYLOAD,
+  FLAG_C_FIXED_NEWSTYLE,
+  FLAG_C_NO_ZEROES,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  Info,
+  NbdErrno,
+  NbdError,
+  OPTION_HEADER_LENGTH,
+  Opt,
+  Rep,
+  RequestParser,
+  TxFlag,
+  decodeClientFlags,
+  decodeInfoRequest,
+  decodeOptionHeader,
+  decodeString,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeOptionReply,
+  encodeServerReply,
+  encodeSimpleReply,
+  encodeString,
+  errnoValue,
+  formatNbdUrl,
+  type NbdAddress,
+  type Request,
+} from './protocol'
+import { SocketReader } from './socket-reader'
+
+/** What an export serves: a {@link Mirror}, a member, anything with these. */
+export interface NbdTarget {
+  /** The export's size in bytes. */
+  readonly size: number
+  /** Offsets and lengths must be multiples of this: the export's minimum block size. */
+  readonly alignment: number
+  /** Reads `target.length` bytes at `offset` into `target`. */
+  read(target: Uint8Array, offset: number): Promise<void>
+  /** Writes `data` at `offset`; resolves once it is acknowledged. */
+  write(data: Uint8Array, offset: number): Promise<void>
+  /** Makes completed writes durable (NBD_CMD_FLUSH). */
+  flush(): Promise<void>
+  /** Optional: discard a range (NBD_CMD_TRIM); without it trims are accepted and ignored. */
+  trim?(offset: number, length: number): Promise<void>
+}
+
+/** Options of {@link serveNbd}: a TCP `port` (0 = any free one) or a Unix `socket`. */
+export interface ServeNbdOptions {
+  /** TCP port; 0 picks a free one (see {@link NbdServer.address}). */
+  port?: number
+  /** TCP address to listen on. Default 127.0.0.1. */
+  host?: string
+  /** A Unix socket path (instead of a port). A stale socket file left by a dead server is replaced. */
+  socket?: string
+  /** The export's name. Default '' (the default export). The empty name always selects it too. */
+  exportName?: string
+  /** Shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION. */
+  description?: string
+  /** Refuse writes and trims (EPERM). Default false. */
+  readOnly?: boolean
+  /** Largest READ/WRITE payload (the advertised maximum block size). Default 32 MiB. */
+  maxPayload?: number
+  /** Requests served at once per connection; past it the server stops reading. Default 64. */
+  maxInFlight?: number
+  /** Milliseconds a client may take over its handshake. Default 30 000. */
+  handshakeTimeoutMs?: number
+  /** Called with connection-level events worth a log line (disconnects for protocol errors, …). */
+  log?: (message: string) => void
+}
+
+/** A running NBD server, from {@link serveNbd}. */
+export interface NbdServer {
+  /** Where it listens: host and (bound) port, or the socket path; with the export name. */
+  readonly address: NbdAddress
+  /** The export's URL: `nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH`. */
+  readonly url: string
+  /** Clients connected now. */
+  readonly connections: number
+  /** Requests served since start. */
+  readonly requests: number
+  /**
+   * Stops listening, answers requests already received (later ones get ESHUTDOWN),
+   * then disconnects every client. Does not close the target.
+   */
+  close(): Promise<void>
+}
+
+const OPTION_DATA_LIMIT = 64 * 1024
+const MAX_OPTIONS = 1000
+const ZERO_PIECE = 2 ** 20
+const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO
+
+/** Serves `target` as an NBD export. See the module comment. */
+export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Promise<NbdServer> {
+  const exportName = options.exportName ?? ''
+  encodeString(exportName, 'export name')
+  if (options.description !== undefined) encodeString(options.description, 'description')
+  if ((options.port === undefined) === (options.socket === undefined)) {
+    throw new MdBitmapError('EINVAL', 'serveNbd needs either a TCP port or a Unix socket path (one of them)')
+  }
+  const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD
+  if (!Number.isSafeInteger(maxPayload) || maxPayload < 4096 || maxPayload > 2 ** 31) throw new MdBitmapError('EINVAL', `maxPayload must be 4 KiB to 2 GiB, got ${maxPayload}`)
+  const ctx: Context = {
+    target,
+    exportName,
+    description: options.description ?? '',
+    readOnly: options.readOnly === true,
+    maxPayload,
+    maxInFlight: Math.max(1, options.maxInFlight ?? 64),
+    handshakeTimeoutMs: options.handshakeTimeoutMs ?? 30_000,
+    log: options.log ?? (() => {}),
+    shuttingDown: false,
+    requests: 0,
+  }
+  const conns = new Set<Connection>()
+  const server = createServer({ noDelay: true }, (socket) => {
+    if (ctx.shuttingDown) {
+      socket.destroy()
+      return
+    }
+    const c = new Connection(socket, ctx)
+    conns.add(c)
+    void c.done.then(() => conns.delete(c))
+  })
+  server.on('error', (e) => ctx.log(`server error: ${e.message}`))
+
+  let address: NbdAddress
+  if (options.socket !== undefined) {
+    const path = options.socket
+    await listenUnix(server, path)
+    address = { kind: 'unix', socket: path, exportName }
+  } else {
+    const host = options.host ?? '127.0.0.1'
+    await listen(server, () => server.listen(options.port, host))
+    address = { kind: 'tcp', host, port: (server.address() as AddressInfo).port, exportName }
+  }
+  const url = formatNbdUrl(address)
+  let closing: Promise<void> | undefined
+  return {
+    address,
+    url,
+    get connections() {
+      return conns.size
+    },
+    get requests() {
+      return ctx.requests
+    },
+    close() {
+      closing ??= (async () => {
+        ctx.shuttingDown = true
+        const stopped = new Promise<void>((r) => server.close(() => r()))
+        await Promise.all([...conns].map((c) => c.shutdown()))
+        await stopped
+        if (address.kind === 'unix') await unlink(address.socket).catch(() => {})
+      })()
+      return closing
+    },
+  }
+}
+
+function listen(server: Server, start: () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error) => reject(e)
+    server.once('error', onError)
+    server.once('listening', () => {
+      server.removeListener('error', onError)
+      resolve()
+    })
+    start()
+  })
+}
+
+/** Listens on a Unix socket, replacing a socket file nobody listens on any more. */
+async function listenUnix(server: Server, path: string): Promise<void> {
+  try {
+    await listen(server, () => server.listen(path))
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e
+    const st = await lstat(path).catch(() => undefined)
+    const alive = st?.isSocket()
+      ? await new Promise<boolean>((r) => {
+          const s = connect({ path }, () => {
+            s.destroy()
+            r(true)
+          })
+          s.on('error', () => r(false))
+        })
+      : true
+    if (alive) throw new MdBitmapError('EADDRINUSE', `${path} is in use (a live socket, or not a socket at all)`, { cause: e })
+    await unlink(path)
+    await listen(server, () => server.listen(path))
+  }
+}
+
+interface Context {
+  target: NbdTarget
+  exportName: string
+  description: string
+  readOnly: boolean
+  maxPayload: number
+  maxInFlight: number
+  handshakeTimeoutMs: number
+  log: (m: string) => void
+  shuttingDown: boolean
+  requests: number
+}
+
+/** One client: its handshake, then its requests. */
+class Connection {
+  readonly done: Promise<void>
+  private resolveDone!: () => void
+  private readonly peer: string
+  private reader: SocketReader | null
+  private transmitting = false
+  private disconnecting = false
+  private readonly inFlight = new Set<Promise<void>>()
+  private paused = false
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly ctx: Context,
+  ) {
+    this.done = new Promise((r) => (this.resolveDone = r))
+    this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix client'
+    socket.on('error', () => {})
+    socket.on('close', () => this.resolveDone())
+    this.reader = new SocketReader(socket, this.peer)
+    void this.handshake().catch((e) => {
+      if (!(e instanceof NbdError && e.code === 'ENBD_DISCONNECTED')) ctx.log(`${this.peer}: handshake ended: ${(e as Error).message}`)
+      socket.destroy()
+    })
+  }
+
+  /** Server shutdown: answer what was received, then hang up. */
+  async shutdown(): Promise<void> {
+    if (!this.transmitting) {
+      this.socket.destroy()
+      return this.done
+    }
+    // Requests still arriving are answered ESHUTDOWN (see serve) while the others finish.
+    this.resume()
+    const timer = setTimeout(() => this.socket.destroy(), 10_000)
+    // A client that went away needs no answers: do not wait on a target that hangs.
+    await Promise.race([this.drained(), this.done])
+    this.socket.end()
+    setTimeout(() => this.socket.destroy(), 1000).unref()
+    await this.done
+    clearTimeout(timer)
+  }
+
+  // -- handshake ----------------------------------------------------------------------
+
+  private async handshake(): Promise<void> {
+    const reader = this.reader!
+    const ctx = this.ctx
+    const deadline = Date.now() + ctx.handshakeTimeoutMs
+    const t = () => Math.max(1, deadline - Date.now())
+    const s = this.socket
+    s.write(encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+    const cflags = decodeClientFlags(await reader.read(4, t(), 'client flags'))
+    if (cflags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)) throw new NbdError('ENBD_PROTOCOL', `unknown client flags 0x${cflags.toString(16)}`)
+    const noZeroes = (cflags & FLAG_C_NO_ZEROES) !== 0
+    for (let n = 0; n < MAX_OPTIONS; n++) {
+      const { option, length } = decodeOptionHeader(await reader.read(OPTION_HEADER_LENGTH, t(), 'an option'))
+      if (length > OPTION_DATA_LIMIT) throw new NbdError('ENBD_PROTOCOL', `an option with ${length} bytes of data`)
+      const data = length ? await reader.read(length, t(), 'option data') : new Uint8Array(0)
+      const reply = (type: number, payload?: Uint8Array) => s.write(encodeOptionReply(option, type, payload))
+      const error = (type: number, message: string) => reply(type, new TextEncoder().encode(message))
+      if (ctx.shuttingDown && option !== Opt.ABORT) {
+        error(Rep.ERR_SHUTDOWN, 'the server is shutting down')
+        continue
+      }
+      switch (option) {
+        case Opt.EXPORT_NAME: {
+          let name: string
+          try {
+            name = decodeString(data, 'export name')
+          } catch {
+            throw new NbdError('ENBD_PROTOCOL', 'NBD_OPT_EXPORT_NAME with a malformed name')
+          }
+          // No way to refuse but hanging up.
+          if (!this.matches(name)) throw new NbdError('ENBD_UNKNOWN_EXPORT', `NBD_OPT_EXPORT_NAME for unknown export "${name}"`)
+          s.write(encodeExportNameReply(ctx.target.size, this.txFlags(), noZeroes))
+          return this.startTransmission()
+        }
+        case Opt.ABORT:
+          reply(Rep.ACK)
+          s.end()
+          return
+        case Opt.LIST:
+          if (length !== 0) {
+            error(Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data')
+            break
+          }
+          reply(Rep.SERVER, encodeServerReply(ctx.exportName, ctx.description))
+          reply(Rep.ACK)
+          break
+        case Opt.INFO:
+        case Opt.GO: {
+          let req: { name: string; infos: number[] }
+          try {
+            req = decodeInfoRequest(data)
+          } catch (e) {
+            error(Rep.ERR_INVALID, (e as Error).message)
+            break
+          }
+          if (!this.matches(req.name)) {
+            error(Rep.ERR_UNKNOWN, `no export named "${req.name}" (this server has "${ctx.exportName}")`)
+            break
+          }
+          reply(Rep.INFO, encodeInfoExport(ctx.target.size, this.txFlags()))
+          // Sent whether asked or not: the minimum is what clients must align to.
+          const min = Math.max(1, ctx.target.alignment)
+          reply(Rep.INFO, encodeInfoBlockSize(min, Math.max(4096, min), ctx.maxPayload - (ctx.maxPayload % min)))
+          if (req.infos.includes(Info.NAME)) reply(Rep.INFO, encodeInfoString(Info.NAME, ctx.exportName))
+          if (req.infos.includes(Info.DESCRIPTION) && ctx.description) reply(Rep.INFO, encodeInfoString(Info.DESCRIPTION, ctx.description))
+          reply(Rep.ACK)
+          if (option === Opt.GO) return this.startTransmission()
+          break
+        }
+        default:
+          // Structured replies, meta contexts, TLS, extended headers, …: not here.
+          error(Rep.ERR_UNSUP, `option ${option} is not supported by this server`)
+      }
+    }
+    throw new NbdError('ENBD_PROTOCOL', `more than ${MAX_OPTIONS} options`)
+  }
+
+  private matches(name: string): boolean {
+    return name === '' || name === this.ctx.exportName
+  }
+
+  private txFlags(): number {
+    let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES
+    if (this.ctx.readOnly) f |= TxFlag.READ_ONLY
+    return f
+  }
+
+  // -- transmission -------------------------------------------------------------------
+
+  private startTransmission(): void {
+    const leftover = this.reader!.detach()
+    this.reader = null
+    this.transmitting = true
+    const align = Math.max(512, this.ctx.target.alignment)
+    const parser = new RequestParser(this.ctx.maxPayload, (n) => allocAligned(n, align))
+    const onData = (chunk: Uint8Array) => {
+      if (this.disconnecting) return
+      let requests: Request[]
+      try {
+        requests = parser.feed(chunk)
+      } catch (e) {
+        this.ctx.log(`${this.peer}: disconnected: ${(e as Error).message}`)
+        this.socket.destroy()
+        return
+      }
+      for (const r of requests) {
+        if (r.type === Cmd.DISC) {
+          // Answer what came before, then close; nothing after DISC is read.
+          void this.disconnect()
+          return
+        }
+        this.dispatch(r)
+      }
+      if (this.inFlight.size >= this.ctx.maxInFlight && !this.paused) {
+        this.paused = true
+        this.socket.pause()
+      }
+    }
+    this.socket.on('data', onData)
+    for (const b of leftover) onData(b)
+  }
+
+  private resume(): void {
+    if (this.paused) {
+      this.paused = false
+      this.socket.resume()
+    }
+  }
+
+  private async disconnect(): Promise<void> {
+    if (this.disconnecting) return
+    this.disconnecting = true
+    this.resume()
+    await Promise.race([this.drained(), this.done])
+    this.socket.end()
+    setTimeout(() => this.socket.destroy(), 2000).unref()
+  }
+
+  private async drained(): Promise<void> {
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight])
+  }
+
+  private dispatch(r: Request): void {
+    this.ctx.requests++
+    const p = this.serve(r)
+      .then(
+        (data) => this.reply(r.cookie, 0, data),
+        (e) => this.reply(r.cookie, typeof e === 'number' ? e : errnoValue((e as { code?: string })?.code, r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES)),
+      )
+      .finally(() => {
+        this.inFlight.delete(p)
+        if (this.inFlight.size < this.ctx.maxInFlight) this.resume()
+      })
+    this.inFlight.add(p)
+  }
+
+  private reply(cookie: bigint, error: number, data?: Uint8Array): void {
+    const s = this.socket
+    if (s.destroyed || !s.writable) return
+    s.cork()
+    s.write(encodeSimpleReply(error, cookie))
+    if (data && error === 0) s.write(data)
+    s.uncork()
+  }
+
+  /** Serves one request; resolves with a read's data, or rejects with an NBD error value or an error. */
+  private async serve(r: Request): Promise<Uint8Array | undefined> {
+    const ctx = this.ctx
+    const t = ctx.target
+    if (ctx.shuttingDown) throw NbdErrno.ESHUTDOWN
+    if (r.flags & ~KNOWN_FLAGS) throw NbdErrno.EINVAL
+    const fua = (r.flags & CmdFlag.FUA) !== 0
+    const writes = r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES || r.type === Cmd.TRIM
+    const check = (): number => {
+      if (r.length === 0) throw NbdErrno.EINVAL
+      if (r.offset + BigInt(r.length) > BigInt(t.size)) throw r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES ? NbdErrno.ENOSPC : NbdErrno.EINVAL
+      const offset = Number(r.offset)
+      const a = Math.max(1, t.alignment)
+      if (offset % a !== 0 || r.length % a !== 0) throw NbdErrno.EINVAL
+      if (writes && ctx.readOnly) throw NbdErrno.EPERM
+      return offset
+    }
+    switch (r.type) {
+      case Cmd.READ: {
+        if (r.length > ctx.maxPayload) throw NbdErrno.EINVAL
+        const offset = check()
+        const buf = allocAligned(r.length, Math.max(4096, t.alignment))
+        await t.read(buf, offset)
+        return buf
+      }
+      case Cmd.WRITE: {
+        if (r.tooBig) throw NbdErrno.EINVAL
+        const offset = check()
+        await t.write(r.data!, offset)
+        if (fua) await t.flush()
+        return undefined
+      }
+      case Cmd.WRITE_ZEROES: {
+        const offset = check()
+        const piece = Math.min(ZERO_PIECE - (ZERO_PIECE % Math.max(1, t.alignment)), r.length)
+        const zeroes = allocAligned(piece, Math.max(4096, t.alignment))
+        const all: Promise<void>[] = []
+        for (let o = 0; o < r.length; o += piece) all.push(t.write(zeroes.subarray(0, Math.min(piece, r.length - o)), offset + o))
+        const results = await Promise.allSettled(all)
+        const bad = results.find((x) => x.status === 'rejected') as PromiseRejectedResult | undefined
+        if (bad) throw bad.reason
+        if (fua) await t.flush()
+        return undefined
+      }
+      case Cmd.TRIM: {
+        const offset = check()
+        if (t.trim) await t.trim(offset, r.length)
+        if (fua) await t.flush()
+        return undefined
+      }
+      case Cmd.FLUSH:
+        await t.flush()
+        return undefined
+      default:
+        throw NbdErrno.EINVAL
+    }
+  }
+}
