@@ -95,8 +95,9 @@ test('SIGKILL at random moments: every chunk with a write in flight is dirty on 
   t.log(`seed ${seed0}`)
   let rnd = seed0
   const rand = () => {
-    rnd = (rnd * 1103515245 + 12345) % 2 ** 31
-    return rnd / 2 ** 31
+    // LCG in exact 32-bit integer arithmetic (a float product would pass 2^53 and lose bits).
+    rnd = (Math.imul(rnd, 1103515245) + 12345) >>> 0
+    return rnd / 2 ** 32
   }
 
   const started = Date.now()

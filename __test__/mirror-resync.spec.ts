@@ -9,7 +9,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
 import { readDisk, removeDir } from './helpers/mdadm'
-import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes, sleep, until } from './helpers/mirror'
 
 const parent = rigParent('md-mirror-resync-')
 test.after.always(() => removeDir(parent))
@@ -211,4 +211,34 @@ test('a mirror without a bitmap: after a crash, a resync checkpoint does not cou
   t.is(report.chunksCopied, NCHUNKS)
   await m.close()
   sameBytes(t, onDisk(r.paths[1], 0, MiB), onDisk(r.paths[0], 0, MiB), 'the members are identical (chunk 2 too)')
+})
+
+test('the resync barrier: a chunk is not copied while a write to it is in flight, so the copy never puts old data back', async (t) => {
+  // The source's write is held: without the barrier the resync would read the old
+  // data from the source, write it over the new data on the target, and the held
+  // write would then land on the source only: members different, chunk about to be
+  // cleared. With the barrier the copy waits for the write to leave.
+  const r = await makeRig(parent, [{}, {}])
+  const m = r.mirror
+  t.teardown(() => m.close().catch(() => {}))
+  await m.bitmap!.markNeeded(0, CS)
+  const data = pattern(CS, 77)
+  r.ctl[0].hold()
+  const w = m.write(data, 0)
+  await until(() => r.ctl[1].writesDone === 1 && r.ctl[0].writesInFlight === 1, 5000, 'the target has the write, the source holds it')
+  let resynced = false
+  const rs = m.resync().then((rep) => {
+    resynced = true
+    return rep
+  })
+  await sleep(300)
+  t.false(resynced, 'the resync waits while the write to its chunk is in flight')
+  t.is(r.ctl[0].reads, 0, 'the chunk was not read from the source yet')
+  r.ctl[0].release()
+  await w
+  const report = await rs
+  t.deepEqual(report.chunks, [0])
+  await m.close()
+  sameBytes(t, onDisk(r.paths[0], 0, CS), Buffer.from(data), 'the source has the write')
+  sameBytes(t, onDisk(r.paths[1], 0, CS), Buffer.from(data), 'the target has the write, not the old data')
 })

@@ -46,11 +46,14 @@
  *   --rounds R       default 3
  *   --slow-ms MS     delay of the write-mostly member (default 10)
  *   --out FILE       default bench/out/mirror.json
+ *   --chart FILE     the SVG chart drawn from this run's figures (default
+ *                    docs/bench-mirror.svg; bench/out/mirror.svg for --quick)
  */
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { barChart } from './chart'
 import { FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
 const KiB = 1024
@@ -69,6 +72,7 @@ interface Options {
   rounds: number
   slowMs: number
   out: string
+  chart: string
 }
 
 function parseArgs(argv: string[]): Options {
@@ -84,6 +88,7 @@ function parseArgs(argv: string[]): Options {
     rounds: quick ? 1 : 3,
     slowMs: 10,
     out: path.join(__dirname, 'out', 'mirror.json'),
+    chart: quick ? path.join(__dirname, 'out', 'mirror.svg') : path.join(__dirname, '..', 'docs', 'bench-mirror.svg'),
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -102,6 +107,7 @@ function parseArgs(argv: string[]): Options {
       case '--rounds': o.rounds = Number(val()); break
       case '--slow-ms': o.slowMs = Number(val()); break
       case '--out': o.out = path.resolve(val()); break
+      case '--chart': o.chart = path.resolve(val()); break
       case '--help': case '-h':
         console.log('usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--out FILE]')
         return process.exit(0)
@@ -652,6 +658,19 @@ async function main(): Promise<void> {
     }
     fs.mkdirSync(path.dirname(o.out), { recursive: true })
     fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')
+    fs.mkdirSync(path.dirname(o.chart), { recursive: true })
+    fs.writeFileSync(
+      o.chart,
+      barChart(
+        WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: get(c.key, w.key).p50Us / 1000 })) })),
+        {
+          title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
+          unit: 'ms',
+          log: true,
+          note: `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0[0].toFixed(1)}; resync of 1 % dirty: ${(full.wallMs / partialMs).toFixed(0)}x faster than full`,
+        },
+      ),
+    )
     console.log(
       `\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
         `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`,
