@@ -46,11 +46,6 @@ export class ChunkBarrier {
     this.wake()
   }
 
-  /** Writes inside now. */
-  get writesInside(): number {
-    return this.inside
-  }
-
   /** Resolves once no write is inside. */
   async idle(): Promise<void> {
     while (this.inside > 0) await this.wait()

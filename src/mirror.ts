@@ -364,8 +364,7 @@ export class Mirror extends EventEmitter {
       await mirror.start()
       return mirror
     } catch (e) {
-      await bitmap?.close().catch(() => {})
-      for (const s of slots) await s.member?.close().catch(() => {})
+      await releaseAll(bitmap, slots)
       throw e
     }
   }
@@ -396,7 +395,7 @@ export class Mirror extends EventEmitter {
           slot.member = await openChecked(openMember, slot.record.path, slot.record.writeMostly, index, meta.size)
         } catch (e) {
           // A missing member degrades the mirror; it does not stop it.
-          const err = e instanceof MdBitmapError ? e : new MdBitmapError('EIO', String(e), { cause: e })
+          const err = asError(e)
           slot.record.state = 'faulty'
           slot.record.error = { code: err.code, message: err.message }
         }
@@ -412,8 +411,7 @@ export class Mirror extends EventEmitter {
       await mirror.start()
       return mirror
     } catch (e) {
-      await bitmap?.close().catch(() => {})
-      for (const s of slots) await s.member?.close().catch(() => {})
+      await releaseAll(bitmap, slots)
       throw e
     }
   }
@@ -1102,6 +1100,12 @@ async function openChecked(openMember: OpenMember, path: string, writeMostly: bo
     throw new MdBitmapError('EMIRROR_MEMBER', `member ${path} holds ${member.size} bytes, less than the mirror's ${size}; grow it (truncate -s) or pick a larger one`)
   }
   return member
+}
+
+/** Closes what a failed create or open had opened; their own errors are beside the point. */
+async function releaseAll(bitmap: Bitmap | null, slots: Slot[]): Promise<void> {
+  await bitmap?.close().catch(() => {})
+  for (const s of slots) await s.member?.close().catch(() => {})
 }
 
 function copyAligned(data: Uint8Array, align: number): Uint8Array {

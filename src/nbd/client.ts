@@ -220,7 +220,7 @@ export class NbdMember implements Member {
   /** NBD_CMD_READ of `target.length` bytes at `offset` (split at the server's maximum block size). */
   async read(target: Uint8Array, offset: number): Promise<void> {
     this.checkRange('read', offset, target.length)
-    await this.pieces(offset, target.length, (o, n) => this.request(Cmd.READ, 0, offset + o, n, undefined, target.subarray(o, o + n)))
+    await this.pieces(target.length, (o, n) => this.request(Cmd.READ, 0, offset + o, n, undefined, target.subarray(o, o + n)))
   }
 
   /** NBD_CMD_WRITE of `data` at `offset`, with FUA when asked (here or in the member's options). */
@@ -229,7 +229,7 @@ export class NbdMember implements Member {
     if (this.readOnly) throw new NbdError('EROFS', `${this.path}: the export is read-only`)
     const fua = options.fua ?? this.options.fua
     const nativeFua = fua && (this.info.flags & TxFlag.SEND_FUA) !== 0
-    await this.pieces(offset, data.length, (o, n) => this.request(Cmd.WRITE, nativeFua ? CmdFlag.FUA : 0, offset + o, n, data.subarray(o, o + n)))
+    await this.pieces(data.length, (o, n) => this.request(Cmd.WRITE, nativeFua ? CmdFlag.FUA : 0, offset + o, n, data.subarray(o, o + n)))
     if (fua && !nativeFua) await this.flush()
   }
 
@@ -247,7 +247,7 @@ export class NbdMember implements Member {
     this.checkRange('trim', offset, length)
     if (this.readOnly) throw new NbdError('EROFS', `${this.path}: the export is read-only`)
     if ((this.info.flags & TxFlag.SEND_TRIM) === 0) return
-    await this.pieces(offset, length, (o, n) => this.request(Cmd.TRIM, 0, offset + o, n), 2 ** 31)
+    await this.pieces(length, (o, n) => this.request(Cmd.TRIM, 0, offset + o, n), 2 ** 31)
   }
 
   /**
@@ -278,7 +278,7 @@ export class NbdMember implements Member {
 
   // -- requests -------------------------------------------------------------------
 
-  private async pieces(offset: number, length: number, run: (o: number, n: number) => Promise<void>, max = this.maxPiece): Promise<void> {
+  private async pieces(length: number, run: (o: number, n: number) => Promise<void>, max = this.maxPiece): Promise<void> {
     if (length <= max) return run(0, length)
     const all: Promise<void>[] = []
     for (let o = 0; o < length; o += max) all.push(run(o, Math.min(max, length - o)))
