@@ -12,7 +12,7 @@ import { join } from 'node:path'
 
 import { Bitmap, MdBitmapError, NEEDED, extents } from '../src'
 import { fsCaps, requires } from './helpers/env'
-import { encode, pagedFileSize } from '../src/superblock'
+import { encode, pagedFileSize } from '../src/bitmap/superblock'
 import { PAGE, deviceSize, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
 import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'

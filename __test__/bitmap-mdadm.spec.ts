@@ -10,7 +10,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { Bitmap } from '../src'
-import { encode } from '../src/superblock'
+import { encode } from '../src/bitmap/superblock'
 import { requires } from './helpers/env'
 import { diskTempDir, examineBitmap, mdadmState, readDisk, removeDir } from './helpers/mdadm'
 

@@ -24,7 +24,7 @@ import { join, resolve } from 'node:path'
 
 import { Bitmap, FileMember, Mirror, allocAligned } from '../src'
 import { progressReporter } from '../src/cli/progress'
-import { SUPERBLOCK_SIZE, STATE_HOSTENDIAN, STATE_STALE, bitmapBytes, chunkCount, encode, minFileSize, pagedFileSize, type Superblock } from '../src/superblock'
+import { SUPERBLOCK_SIZE, STATE_HOSTENDIAN, STATE_STALE, bitmapBytes, chunkCount, encode, minFileSize, pagedFileSize, type Superblock } from '../src/bitmap/superblock'
 import { requires, which } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 

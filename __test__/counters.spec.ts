@@ -4,7 +4,7 @@
  */
 import test from 'ava'
 import fc from 'fast-check'
-import { COUNTER_MAX, Counters, NEEDED, RESYNC } from '../src/counters'
+import { COUNTER_MAX, Counters, NEEDED, RESYNC } from '../src/bitmap/counters'
 
 const CHUNKS = 4
 

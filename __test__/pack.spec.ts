@@ -166,7 +166,7 @@ test.serial('npm pack: the tarballs install into an empty project without Rust o
       packed[name] = { filename: join(tarballs, info.filename), files: info.files.map((f) => f.path).sort() }
     }
     const rootFiles = packed[pkg.name].files
-    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/md-bitmap.js', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/binding.d.ts', 'dist/cli/main.js']) {
+    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/md-bitmap.js', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/native/binding.d.ts', 'dist/cli/main.js']) {
       t.true(rootFiles.includes(f), `the root tarball carries ${f}`)
     }
     for (const f of rootFiles) {

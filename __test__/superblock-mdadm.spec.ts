@@ -42,7 +42,7 @@ import {
   pagedFileSize,
   setBit,
   type Superblock,
-} from '../src/superblock'
+} from '../src/bitmap/superblock'
 
 const gated = requires(['mdadm'])
 

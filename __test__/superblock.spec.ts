@@ -25,7 +25,7 @@ import {
   setBit,
   type BitOrder,
   type Superblock,
-} from '../src/superblock'
+} from '../src/bitmap/superblock'
 
 // ---------------------------------------------------------------------------------
 // Arbitraries

@@ -4,7 +4,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const root = path.join(__dirname, '..')
-fs.copyFileSync(path.join(root, 'src', 'binding.d.ts'), path.join(root, 'dist', 'binding.d.ts'))
+fs.copyFileSync(path.join(root, 'src', 'native', 'binding.d.ts'), path.join(root, 'dist', 'native', 'binding.d.ts'))
 const cjs = require(path.join(root, 'dist', 'index.js'))
 const names = Object.keys(cjs).filter((n) => n !== '__esModule' && n !== 'default').sort()
 fs.writeFileSync(

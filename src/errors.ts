@@ -78,12 +78,3 @@ export function fromNative(e: unknown): MdBitmapError {
     errno: typeof err?.errno === 'number' ? err.errno : undefined,
   })
 }
-
-/** Awaits a native promise, rethrowing its rejection as an {@link MdBitmapError}. */
-export async function native<T>(p: Promise<T> | (() => Promise<T>)): Promise<T> {
-  try {
-    return await (typeof p === 'function' ? p() : p)
-  } catch (e) {
-    throw fromNative(e)
-  }
-}

@@ -5,11 +5,14 @@
  * @packageDocumentation
  */
 export { MdBitmapError } from './errors'
-export { PageStore, allocAligned, check, extents } from './store'
-export type { CheckInfo, ExtentInfo, ExtentMapInfo, PageStoreOptions, ProblemInfo, StoreMode } from './store'
-export { Bitmap } from './bitmap'
-export type { BitmapStats, CreateOptions, OpenOptions, Range } from './bitmap'
-export { Mirror } from './mirror'
+export { PageStore } from './io/page-store'
+export { allocAligned } from './io/aligned'
+export { check, extents } from './io/file-check'
+export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './io/file-check'
+export type { PageStoreOptions, StoreMode } from './io/page-store'
+export { Bitmap } from './bitmap/bitmap'
+export type { BitmapStats, CreateOptions, OpenOptions, Range } from './bitmap/bitmap'
+export { Mirror } from './mirror/mirror'
 export type {
   MemberInfo,
   MemberOptions,
@@ -20,15 +23,15 @@ export type {
   ResyncOptions,
   ResyncProgress,
   ResyncReport,
-} from './mirror'
-export { FileMember, SlowMember, openFileMember } from './member'
-export type { Member, MemberSpec, OpenMember } from './member'
+} from './mirror/mirror'
+export { FileMember, SlowMember, openFileMember } from './member/member'
+export type { Member, MemberSpec, OpenMember } from './member/member'
 export { NbdMember, listNbdExports, nbdOpener, openNbdOrFileMember } from './nbd/client'
 export type { NbdExportInfo, NbdMemberOptions, NbdWriteOptions } from './nbd/client'
 export { serveNbd } from './nbd/server'
 export type { NbdServer, NbdTarget, ServeNbdOptions } from './nbd/server'
 export { NbdError, formatNbdUrl, isNbdUrl, parseNbdUrl } from './nbd/protocol'
 export type { BlockSize, NbdAddress } from './nbd/protocol'
-export { COUNTER_MAX, NEEDED, RESYNC } from './counters'
-export { decode as decodeSuperblock, encode as encodeSuperblock, mdadmUuid } from './superblock'
-export type { DecodeOptions, Superblock, SuperblockInput } from './superblock'
+export { COUNTER_MAX, NEEDED, RESYNC } from './bitmap/counters'
+export { decode as decodeSuperblock, encode as encodeSuperblock, mdadmUuid } from './bitmap/superblock'
+export type { DecodeOptions, Superblock, SuperblockInput } from './bitmap/superblock'

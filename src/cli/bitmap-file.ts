@@ -14,8 +14,8 @@
 import { constants } from 'node:fs'
 import { open, type FileHandle } from 'node:fs/promises'
 import { MdBitmapError } from '../errors'
-import { allocAligned } from '../store'
-import { HOST_BIT_ORDER, SUPERBLOCK_SIZE, bitVersion, bitmapBytes, chunkCount, decode, getBit, type Superblock } from '../superblock'
+import { allocAligned } from '../io/aligned'
+import { HOST_BIT_ORDER, SUPERBLOCK_SIZE, bitVersion, bitmapBytes, chunkCount, decode, getBit, type Superblock } from '../bitmap/superblock'
 import { fsError } from './errors'
 
 /** A bitmap file as read from disk. */

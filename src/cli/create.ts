@@ -5,9 +5,9 @@
  * @module
  */
 import { stat } from 'node:fs/promises'
-import { Bitmap } from '../bitmap'
+import { Bitmap } from '../bitmap/bitmap'
 import { MdBitmapError } from '../errors'
-import { MAX_DAEMON_SLEEP, MAX_WRITE_BEHIND, mdadmUuid, parseUuid } from '../superblock'
+import { MAX_DAEMON_SLEEP, MAX_WRITE_BEHIND, mdadmUuid, parseUuid } from '../bitmap/superblock'
 import { parse, parseInteger, parseSize } from './args'
 import { usage } from './errors'
 import { bytes } from './format'

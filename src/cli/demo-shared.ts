@@ -15,8 +15,8 @@
  * @internal
  * @module
  */
-import { FileMember, SlowMember, type Member, type OpenMember } from '../member'
-import { allocAligned } from '../store'
+import { FileMember, SlowMember, type Member, type OpenMember } from '../member/member'
+import { allocAligned } from '../io/aligned'
 
 /** Bytes per demo write. */
 export const BLOCK = 64 * 1024

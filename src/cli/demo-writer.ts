@@ -17,7 +17,7 @@
  * @internal
  * @module
  */
-import { Mirror } from '../mirror'
+import { Mirror } from '../mirror/mirror'
 import { BLOCK, blockData, demoOpenMember } from './demo-shared'
 
 async function main(): Promise<void> {

@@ -5,7 +5,7 @@
  * @internal
  * @module
  */
-import { STATE_STALE, mdadmUuid } from '../superblock'
+import { STATE_STALE, mdadmUuid } from '../bitmap/superblock'
 import { dirtyRanges, readBitmapFile, type ByteRange } from './bitmap-file'
 import { parse } from './args'
 import { bytes, percent, table } from './format'

@@ -41,7 +41,7 @@
  * @internal
  * @module
  */
-import { SUPERBLOCK_SIZE, bitVersion, mdadmUuid, STATE_HOSTENDIAN, STATE_STALE, STATE_WRITE_ERROR } from '../superblock'
+import { SUPERBLOCK_SIZE, bitVersion, mdadmUuid, STATE_HOSTENDIAN, STATE_STALE, STATE_WRITE_ERROR } from '../bitmap/superblock'
 import { readBitmapFile, type BitmapFile } from './bitmap-file'
 import { parse } from './args'
 import { errorLine, EXIT_FAILED } from './errors'

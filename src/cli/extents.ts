@@ -6,7 +6,7 @@
  * @internal
  * @module
  */
-import { check } from '../store'
+import { check } from '../io/file-check'
 import { parse } from './args'
 import { table } from './format'
 import type { Io } from './io'

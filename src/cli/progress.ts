@@ -6,7 +6,7 @@
  * @internal
  * @module
  */
-import type { ResyncProgress } from '../mirror'
+import type { ResyncProgress } from '../mirror/mirror'
 import { bytes, rate } from './format'
 import type { Io } from './io'
 

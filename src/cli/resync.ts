@@ -6,7 +6,7 @@
  * @internal
  * @module
  */
-import { Mirror, type ResyncReport } from '../mirror'
+import { Mirror, type ResyncReport } from '../mirror/mirror'
 import { parse } from './args'
 import { CliError, EXIT_INTERRUPTED, usage } from './errors'
 import { bytes, ms, percent, rate } from './format'

@@ -6,7 +6,7 @@
  * @internal
  * @module
  */
-import { Mirror } from '../mirror'
+import { Mirror } from '../mirror/mirror'
 import { nbdOpener } from '../nbd/client'
 import { serveNbd } from '../nbd/server'
 import { parse, parseInteger } from './args'

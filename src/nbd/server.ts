@@ -34,7 +34,7 @@
 import { lstat, unlink } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { MdBitmapError } from '../errors'
-import { allocAligned } from '../store'
+import { allocAligned } from '../io/aligned'
 import {
   Cmd,
   CmdFlag,

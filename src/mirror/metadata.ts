@@ -8,7 +8,7 @@
  */
 import { open, readFile, rename, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { MdBitmapError } from './errors'
+import { MdBitmapError } from '../errors'
 
 /** A member's state. */
 export type MemberState =

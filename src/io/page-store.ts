@@ -1,53 +1,15 @@
 /**
- * Page stores, extent maps and aligned buffers: the block I/O that the bitmap and the
- * mirror are built on, done by the native core off the JavaScript thread.
+ * A page store: positional, aligned page I/O on one existing file, done by the native
+ * core off the JavaScript thread.
  *
  * @module
  */
-import type { CheckInfo, ExtentMapInfo, NativeStore } from './binding'
-import { MdBitmapError, native } from './errors'
-import { binding } from './native'
-
-export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './binding'
+import type { NativeStore } from '../native/binding'
+import { MdBitmapError } from '../errors'
+import { binding, native } from '../native'
 
 /** How a page store reaches the disk. */
 export type StoreMode = 'direct' | 'buffered' | 'device'
-
-/**
- * The extents of a file, from FIEMAP (or FIBMAP where FIEMAP is missing).
- * Rejects with `EFIEMAP_UNSUPPORTED` on filesystems that cannot map blocks (tmpfs).
- */
-export function extents(path: string): Promise<ExtentMapInfo> {
-  return native(() => binding().extents(path))
-}
-
-/**
- * Judges a file for in-place page writes (`fileModeOk`) and for device mode
- * (`deviceModeOk`), listing every problem found with its code and where it is.
- */
-export function check(path: string): Promise<CheckInfo> {
-  return native(() => binding().check(path))
-}
-
-/**
- * A zero-filled `Uint8Array` of `size` bytes whose address is a multiple of `align`,
- * as direct I/O needs. It is a view into a slightly larger, ordinary `ArrayBuffer`
- * (never a copy, never an external buffer).
- */
-export function allocAligned(size: number, align = 4096): Uint8Array {
-  if (!Number.isSafeInteger(size) || size < 0) throw new MdBitmapError('EINVAL', `size must be a non-negative integer, got ${size}`)
-  if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0) {
-    throw new MdBitmapError('EINVAL', `alignment must be a power of two, got ${align}`)
-  }
-  const backing = new Uint8Array(size + align)
-  const offset = binding().alignmentOffset(backing, align)
-  return new Uint8Array(backing.buffer, offset, size)
-}
-
-/** Whether `view` starts at an address that is a multiple of `align`. */
-export function isAligned(view: Uint8Array, align: number): boolean {
-  return binding().alignmentOffset(view, align) === 0
-}
 
 /** Options of {@link PageStore.open}. */
 export interface PageStoreOptions {

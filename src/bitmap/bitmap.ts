@@ -14,9 +14,11 @@ import { open as openFile, statfs, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
-import { MdBitmapError } from './errors'
+import { MdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
-import { PageStore, allocAligned, check, type StoreMode } from './store'
+import { PageStore, type StoreMode } from '../io/page-store'
+import { allocAligned } from '../io/aligned'
+import { check } from '../io/file-check'
 import {
   SUPERBLOCK_SIZE,
   STATE_STALE,

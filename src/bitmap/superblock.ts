@@ -75,7 +75,7 @@
  * @module
  */
 import { endianness, arch } from 'node:os'
-import { MdBitmapError } from './errors'
+import { MdBitmapError } from '../errors'
 
 /** `"bitm"` read as a little-endian u32. */
 export const BITMAP_MAGIC = 0x6d746962

@@ -9,7 +9,7 @@
  */
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
-import { MdBitmapError } from './errors'
+import { MdBitmapError } from '../errors'
 import type * as Binding from './binding'
 
 export type NativeBinding = typeof Binding
@@ -41,7 +41,7 @@ function load(): NativeBinding {
     const b = tryLoad('MD_BITMAP_NATIVE_PATH', override)
     if (b) return b
   } else {
-    const local = join(__dirname, '..', 'native', `md-bitmap.${triple}.node`)
+    const local = join(__dirname, '..', '..', 'native', `md-bitmap.${triple}.node`)
     const b =
       (existsSync(local) ? tryLoad('local build', local) : (attempts.push(`local build (${local}): not built`), undefined)) ??
       tryLoad('platform package', `md-bitmap-${triple}`)

@@ -6,8 +6,8 @@
  * @module
  */
 import { open as openFile, stat } from 'node:fs/promises'
-import { MdBitmapError } from './errors'
-import { PageStore } from './store'
+import { MdBitmapError } from '../errors'
+import { PageStore } from '../io/page-store'
 
 /** The interface every mirror member implements. */
 export interface Member {

@@ -17,8 +17,8 @@
  * @internal
  * @module
  */
-import type { PageStore } from './store'
-import { allocAligned } from './store'
+import type { PageStore } from '../io/page-store'
+import { allocAligned } from '../io/aligned'
 
 export const PAGE_SIZE = 4096
 

@@ -47,7 +47,7 @@
  *
  * @module
  */
-import { MdBitmapError } from './errors'
+import { MdBitmapError } from '../errors'
 
 /** Counter bit: the chunk must be resynced. */
 export const NEEDED = 0x8000

@@ -1,0 +1,27 @@
+/**
+ * Aligned buffers: memory whose address suits direct I/O.
+ *
+ * @module
+ */
+import { MdBitmapError } from '../errors'
+import { binding } from '../native'
+
+/**
+ * A zero-filled `Uint8Array` of `size` bytes whose address is a multiple of `align`,
+ * as direct I/O needs. It is a view into a slightly larger, ordinary `ArrayBuffer`
+ * (never a copy, never an external buffer).
+ */
+export function allocAligned(size: number, align = 4096): Uint8Array {
+  if (!Number.isSafeInteger(size) || size < 0) throw new MdBitmapError('EINVAL', `size must be a non-negative integer, got ${size}`)
+  if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0) {
+    throw new MdBitmapError('EINVAL', `alignment must be a power of two, got ${align}`)
+  }
+  const backing = new Uint8Array(size + align)
+  const offset = binding().alignmentOffset(backing, align)
+  return new Uint8Array(backing.buffer, offset, size)
+}
+
+/** Whether `view` starts at an address that is a multiple of `align`. */
+export function isAligned(view: Uint8Array, align: number): boolean {
+  return binding().alignmentOffset(view, align) === 0
+}
