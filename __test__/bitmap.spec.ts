@@ -242,7 +242,7 @@ async function runPromise(cmds: Cmd[]): Promise<void> {
       for (let round = 0; round < 2 && bitmap.startSync(c * CS); round++) bitmap.endSync(c * CS, false)
     }
     bitmap.closeSync()
-    await bitmap.flush()
+    await bitmap.settle()
     const disk = readDisk(path)
     const left = disk.dirtyList(NCHUNKS)
     if (left.length) throw new Error(`after the wind-down chunks ${left} are still dirty on disk\n${log.join('\n')}`)
@@ -415,7 +415,7 @@ test('two-pass clearing: never while degraded', async (t) => {
     for (let i = 0; i < 4; i++) await b.daemonPass()
     t.deepEqual(readDisk(path).dirtyList(8), [0, 1], 'nothing cleared while degraded')
     t.is(b.counter(0), 1, 'it may decay to 1 but not clear')
-    await b.flush()
+    await b.settle()
     t.deepEqual(readDisk(path).dirtyList(8), [0, 1], 'flush clears nothing while degraded')
 
     b.degraded = false
@@ -434,9 +434,9 @@ test('two-pass clearing: never while NEEDED (a failed write)', async (t) => {
     await b.startWrite(8192, 4096)
     b.endWrite(8192, 4096, false)
     t.is(b.counter(8192), 0x8002)
-    t.true(b.needsSync(8192))
+    t.true(b.chunkNeedsResync(8192))
     for (let i = 0; i < 4; i++) await b.daemonPass()
-    await b.flush()
+    await b.settle()
     t.true(readDisk(path).bit(2))
     t.is(b.counter(8192), 0x8002)
   } finally {
@@ -489,16 +489,16 @@ test('sync calls: startSync, endSync(aborted), closeSync, condEndSync, needsSync
   try {
     t.false(b.startSync(9 * CH), 'a clean chunk needs no copying')
     t.is(b.counter(9 * CH), 0)
-    t.false(b.needsSync(9 * CH))
+    t.false(b.chunkNeedsResync(9 * CH))
 
-    t.true(b.needsSync(0))
+    t.true(b.chunkNeedsResync(0))
     t.true(b.startSync(1024), 'any offset inside the chunk')
     t.is(b.counter(0), 2 | RESYNC)
     t.true(b.startSync(0), 'a chunk in resync still needs copying')
     t.is(b.counter(0), 2 | RESYNC)
     b.endSync(0, true)
     t.is(b.counter(0), 2 | NEEDED, 'aborted → NEEDED again')
-    t.true(b.needsSync(0))
+    t.true(b.chunkNeedsResync(0))
 
     // Degraded: answers true, keeps NEEDED.
     b.degraded = true
@@ -562,7 +562,7 @@ test('stale: STALE in the superblock → every chunk dirty after open, on disk t
   const a = await Bitmap.create(path, { size: chunks * 512 - 0, chunkSize: 512, daemonSleep: IDLE })
   await a.startWrite(3 * 512, 512)
   a.endWrite(3 * 512, 512)
-  await a.flush()
+  await a.settle()
   await a.close()
   t.deepEqual(readDisk(path).dirtyList(chunks), [])
   // Set STALE (0x2) by hand.

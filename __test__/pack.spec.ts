@@ -100,7 +100,7 @@ const fs = require('node:fs')
   bitmap.endWrite(5 * MiB, 4096)
   // Chunk 9: written, never ended: like a crash during the write.
   await bitmap.startWrite(9 * MiB + 512, 8192)
-  await bitmap.flush()
+  await bitmap.settle()
   const sb = decodeSuperblock(fs.readFileSync('cli.bitmap').subarray(0, 256))
   console.log(JSON.stringify({ chunks: bitmap.chunks, dirty: bitmap.dirtyChunks(), mode: bitmap.stats().mode, uuid: Buffer.from(sb.uuid).toString('hex') }))
   process.exit(0) // no close(): chunk 9 stays dirty on disk, as after a crash

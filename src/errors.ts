@@ -67,14 +67,25 @@ export class MdBitmapError extends Error {
   }
 }
 
-/** Turns whatever the native layer threw into an {@link MdBitmapError}, keeping its code. */
-export function fromNative(e: unknown): MdBitmapError {
-  if (e instanceof MdBitmapError) return e
+/**
+ * The one way anything thrown becomes an {@link MdBitmapError}. An `MdBitmapError`
+ * passes through unchanged. Anything else keeps its code when it has an errno-style
+ * one (`EIO`, `ENOSPC`, the native core's `EEXTENT_HOLE`, …) and its errno; otherwise
+ * it gets `fallback` (default `EIO`). With `context` ("cannot write /x/y"), the message
+ * reads `context: original message`; `hint` is appended after `; ` to say what to do.
+ */
+export function toMdBitmapError(
+  e: unknown,
+  options: { fallback?: string; context?: string; hint?: string } = {},
+): MdBitmapError {
+  if (e instanceof MdBitmapError && options.context === undefined && options.hint === undefined) return e
   const err = e as { code?: unknown; errno?: unknown; message?: unknown }
-  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? err.code : 'EINTERNAL'
-  const message = typeof err?.message === 'string' ? err.message : String(e)
+  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? err.code : options.fallback ?? 'EIO'
+  let message = typeof err?.message === 'string' ? err.message : String(e)
+  if (options.context !== undefined) message = `${options.context}: ${message}`
+  if (options.hint !== undefined) message = `${message}; ${options.hint}`
   return new MdBitmapError(code, message, {
     cause: e,
-    errno: typeof err?.errno === 'number' ? err.errno : undefined,
+    errno: typeof err?.errno === 'number' ? err.errno : e instanceof MdBitmapError ? e.errno : undefined,
   })
 }

@@ -11,7 +11,7 @@ export { check, extents } from './io/file-check'
 export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './io/file-check'
 export type { PageStoreOptions, StoreMode } from './io/page-store'
 export { Bitmap } from './bitmap/bitmap'
-export type { BitmapStats, CreateOptions, OpenOptions, Range } from './bitmap/bitmap'
+export type { BitmapStats, BitmapCreateOptions, BitmapOpenOptions, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
   MemberInfo,

@@ -36,7 +36,7 @@ import {
 } from './superblock'
 
 /** Options of {@link Bitmap.create}. */
-export interface CreateOptions {
+export interface BitmapCreateOptions {
   /** Bytes of data the bitmap covers: a positive multiple of 512. */
   size: number
   /** Bytes of data per bit: a power of two, at least 512. */
@@ -56,7 +56,7 @@ export interface CreateOptions {
 }
 
 /** Options of {@link Bitmap.open}. */
-export interface OpenOptions {
+export interface BitmapOpenOptions {
   /** `'file'` (default) or `'device'`; see {@link PageStore.open}. */
   mode?: 'file' | 'device'
   /** The uuid the bitmap must carry (`EUUID` otherwise). */
@@ -71,7 +71,7 @@ export interface OpenOptions {
 }
 
 /** A byte range of the data. */
-export interface Range {
+export interface ByteRange {
   /** Where the range starts, in bytes from the start of the data. */
   offset: number
   /** Its length in bytes. */
@@ -147,7 +147,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   private fullWaiters: (() => void)[] = []
   private syncCheckpoint = 0
   private closed = false
-  private _needSync = false
+  private _superblockDirty = false
   private _degraded = false
   private _error: MdBitmapError | undefined
   private _behind = 0
@@ -178,7 +178,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   }
 
   /** Creates a new bitmap file, fully written (no holes, no unwritten extents), and opens it. */
-  static async create(path: string, options: CreateOptions): Promise<Bitmap> {
+  static async create(path: string, options: BitmapCreateOptions): Promise<Bitmap> {
     const { size, chunkSize } = options
     if (!Number.isSafeInteger(size) || size <= 0 || size % SECTOR !== 0) {
       throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
@@ -225,7 +225,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   }
 
   /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
-  static async open(path: string, options: OpenOptions = {}): Promise<Bitmap> {
+  static async open(path: string, options: BitmapOpenOptions = {}): Promise<Bitmap> {
     const report = await check(path)
     if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) throw volatileError(path, report.fsType)
     // dsync: a page write completes only once it is on stable storage, past any
@@ -392,7 +392,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (behind) this._behind--
     if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
       this.sb.eventsCleared = this.sb.events
-      this._needSync = true
+      this._superblockDirty = true
     }
     if (wake) for (const w of this.fullWaiters.splice(0)) w()
   }
@@ -463,15 +463,15 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   }
 
   /** Whether the chunk holding `offset` is NEEDED or in resync. */
-  needsSync(offset: number): boolean {
+  chunkNeedsResync(offset: number): boolean {
     return (this.counters.get(this.chunkAt('needsSync', offset)) & (NEEDED | RESYNC)) !== 0
   }
 
   // -- reports ------------------------------------------------------------------------
 
   /** The byte ranges whose bits are set: what a resync or an incremental backup must copy. */
-  dirtyChunks(): Range[] {
-    const out: Range[] = []
+  dirtyChunks(): ByteRange[] {
+    const out: ByteRange[] = []
     const cs = this.sb.chunkSize
     for (let c = 0; c < this.chunks; c++) {
       if (!getBit(this.bits, c, this.bitVersion)) continue
@@ -541,8 +541,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   }
 
   /** @internal */
-  get needSync(): boolean {
-    return this._needSync
+  get superblockDirty(): boolean {
+    return this._superblockDirty
   }
   /** @internal */
   get mayClear(): boolean {
@@ -551,7 +551,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   /** Writes the superblock (page 0 with the current header) and waits for it. @internal */
   async syncSuperblock(): Promise<void> {
-    this._needSync = false
+    this._superblockDirty = false
     this.pages.image.set(encode(this.sb), 0)
     await this.pages.write(0)
   }
@@ -582,7 +582,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    * Runs daemon passes until every idle chunk's bit is cleared (as far as allowed) and
    * writes the superblock.
    */
-  async flush(): Promise<void> {
+  async settle(): Promise<void> {
     await this.daemon.drain()
     await this.syncSuperblock()
     await this.pages.settledAll()
@@ -625,7 +625,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (this.closed) return
     this.daemon.stop()
     try {
-      if (!this._error) await this.flush()
+      if (!this._error) await this.settle()
     } finally {
       this.closed = true
       for (const w of this.fullWaiters.splice(0)) w()

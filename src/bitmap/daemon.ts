@@ -23,7 +23,7 @@
 /** What a daemon pass works on; {@link Bitmap} provides it. */
 export interface DaemonTarget {
   /** Whether the superblock must be written before any bit may be cleared. */
-  readonly needSync: boolean
+  readonly superblockDirty: boolean
   /** Whether clearing is allowed at all (false while degraded or kicked). */
   readonly mayClear: boolean
   /** Writes the superblock (with the current events_cleared) and waits for it. */
@@ -44,9 +44,9 @@ export async function daemonPass(target: DaemonTarget): Promise<number> {
   // the awaits below, and still is after them.
   const mayClear = target.mayClear
   if (target.beforeClear && target.hasCandidates && mayClear) await target.beforeClear()
-  if (target.needSync) await target.syncSuperblock()
+  if (target.superblockDirty) await target.syncSuperblock()
   // Re-read: an endWrite during the superblock write may have asked for another update.
-  const changed = target.stepCandidates(mayClear && target.mayClear && !target.needSync)
+  const changed = target.stepCandidates(mayClear && target.mayClear && !target.superblockDirty)
   await target.writeClearedPages()
   return changed
 }
@@ -87,7 +87,7 @@ export class Daemon {
   async drain(limit = 4): Promise<void> {
     for (let i = 0; i < limit; i++) {
       await this.running
-      if ((await this.pass()) === 0 && !this.target.needSync) return
+      if ((await this.pass()) === 0 && !this.target.superblockDirty) return
     }
   }
 }

@@ -643,7 +643,7 @@ export class Mirror extends EventEmitter {
   private rangeNeedsSync(offset: number, len: number): boolean {
     if (!this.bitmap) return this.meta.resyncFrom !== null
     const cs = this.meta.chunkSize
-    for (let o = Math.floor(offset / cs) * cs; o < offset + len; o += cs) if (this.bitmap.needsSync(o)) return true
+    for (let o = Math.floor(offset / cs) * cs; o < offset + len; o += cs) if (this.bitmap.chunkNeedsResync(o)) return true
     return false
   }
 

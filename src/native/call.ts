@@ -5,13 +5,13 @@
  * @internal
  * @module
  */
-import { fromNative } from '../errors'
+import { toMdBitmapError } from '../errors'
 
 /** Awaits a native promise, rethrowing its rejection as an {@link MdBitmapError}. */
 export async function native<T>(p: Promise<T> | (() => Promise<T>)): Promise<T> {
   try {
     return await (typeof p === 'function' ? p() : p)
   } catch (e) {
-    throw fromNative(e)
+    throw toMdBitmapError(e, { fallback: 'EINTERNAL' })
   }
 }
