@@ -24,8 +24,8 @@ export type {
   ResyncProgress,
   ResyncReport,
 } from './mirror/mirror'
-export { FileMember, SlowMember, openFileMember } from './member/member'
-export type { Member, MemberSpec, OpenMember } from './member/member'
+export { DelegatingMember, FileMember, SlowMember, openFileMember } from './member'
+export type { Member, MemberSpec, OpenMember } from './member'
 export { NbdMember, listNbdExports, nbdOpener, openNbdOrFileMember } from './nbd/client'
 export type { NbdExportInfo, NbdMemberOptions, NbdWriteOptions } from './nbd/client'
 export { serveNbd } from './nbd/server'

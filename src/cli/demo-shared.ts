@@ -15,7 +15,7 @@
  * @internal
  * @module
  */
-import { FileMember, SlowMember, type Member, type OpenMember } from '../member/member'
+import { FileMember, SlowMember, type Member, type OpenMember } from '../member'
 import { allocAligned } from '../io/aligned'
 
 /** Bytes per demo write. */

@@ -53,13 +53,13 @@ import { resolve } from 'node:path'
 import { ChunkBarrier } from './barrier'
 import { Bitmap } from '../bitmap/bitmap'
 import { MdBitmapError } from '../errors'
-import { FileMember, openFileMember, type Member, type OpenMember } from '../member/member'
+import { FileMember, openFileMember, type Member, type OpenMember } from '../member'
 import { metadataPathFor, readMetadata, writeMetadata, type MemberRecord, type MemberState, type MirrorMetadata } from './metadata'
 import { allocAligned, isAligned } from '../io/aligned'
 import { parseUuid } from '../bitmap/superblock'
 import { WriteOrder } from './write-order'
 
-export type { Member, MemberSpec, OpenMember } from '../member/member'
+export type { Member, MemberSpec, OpenMember } from '../member'
 export type { MemberState } from './metadata'
 
 /** A member as given to {@link Mirror.create} or {@link Mirror.addMember}. */

@@ -28,7 +28,7 @@
  * @module
  */
 import { connect, type Socket } from 'node:net'
-import { FileMember, type Member, type MemberSpec, type OpenMember } from '../member/member'
+import { FileMember, type Member, type MemberSpec, type OpenMember } from '../member'
 import {
   Cmd,
   CmdFlag,
