@@ -14,7 +14,7 @@ import { open as openFile, statfs, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
 import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
@@ -201,9 +201,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     try {
       fh = await openFile(path, options.overwrite ? 'w' : 'wx')
     } catch (e) {
-      const err = e as NodeJS.ErrnoException
-      const hint = err.code === 'EEXIST' ? '; open it with Bitmap.open, or pass overwrite: true to replace it' : ''
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot create ${path}: ${err.message}${hint}`, { cause: e })
+      const hint = (e as NodeJS.ErrnoException).code === 'EEXIST' ? 'open it with Bitmap.open, or pass overwrite: true to replace it' : undefined
+      throw toMdBitmapError(e, { context: `cannot create ${path}`, hint })
     }
     try {
       // Written in full and synced, so every block is allocated and written.
@@ -212,8 +211,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     } catch (e) {
       await fh.close().catch(() => {})
       await unlink(path).catch(() => {})
-      const err = e as NodeJS.ErrnoException
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot write ${path}: ${err.message}; nothing was left behind`, { cause: e })
+      throw toMdBitmapError(e, { context: `cannot write ${path}`, hint: 'nothing was left behind' })
     }
     await fh.close()
     try {
@@ -599,7 +597,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    */
   private kick(e: unknown): void {
     if (this._error) return
-    const err = e instanceof MdBitmapError ? e : new MdBitmapError('EIO', String(e), { cause: e })
+    const err = toMdBitmapError(e)
     this._error = new MdBitmapError(
       err.code,
       `bitmap ${this.path} failed a write and is no longer used (${err.message}); the next open will resync every chunk`,

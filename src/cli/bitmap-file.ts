@@ -13,7 +13,7 @@
  */
 import { constants } from 'node:fs'
 import { open, type FileHandle } from 'node:fs/promises'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { allocAligned } from '../io/aligned'
 import { HOST_BIT_ORDER, SUPERBLOCK_SIZE, bitVersion, bitmapBytes, chunkCount, decode, getBit, type Superblock } from '../bitmap/superblock'
 import { fsError } from './errors'
@@ -55,8 +55,7 @@ export function fromBytes(path: string, data: Uint8Array, fileSize: number): Bit
   try {
     sb = decode(data)
   } catch (e) {
-    if (e instanceof MdBitmapError) throw new MdBitmapError(e.code, `${path}: ${e.message}`, { cause: e })
-    throw e
+    throw toMdBitmapError(e, { context: path })
   }
   const rawState = new DataView(data.buffer, data.byteOffset, SUPERBLOCK_SIZE).getUint32(48, true)
   const chunks = chunkCount(sb)

@@ -25,6 +25,7 @@ import { createInterface } from 'node:readline'
 import { FileMember } from '../member'
 import { Mirror, type ResyncReport } from '../mirror/mirror'
 import { allocAligned } from '../io/aligned'
+import { toMdBitmapError } from '../errors'
 import { parse, parseInteger, parseNumber, parseSize } from './args'
 import { dirtyRanges, readBitmapFile } from './bitmap-file'
 import { BLOCK, PAGE, demoOpenMember, pageGeneration } from './demo-shared'
@@ -78,7 +79,7 @@ function demoDir(parent: string | undefined): string {
       if (!parent && VOLATILE.has(statfsSync(dir).type)) continue
       return mkdtempSync(join(dir, 'md-bitmap-demo-'))
     } catch (e) {
-      if (parent) throw new CliError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot make a folder in ${parent}: ${(e as Error).message}; pick another --dir`)
+      if (parent) throw new CliError(toMdBitmapError(e).code, `cannot make a folder in ${parent}: ${(e as Error).message}; pick another --dir`)
     }
   }
   throw new CliError('ENOSPC', `no disk-backed folder for the demo among ${candidates.join(', ')}; pass --dir DIR on a disk filesystem`)

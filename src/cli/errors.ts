@@ -10,13 +10,14 @@
  * | 3 | verification failed: `demo` found members that differ or an acknowledged write missing (code `EVERIFY`) |
  * | 130 | interrupted (SIGINT/SIGTERM) before finishing; a resync resumes where it stopped (code `EINTERRUPTED`) |
  *
- * The code is an errno name (`ENOENT`, `EIO`, …) or one of md-bitmap's own (see
- * `src/errors.ts`), plus the command's own `EUSAGE`, `EVERIFY` and `EINTERRUPTED`.
+ * The code is one of {@link MdBitmapErrorCode}: an errno name (`ENOENT`, `EIO`, …),
+ * one of md-bitmap's own, or the command's own `EUSAGE`, `EVERIFY`, `EINTERRUPTED`
+ * and `EDEMO_WRITER`; anything thrown with no such code is `EINTERNAL`.
  *
  * @internal
  * @module
  */
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError, type MdBitmapErrorCode } from '../errors'
 
 export const EXIT_OK = 0
 export const EXIT_FAILED = 1
@@ -36,7 +37,7 @@ Every failure prints one line to stderr: "md-bitmap: CODE: what happened; what t
 /** An error of the command itself, with the exit status it calls for. */
 export class CliError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: MdBitmapErrorCode,
     message: string,
     readonly exitCode: number = EXIT_FAILED,
   ) {
@@ -52,12 +53,9 @@ export function usage(message: string, command?: string): CliError {
 }
 
 /** The code, message and exit status of anything thrown. */
-export function describe(e: unknown): { code: string; message: string; exitCode: number } {
+export function describe(e: unknown): { code: MdBitmapErrorCode; message: string; exitCode: number } {
   if (e instanceof CliError) return { code: e.code, message: e.message, exitCode: e.exitCode }
-  if (e instanceof MdBitmapError) return { code: e.code, message: e.message, exitCode: EXIT_FAILED }
-  const err = e as { code?: unknown; message?: unknown }
-  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? err.code : 'EINTERNAL'
-  const message = typeof err?.message === 'string' ? err.message : String(e)
+  const { code, message } = toMdBitmapError(e, { fallback: 'EINTERNAL' })
   return { code, message, exitCode: EXIT_FAILED }
 }
 
@@ -72,19 +70,20 @@ export function errorLine(e: unknown): string {
   return `md-bitmap: ${code}: ${flat}`
 }
 
+/** What a failed file operation means, for the errno names a user can act on. */
+const FS_HINTS: Partial<Record<MdBitmapErrorCode, string>> = {
+  ENOENT: 'no such file; check the path',
+  EACCES: 'permission denied; check the file mode or run as a user who may read it',
+  EPERM: 'operation not permitted; check the file attributes or run with the needed privileges',
+  EISDIR: 'it is a directory; give the path of a bitmap file',
+  ENOTDIR: 'a component of the path is not a directory; check the path',
+  EEXIST: 'the file exists; pick another path or pass --force to replace it',
+}
+
 /** Turns a Node fs error on `path` into a one-line error with a hint. */
 export function fsError(e: unknown, what: string, path: string): MdBitmapError {
-  if (e instanceof MdBitmapError) return e
-  const err = e as NodeJS.ErrnoException
-  const code = err?.code ?? 'EIO'
-  const hints: Record<string, string> = {
-    ENOENT: 'no such file; check the path',
-    EACCES: 'permission denied; check the file mode or run as a user who may read it',
-    EPERM: 'operation not permitted; check the file attributes or run with the needed privileges',
-    EISDIR: 'it is a directory; give the path of a bitmap file',
-    ENOTDIR: 'a component of the path is not a directory; check the path',
-    EEXIST: 'the file exists; pick another path or pass --force to replace it',
-  }
-  const hint = hints[code] ?? (err?.message ?? String(e)).replace(/^[A-Z]+: /, '')
-  return new MdBitmapError(code, `cannot ${what} ${path}: ${hint}`, { cause: e })
+  const err = toMdBitmapError(e)
+  if (err === e) return err
+  const hint = FS_HINTS[err.code] ?? err.message.replace(/^[A-Z]+: /, '')
+  return new MdBitmapError(err.code, `cannot ${what} ${path}: ${hint}`, { cause: e, errno: err.errno })
 }

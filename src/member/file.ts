@@ -5,7 +5,7 @@
  * @module
  */
 import { open as openFile, stat } from 'node:fs/promises'
-import { MdBitmapError } from '../errors'
+import { toMdBitmapError } from '../errors'
 import { PageStore } from '../io/page-store'
 import type { Member, OpenMember } from './types'
 
@@ -31,11 +31,11 @@ export class FileMember implements Member {
   static async ensure(path: string, size: number): Promise<boolean> {
     const st = await stat(path).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return undefined
-      throw new MdBitmapError(e.code ?? 'EIO', `cannot stat member ${path}: ${e.message}`, { cause: e })
+      throw toMdBitmapError(e, { context: `cannot stat member ${path}` })
     })
     if (st) return false
     const fh = await openFile(path, 'wx').catch((e: NodeJS.ErrnoException) => {
-      throw new MdBitmapError(e.code ?? 'EIO', `cannot create member ${path}: ${e.message}`, { cause: e })
+      throw toMdBitmapError(e, { context: `cannot create member ${path}` })
     })
     try {
       await fh.truncate(size)

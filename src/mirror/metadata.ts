@@ -8,7 +8,7 @@
  */
 import { open, readFile, rename, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 
 /** A member's state. */
 export type MemberState =
@@ -71,7 +71,7 @@ export async function readMetadata(path: string): Promise<MirrorMetadata> {
     if (err.code === 'ENOENT') {
       throw new MdBitmapError('EMIRROR_METADATA', `${path} does not exist: no mirror was created with this bitmap (Mirror.create makes one)`, { cause: e })
     }
-    throw new MdBitmapError(err.code ?? 'EIO', `cannot read ${path}: ${err.message}`, { cause: e })
+    throw toMdBitmapError(e, { context: `cannot read ${path}` })
   }
   let j: Record<string, unknown>
   try {
@@ -150,7 +150,6 @@ export async function writeMetadata(path: string, meta: MirrorMetadata): Promise
     }
   } catch (e) {
     await unlink(tmp).catch(() => {})
-    const err = e as NodeJS.ErrnoException
-    throw new MdBitmapError(err.code ?? 'EIO', `cannot write the mirror metadata ${path}: ${err.message}`, { cause: e, errno: err.errno })
+    throw toMdBitmapError(e, { context: `cannot write the mirror metadata ${path}` })
   }
 }

@@ -52,7 +52,7 @@ import { access } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { ChunkBarrier } from './barrier'
 import { Bitmap } from '../bitmap/bitmap'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { FileMember, openFileMember, type Member, type OpenMember } from '../member'
 import { metadataPathFor, readMetadata, writeMetadata, type MemberRecord, type MemberState, type MirrorMetadata } from './metadata'
 import { allocAligned, isAligned } from '../io/aligned'
@@ -1115,7 +1115,7 @@ function copyAligned(data: Uint8Array, align: number): Uint8Array {
 }
 
 function asError(e: unknown): MdBitmapError {
-  return e instanceof MdBitmapError ? e : new MdBitmapError((e as { code?: string })?.code ?? 'EIO', (e as Error)?.message ?? String(e), { cause: e })
+  return toMdBitmapError(e)
 }
 
 function aborted(signal: AbortSignal): MdBitmapError {

@@ -65,6 +65,7 @@ import {
   type BlockSize,
   type NbdAddress,
 } from './protocol'
+import { toMdBitmapError } from '../errors'
 import { SocketReader } from './socket-reader'
 
 /** Options of {@link NbdMember.open}. */
@@ -403,7 +404,7 @@ function openSocket(a: NbdAddress, url: string, timeoutMs: number): Promise<Sock
     })
     const onError = (e: NodeJS.ErrnoException) => {
       clearTimeout(timer)
-      reject(new NbdError(e.code && /^E[A-Z]+$/.test(e.code) ? e.code : 'ENBD_DISCONNECTED', `${url}: cannot connect: ${e.message}`, { cause: e }))
+      reject(new NbdError(toMdBitmapError(e, { fallback: 'ENBD_DISCONNECTED' }).code, `${url}: cannot connect: ${e.message}`, { cause: e }))
     }
     socket.once('error', onError)
   })
