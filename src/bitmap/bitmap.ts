@@ -104,6 +104,35 @@ export interface BitmapStats {
   eventsCleared: bigint
 }
 
+/** The events a {@link Bitmap} emits, with the arguments their listeners get. */
+export interface BitmapEvents {
+  /**
+   * A write to the bitmap failed: the bitmap is kicked (marked STALE, no longer used)
+   * and the mirror goes on without it. Emitted once. Without a listener the error is
+   * still kept in {@link Bitmap.error}, and `close()` rejects with it.
+   */
+  error: [error: MdBitmapError]
+}
+
+/**
+ * What tests reach past the public API; see `testing.ts`.
+ *
+ * @internal
+ */
+export interface BitmapInternals {
+  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED). */
+  counter(offset: number): number
+  /** Runs one daemon pass now (or joins the one running); resolves with how many chunks changed. */
+  daemonPass(): Promise<number>
+}
+
+/**
+ * The key of a bitmap's test access; see `testing.ts`.
+ *
+ * @internal
+ */
+export const bitmapInternals = Symbol('md-bitmap: Bitmap internals')
+
 /** Filesystems that do not survive a reboot, by statfs magic. */
 const VOLATILE_MAGIC = new Map([
   [0x01021994, 'tmpfs'],
@@ -122,9 +151,8 @@ const SECTOR = 512
 /**
  * A write-intent bitmap file.
  *
- * Events: `'error'` (a write to the bitmap failed; it has been kicked). With no
- * listener the error is still kept in {@link Bitmap.error} and `close()` rejects
- * with it.
+ * Events: see {@link BitmapEvents} (`'error'`: a write to the bitmap failed; it has
+ * been kicked).
  *
  * @example
  * ```ts
@@ -137,7 +165,7 @@ const SECTOR = 512
  * await bitmap.close()
  * ```
  */
-export class Bitmap extends EventEmitter implements DaemonTarget {
+export class Bitmap extends EventEmitter<BitmapEvents> {
   private readonly counters: Counters
   private readonly pages: PageImage
   private readonly daemon: Daemon
@@ -147,7 +175,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   private fullWaiters: (() => void)[] = []
   private syncCheckpoint = 0
   private closed = false
-  private _superblockDirty = false
+  /** events_cleared changed: the superblock must be written before any bit may be cleared. */
+  private superblockDirty = false
   private _degraded = false
   private _error: MdBitmapError | undefined
   private _behind = 0
@@ -174,7 +203,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     this.bitVersion = bitVersion(sb)
     this.counters = new Counters(chunkCount(sb))
     this.pages = new PageImage(store, image, (e) => this.kick(e))
-    this.daemon = new Daemon(this, (e) => this.kick(e))
+    this.daemon = new Daemon(this.daemonTarget(), (e) => this.kick(e))
   }
 
   /** Creates a new bitmap file, fully written (no holes, no unwritten extents), and opens it. */
@@ -390,7 +419,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (behind) this._behind--
     if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
       this.sb.eventsCleared = this.sb.events
-      this._superblockDirty = true
+      this.superblockDirty = true
     }
     if (wake) for (const w of this.fullWaiters.splice(0)) w()
   }
@@ -499,11 +528,6 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     }
   }
 
-  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED); for tests and tools. */
-  counter(offset: number): number {
-    return this.counters.get(this.chunkAt('counter', offset))
-  }
-
   /**
    * Marks a range for resync, durably: its bits are set and written before this
    * resolves, and its chunks are NEEDED (a full recovery marks the whole device).
@@ -533,29 +557,37 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   // -- the daemon ---------------------------------------------------------------------
 
-  /** @internal */
-  get hasCandidates(): boolean {
-    return this.counters.hasCandidates
+  /** What the daemon works on: this bitmap, seen through an object nobody else holds. */
+  private daemonTarget(): DaemonTarget {
+    const bitmap = this
+    return {
+      get superblockDirty() {
+        return bitmap.superblockDirty
+      },
+      get mayClear() {
+        return !bitmap._degraded && bitmap._error === undefined && !bitmap.closed
+      },
+      get hasCandidates() {
+        return bitmap.counters.hasCandidates
+      },
+      get beforeClear() {
+        return bitmap.beforeClear
+      },
+      syncSuperblock: () => bitmap.syncSuperblock(),
+      stepCandidates: (mayClear) => bitmap.stepCandidates(mayClear),
+      writeClearedPages: () => bitmap.pages.flushNeedWrite(),
+    }
   }
 
-  /** @internal */
-  get superblockDirty(): boolean {
-    return this._superblockDirty
-  }
-  /** @internal */
-  get mayClear(): boolean {
-    return !this._degraded && this._error === undefined && !this.closed
-  }
-
-  /** Writes the superblock (page 0 with the current header) and waits for it. @internal */
-  async syncSuperblock(): Promise<void> {
-    this._superblockDirty = false
+  /** Writes the superblock (page 0 with the current header) and waits for it. */
+  private async syncSuperblock(): Promise<void> {
+    this.superblockDirty = false
     this.pages.image.set(encode(this.sb), 0)
     await this.pages.write(0)
   }
 
-  /** @internal */
-  stepCandidates(mayClear: boolean): number {
+  /** Steps every candidate chunk once, clearing bits in the image; returns how many changed. */
+  private stepCandidates(mayClear: boolean): number {
     let changed = 0
     for (const c of this.counters.candidateChunks()) {
       const r = this.counters.daemonStep(c, mayClear)
@@ -566,14 +598,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     return changed
   }
 
-  /** @internal */
-  writeClearedPages(): Promise<void> {
-    return this.pages.flushNeedWrite()
-  }
-
-  /** Runs one daemon pass now (tests and tools; the timer runs them anyway). */
-  daemonPass(): Promise<number> {
-    return this.daemon.pass()
+  /** @internal Test access (see `testing.ts`): not part of the API. */
+  [bitmapInternals](): BitmapInternals {
+    return {
+      counter: (offset) => this.counters.get(this.chunkAt('counter', offset)),
+      daemonPass: () => this.daemon.pass(),
+    }
   }
 
   /**
