@@ -278,7 +278,7 @@ export class MdBitmapError extends Error {
  * The one way anything thrown becomes an {@link MdBitmapError}. An `MdBitmapError`
  * passes through unchanged. Anything else keeps its code when it has an errno-style
  * one (`EIO`, `ENOSPC`, the native core's `EEXTENT_HOLE`, …) and its errno; otherwise
- * it gets `fallback` (default `EIO`). With `context` ("cannot write /x/y"), the message
+ * (Node's `ERR_…` codes included) it gets `fallback` (default `EIO`). With `context` ("cannot write /x/y"), the message
  * reads `context: original message`; `hint` is appended after `; ` to say what to do.
  */
 export function toMdBitmapError(
@@ -287,8 +287,9 @@ export function toMdBitmapError(
 ): MdBitmapError {
   if (e instanceof MdBitmapError && options.context === undefined && options.hint === undefined) return e
   const err = e as { code?: unknown; errno?: unknown; message?: unknown }
-  // An errno-style code from the OS or the native core is kept as it is (see ErrnoCode).
-  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? (err.code as MdBitmapErrorCode) : options.fallback ?? 'EIO'
+  // An errno-style code from the OS or the native core is kept as it is (see ErrnoCode);
+  // Node's own `ERR_…` codes name a misuse, not an outcome, and get the fallback.
+  const code = typeof err?.code === 'string' && /^E(?!RR_)[A-Z0-9_]+$/.test(err.code) ? (err.code as MdBitmapErrorCode) : options.fallback ?? 'EIO'
   let message = typeof err?.message === 'string' ? err.message : String(e)
   if (options.context !== undefined) message = `${options.context}: ${message}`
   if (options.hint !== undefined) message = `${message}; ${options.hint}`
