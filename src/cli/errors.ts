@@ -35,13 +35,13 @@ export const EXIT_TABLE = `Exit status:
 Every failure prints one line to stderr: "md-bitmap: CODE: what happened; what to do".`
 
 /** An error of the command itself, with the exit status it calls for. */
-export class CliError extends Error {
+export class CliError extends MdBitmapError {
   constructor(
-    readonly code: MdBitmapErrorCode,
+    code: MdBitmapErrorCode,
     message: string,
     readonly exitCode: number = EXIT_FAILED,
   ) {
-    super(message)
+    super(code, message)
     this.name = 'CliError'
   }
 }

@@ -28,6 +28,7 @@
  * @module
  */
 import { connect, type Socket } from 'node:net'
+import { toMdBitmapError } from '../errors'
 import { FileMember, type Member, type MemberSpec, type OpenMember } from '../member'
 import {
   Cmd,
@@ -65,7 +66,6 @@ import {
   type BlockSize,
   type NbdAddress,
 } from './protocol'
-import { toMdBitmapError } from '../errors'
 import { SocketReader } from './socket-reader'
 
 /** Options of {@link NbdMember.open}. */

@@ -41,7 +41,7 @@ export class SocketReader {
         }, timeoutMs)
       }
       // Rejections carry what was awaited.
-      w.reject = (e: NbdError) => reject(e instanceof NbdError && e.code === 'ENBD_DISCONNECTED' ? this.disconnected(what, e) : e)
+      w.reject = (e: NbdError) => reject(e.code === 'ENBD_DISCONNECTED' ? this.disconnected(what, e) : e)
       this.waiter = w
     })
   }

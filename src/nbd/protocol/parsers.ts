@@ -1,14 +1,16 @@
 /**
  * Incremental parsers of the transmission phase, one per direction: fed the bytes of
  * a socket in any chunking, they return the replies (client side) or requests (server
- * side) completed. After a throw a parser is dead and throws the same error again.
+ * side) completed. After a throw a parser is dead and throws the same error again:
+ * an {@link NbdError} (`ENBD_PROTOCOL`) for bytes that break the protocol.
  *
  * @internal
  * @module
  */
 import { Cmd, DEFAULT_MAX_PAYLOAD, REQUEST_HEADER_LENGTH, SIMPLE_REPLY_LENGTH } from './constants'
 import { ByteQueue } from './byte-queue'
-import { NbdError, protocolError } from './errors'
+import { MdBitmapError, toMdBitmapError } from '../../errors'
+import { protocolError } from './errors'
 import { decodeReplyHeader, decodeRequestHeader, type RequestHeader } from './transmission'
 
 /** A reply decoded by {@link ReplyParser}. */
@@ -33,7 +35,7 @@ export type ReplyLookup = (cookie: bigint) => Uint8Array | null | undefined
 export class ReplyParser {
   private readonly q = new ByteQueue()
   private current: { cookie: bigint; error: number; target: Uint8Array; got: number } | null = null
-  private dead: NbdError | null = null
+  private dead: MdBitmapError | null = null
 
   constructor(private readonly lookup: ReplyLookup) {}
 
@@ -61,7 +63,7 @@ export class ReplyParser {
         else out.push({ cookie, error })
       }
     } catch (e) {
-      this.dead = e instanceof NbdError ? e : protocolError(String(e))
+      this.dead = toMdBitmapError(e, { fallback: 'ENBD_PROTOCOL' })
       throw this.dead
     }
     return out
@@ -86,7 +88,7 @@ export interface Request extends RequestHeader {
 export class RequestParser {
   private readonly q = new ByteQueue()
   private current: { req: Request; data: Uint8Array | null; left: number } | null = null
-  private dead: NbdError | null = null
+  private dead: MdBitmapError | null = null
 
   constructor(
     private readonly maxPayload: number = DEFAULT_MAX_PAYLOAD,
@@ -121,7 +123,7 @@ export class RequestParser {
         }
       }
     } catch (e) {
-      this.dead = e instanceof NbdError ? e : protocolError(String(e))
+      this.dead = toMdBitmapError(e, { fallback: 'ENBD_PROTOCOL' })
       throw this.dead
     }
     return out
