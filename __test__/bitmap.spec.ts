@@ -480,7 +480,7 @@ test('a chunk loaded from disk is 2|NEEDED (0x8002) until startSync/endSync, the
 // ---------------------------------------------------------------------------------
 // Sync calls
 
-test('sync calls: startSync, endSync(aborted), closeSync, condEndSync, needsSync', async (t) => {
+test('sync calls: startSync, endSync(aborted), closeSync, condEndSync, chunkNeedsResync', async (t) => {
   const path = newPath()
   const CH = 4096
   const a = await Bitmap.create(path, { size: 10 * CH, chunkSize: CH, daemonSleep: IDLE })

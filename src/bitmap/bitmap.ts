@@ -491,7 +491,7 @@ export class Bitmap extends EventEmitter<BitmapEvents> {
 
   /** Whether the chunk holding `offset` is NEEDED or in resync. */
   chunkNeedsResync(offset: number): boolean {
-    return (this.counters.get(this.chunkAt('needsSync', offset)) & (NEEDED | RESYNC)) !== 0
+    return (this.counters.get(this.chunkAt('chunkNeedsResync', offset)) & (NEEDED | RESYNC)) !== 0
   }
 
   // -- reports ------------------------------------------------------------------------
