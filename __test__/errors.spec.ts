@@ -11,7 +11,8 @@ import { createServer, connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 
-import { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError, toMdBitmapError } from '../src'
+import { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError } from '../src'
+import { toMdBitmapError } from '../src/errors'
 import { ByteQueue } from '../src/nbd/protocol/byte-queue'
 import { SocketReader } from '../src/nbd/socket-reader'
 

@@ -4,7 +4,7 @@
  *
  * @packageDocumentation
  */
-export { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError, toMdBitmapError } from './errors'
+export { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError } from './errors'
 export type { MdBitmapErrorCode } from './errors'
 export { PageStore } from './io/page-store'
 export { allocAligned } from './io/aligned'
