@@ -14,10 +14,12 @@ export { Bitmap } from './bitmap/bitmap'
 export type { BitmapStats, BitmapCreateOptions, BitmapOpenOptions, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
+  MemberFaultyEvent,
   MemberInfo,
   MemberOptions,
   MemberState,
   MirrorCreateOptions,
+  MirrorEvents,
   MirrorOpenOptions,
   MirrorStats,
   ResyncOptions,
