@@ -5,6 +5,7 @@
  *
  * ```
  *   write(buf, offset)
+ *     │ enter the flush fence (a flush called from now on waits for this write)
  *     │ enter the chunks' barrier (waits while a resync copies one of them)
  *     │ decide: behind? ── needs a write-mostly member, a bitmap that allows
  *     │                    write-behind and is not kicked, behind writes below
@@ -14,7 +15,7 @@
  *     │ write every active member     │          │ fast members: the caller's buf │
  *     │ (the caller's buffer)         │          │ write-mostly: a private copy   │
  *     │ wait for all                  │          │ wait for the fast ones only    │
- *     │ ack ◄─────────────────────────┘          │ ack ◄──────────────────────────┘
+ *     │ ack, leave the fence ◄────────┘          │ ack, leave the fence ◄─────────┘
  *     │                                          │   …the slow members go on…
  *     └── every member done ──► bitmap.endWrite(success = every member had it)
  *                               (only now may the daemon start to clear the bits)
@@ -36,8 +37,13 @@
  * other can serve, and then after its writes in flight to the range completed; to the
  * resync source when the range is marked for resync, so two reads agree.
  *
- * Flush: every active member is synced (fdatasync, or FLUSH); a member whose flush
- * fails becomes faulty.
+ * Flush contract: once {@link flush} resolves, every write whose `write()` was called
+ * before `flush()` was called, and that was acknowledged, is durable on every member
+ * that is not write-mostly. Flush waits (through the flush fence) until each such write
+ * is acknowledged or rejected, then fdatasyncs every active member. It does not wait for
+ * writes called after it, nor for behind writes still in flight on write-mostly
+ * members: their chunks' bits are on stable storage until those members have them and
+ * were flushed, so a resync repairs them.
  *
  * @module
  */
@@ -50,7 +56,12 @@ import type { MirrorState, Slot } from './state'
 export async function write(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
   state.checkOpen('write')
   state.checkRange('write', offset, data.length)
-  await writeMembers(state, data, offset)
+  const generation = state.flushFence.enter()
+  try {
+    await writeMembers(state, data, offset)
+  } finally {
+    state.flushFence.leave(generation)
+  }
 }
 
 async function writeMembers(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
@@ -186,9 +197,10 @@ function rangeNeedsSync(state: MirrorState, offset: number, len: number): boolea
   return false
 }
 
-/** The caller's flush: syncs every active member (see {@link Mirror.flush}). */
+/** The caller's flush: waits for the writes called before it, then syncs every active member (the contract is at the top). */
 export async function flush(state: MirrorState): Promise<void> {
   state.checkOpen('flush')
+  await state.flushFence.drain()
   await flushMembers(state, true)
 }
 

@@ -4,12 +4,13 @@
  * with its state machine or invariant at its top:
  *
  * - `assembly.ts`: create, open, start, close (the mirror's life cycle);
- * - `data-path.ts`: write, read, flush (write-behind, its accounting and fallbacks);
+ * - `data-path.ts`: write, read, flush (write-behind, its accounting and fallbacks, and
+ *   the flush contract);
  * - `membership.ts`: member failure, removal, re-add, addition (the member states);
  * - `resync.ts`: the resync engine (its run and its checkpoints);
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
- * - `barrier.ts`, `write-order.ts`, `metadata.ts`: the small
+ * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `metadata.ts`: the small
  *   mechanisms under them.
  *
  * @module
@@ -218,10 +219,16 @@ export class Mirror extends EventEmitter {
   }
 
   /**
-   * Makes every completed write durable on every member (fdatasync, or FLUSH).
-   * Guarantee: a write acknowledged before `flush()` resolved survives power loss on
-   * every member that is not write-mostly; where a write-mostly member may still lag,
-   * the chunk's bit is set on stable storage, so a resync repairs it.
+   * Makes writes durable on every member (fdatasync, or FLUSH on a remote disk).
+   *
+   * Guarantee: once `flush()` resolves, every write whose `write()` was called before
+   * `flush()` was called, and that was acknowledged, survives power loss on every member
+   * that is not write-mostly. To give it, `flush()` first waits until each such write is
+   * acknowledged or rejected (writes still in flight included), then syncs the members.
+   * Writes called after `flush()` are not waited for and not covered, even if they are
+   * acknowledged before it resolves. Behind writes still in flight on a write-mostly
+   * member are not waited for either: their chunks' bits are set on stable storage, so a
+   * resync repairs that member.
    */
   flush(): Promise<void> {
     return dataPath.flush(this.state)

@@ -1,6 +1,6 @@
 /**
  * What every part of a mirror works on: its metadata, bitmap and member slots, the
- * chunk barrier, the data-path counts, and the few rules they share.
+ * chunk barrier, the flush fence, the data-path counts, and the few rules they share.
  * {@link Mirror} owns one {@link MirrorState}; assembly, the data path, membership and
  * the resync engine are functions over it.
  *
@@ -16,6 +16,7 @@ import type { Bitmap } from '../bitmap/bitmap'
 import { MdBitmapError } from '../errors'
 import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
+import { FlushFence } from './flush-fence'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
 import type { MemberFaultyEvent, ResyncReport } from './types'
 import { WriteOrder } from './write-order'
@@ -84,6 +85,8 @@ export class MirrorState implements MirrorParts {
   readonly openMember: OpenMember
   /** Keeps a resync's copy of a chunk and writes to that chunk apart. */
   readonly barrier = new ChunkBarrier()
+  /** Which writes a flush waits for. */
+  readonly flushFence = new FlushFence()
   readonly counts: DataPathCounts = {
     writes: 0,
     reads: 0,
