@@ -12,7 +12,7 @@
  * the order of those events: a flush of a member logged before the completion of a
  * write it must cover is the bug.
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { DelegatingMember, FileMember, Mirror, type Member, type MemberSpec, type OpenMember } from '../src'
@@ -100,6 +100,25 @@ async function mirrorWith(log: OrderLog, o: { writeMostly?: boolean; writeBehind
   })
 }
 
+/** Writes at `offset` with member 0's write held in flight; resolves once member 0 has it issued. */
+async function heldWrite(log: OrderLog, m: Mirror, offset: number, seed: number): Promise<{ write: Promise<void>; release: () => void }> {
+  const release = log.hold(0, offset)
+  const write = m.write(pattern(LEN, seed), offset)
+  await until(() => log.at(`issued 0 ${offset}`) >= 0, 5000, `the write at ${offset} to reach member 0`)
+  return { write, release }
+}
+
+/** Asserts that member 0 completed the write at `offset` and was not flushed before that. */
+function flushedOnlyAfter(t: ExecutionContext, log: OrderLog, offset: number): void {
+  const done = log.at(`done 0 ${offset}`)
+  t.true(done >= 0, `member 0 completed the write at ${offset}`)
+  t.deepEqual(
+    log.flushesOf(0).filter((i) => i < done),
+    [],
+    `member 0 was flushed only after the write at ${offset} completed on it (log: ${log.events.join(', ')})`,
+  )
+}
+
 /** Resolves with `p`, or rejects after `ms` saying what did not happen. */
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined
@@ -122,20 +141,12 @@ test('flush waits for a write in flight on a member before it syncs that member'
   const log = new OrderLog()
   const m = await mirrorWith(log)
   try {
-    const release = log.hold(0, 0)
-    const write = m.write(pattern(LEN, 1), 0)
-    await until(() => log.at('issued 0 0') >= 0, 5000, 'the write to reach member 0')
+    const { write, release } = await heldWrite(log, m, 0, 1)
     const flush = m.flush()
     t.false(await settledAfter(flush, 50), 'flush does not resolve while the write it covers is in flight')
     release()
     await within(Promise.all([write, flush]), 10_000, 'the write and the flush')
-    const done = log.at('done 0 0')
-    t.true(done >= 0, 'member 0 completed the write')
-    t.deepEqual(
-      log.flushesOf(0).filter((i) => i < done),
-      [],
-      `member 0 was flushed only after the write completed on it (log: ${log.events.join(', ')})`,
-    )
+    flushedOnlyAfter(t, log, 0)
     t.true(log.flushesOf(0).length > 0 && log.flushesOf(1).length > 0, 'both members were flushed')
   } finally {
     await m.close()
@@ -158,13 +169,7 @@ test('flush waits for a write called before it that is not yet issued (held at a
     t.false(await settledAfter(flush, 50), 'flush does not resolve while a write called before it waits at the barrier')
     releaseCopy()
     await within(Promise.all([write, flush, resync]), 10_000, 'the write, the flush and the resync')
-    const done = log.at('done 0 0')
-    t.true(done >= 0, 'member 0 completed the write')
-    t.deepEqual(
-      log.flushesOf(0).filter((i) => i < done),
-      [],
-      `member 0 was flushed only after the write completed on it (log: ${log.events.join(', ')})`,
-    )
+    flushedOnlyAfter(t, log, 0)
   } finally {
     await m.close()
   }
@@ -174,35 +179,23 @@ test('a second flush also waits for a write in flight before the first one; flus
   const log = new OrderLog()
   const m = await mirrorWith(log)
   try {
-    const releaseEarly = log.hold(0, 0)
-    const early = m.write(pattern(LEN, 3), 0)
-    await until(() => log.at('issued 0 0') >= 0, 5000, 'the early write to reach member 0')
+    const early = await heldWrite(log, m, 0, 3)
     const first = m.flush()
-    const releaseMiddle = log.hold(0, CS)
-    const middle = m.write(pattern(LEN, 4), CS)
-    await until(() => log.at(`issued 0 ${CS}`) >= 0, 5000, 'the middle write to reach member 0')
+    const middle = await heldWrite(log, m, CS, 4)
     const second = m.flush()
     // The middle write completes; the early one is still held: neither flush may sync yet.
-    releaseMiddle()
-    await within(middle, 10_000, 'the middle write')
+    middle.release()
+    await within(middle.write, 10_000, 'the middle write')
     t.false(await settledAfter(second, 50), 'the second flush waits for the early write too')
     t.deepEqual(log.flushesOf(0), [], `no member 0 flush while the early write is in flight (log: ${log.events.join(', ')})`)
-    // A write called after both flushes, held for good: the flushes must not wait for it.
-    const releaseLate = log.hold(0, 2 * CS)
-    const late = m.write(pattern(LEN, 5), 2 * CS)
-    await until(() => log.at(`issued 0 ${2 * CS}`) >= 0, 5000, 'the late write to reach member 0')
-    releaseEarly()
-    await within(Promise.all([early, first, second]), 10_000, 'both flushes, with a later write still in flight')
-    const earlyDone = log.at('done 0 0')
-    t.true(earlyDone >= 0)
-    t.deepEqual(
-      log.flushesOf(0).filter((i) => i < earlyDone),
-      [],
-      `member 0 was flushed only after the early write completed (log: ${log.events.join(', ')})`,
-    )
+    // A write called after both flushes, held until they resolved: they must not wait for it.
+    const late = await heldWrite(log, m, 2 * CS, 5)
+    early.release()
+    await within(Promise.all([early.write, first, second]), 10_000, 'both flushes, with a later write still in flight')
+    flushedOnlyAfter(t, log, 0)
     t.is(log.at(`done 0 ${2 * CS}`), -1, 'the late write is still in flight: the flushes did not wait for it')
-    releaseLate()
-    await within(late, 10_000, 'the late write')
+    late.release()
+    await within(late.write, 10_000, 'the late write')
   } finally {
     await m.close()
   }

@@ -25,7 +25,7 @@ export type {
   ResyncOptions,
   ResyncProgress,
   ResyncReport,
-} from './mirror/mirror'
+} from './mirror/types'
 export { DelegatingMember, FileMember, SlowMember, openFileMember } from './member'
 export type { Member, MemberSpec, OpenMember } from './member'
 export { NbdMember, listNbdExports, nbdOpener, openNbdOrFileMember } from './nbd/client'

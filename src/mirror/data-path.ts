@@ -131,11 +131,11 @@ function mayGoBehind(state: MirrorState, active: Slot[], len: number): boolean {
   if (!bm || bm.kicked || bm.maxWriteBehind === 0) return false
   if (!active.some((s) => s.record.writeMostly)) return false
   if (counts.behindInFlight >= bm.maxWriteBehind) {
-    counts.fallbackLimit++
+    counts.behindFallbacks.limit++
     return false
   }
   if (counts.behindBytes + len > state.meta.behindMemoryLimit) {
-    counts.fallbackMemory++
+    counts.behindFallbacks.memory++
     return false
   }
   return true

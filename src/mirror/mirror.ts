@@ -25,20 +25,6 @@ import * as resyncEngine from './resync'
 import { MirrorState, type MirrorParts } from './state'
 import type { MemberInfo, MemberOptions, MirrorCreateOptions, MirrorEvents, MirrorOpenOptions, MirrorStats, ResyncOptions, ResyncReport } from './types'
 
-export type {
-  MemberFaultyEvent,
-  MemberInfo,
-  MemberOptions,
-  MemberState,
-  MirrorCreateOptions,
-  MirrorEvents,
-  MirrorOpenOptions,
-  MirrorStats,
-  ResyncOptions,
-  ResyncProgress,
-  ResyncReport,
-} from './types'
-
 /**
  * A mirror of one block range over several members, with a write-intent bitmap so that
  * a crash or a member that returns late costs a copy of the dirty chunks only.
@@ -179,20 +165,8 @@ export class Mirror extends EventEmitter {
 
   /** Counts of writes, reads, write-behind and failures since open. */
   stats(): MirrorStats {
-    const counts = this.state.counts
-    return {
-      writes: counts.writes,
-      reads: counts.reads,
-      behindWrites: counts.behindWrites,
-      behindInFlight: counts.behindInFlight,
-      behindHighWater: counts.behindHighWater,
-      behindBytes: counts.behindBytes,
-      behindBytesHighWater: counts.behindBytesHighWater,
-      behindFallbacks: { limit: counts.fallbackLimit, memory: counts.fallbackMemory },
-      memberFailures: this.state.memberFailures,
-      degraded: this.degraded,
-      events: this.state.meta.events,
-    }
+    const { counts, memberFailures, meta } = this.state
+    return { ...counts, behindFallbacks: { ...counts.behindFallbacks }, memberFailures, degraded: this.degraded, events: meta.events }
   }
 
   // -- data ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
 import { FlushFence } from './flush-fence'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
-import type { MemberFaultyEvent, ResyncReport } from './types'
+import type { MemberFaultyEvent, MirrorStats, ResyncReport } from './types'
 import { WriteOrder } from './write-order'
 
 /** One member slot: its record in the metadata, and the member while it is open. */
@@ -62,20 +62,8 @@ export interface MirrorEventSink {
   error(error: MdBitmapError): void
 }
 
-/** The data path's counts since open; {@link Mirror.stats} reports them. */
-export interface DataPathCounts {
-  writes: number
-  reads: number
-  behindWrites: number
-  behindInFlight: number
-  behindHighWater: number
-  behindBytes: number
-  behindBytesHighWater: number
-  /** Writes made synchronous by the bitmap's writeBehind limit. */
-  fallbackLimit: number
-  /** Writes made synchronous by behindMemoryLimit. */
-  fallbackMemory: number
-}
+/** The data path's counts since open, as {@link Mirror.stats} reports them. */
+export type DataPathCounts = Omit<MirrorStats, 'memberFailures' | 'degraded' | 'events'>
 
 export class MirrorState implements MirrorParts {
   readonly metadataPath: string
@@ -95,8 +83,7 @@ export class MirrorState implements MirrorParts {
     behindHighWater: 0,
     behindBytes: 0,
     behindBytesHighWater: 0,
-    fallbackLimit: 0,
-    fallbackMemory: 0,
+    behindFallbacks: { limit: 0, memory: 0 },
   }
   /** Member failures since open; a resync compares it before and after to know whether a member failed meanwhile. */
   memberFailures = 0
