@@ -56,72 +56,69 @@ import type { MirrorState, Slot } from './state'
 export async function write(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
   state.checkOpen('write')
   state.checkRange('write', offset, data.length)
+  // In the flush fence from the call until acknowledged or rejected: a flush called meanwhile waits for it.
   const generation = state.flushFence.enter()
   try {
-    await writeMembers(state, data, offset)
+    const len = data.length
+    const align = state.alignment
+    const buf = isAligned(data, align) ? data : copyAligned(data, align)
+    const first = Math.floor(offset / state.meta.chunkSize)
+    const last = Math.floor((offset + len - 1) / state.meta.chunkSize)
+    await state.barrier.enterWrite(first, last)
+    // Fast members first: their writes are issued before the write-behind copy is made.
+    const active = state.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
+    const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
+    // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
+    const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
+    let behind = false
+    try {
+      // Closed while this write waited at the barrier: the bitmap may be gone.
+      state.checkOpen('write')
+      if (ackers.size === 0) throw state.failedError('write')
+      behind = fastInSync.length > 0 && mayGoBehind(state, active, len)
+      if (behind) reserveBehind(state, len)
+      if (state.bitmap) await state.bitmap.startWrite(offset, len, behind)
+    } catch (e) {
+      if (behind) releaseBehind(state, len)
+      state.barrier.exitWrite(first, last)
+      throw e
+    }
+    state.counts.writes++
+    let copy: Uint8Array | undefined
+    let everyMember = true
+    const outcomes = active.map((slot) => {
+      const payload = behind && slot.record.writeMostly ? (copy ??= copyAligned(buf, state.alignment)) : buf
+      return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
+        () => undefined as MdBitmapError | undefined,
+        async (e) => {
+          everyMember = false
+          return (await failMember(state, slot, e)) ?? toMdBitmapError(e)
+        },
+      )
+    })
+    const all = Promise.all(outcomes).then(() => {
+      try {
+        state.bitmap?.endWrite(offset, len, everyMember, behind)
+      } catch (e) {
+        state.events.error(toMdBitmapError(e))
+      }
+      if (behind) releaseBehind(state, len)
+      state.barrier.exitWrite(first, last)
+    })
+    // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
+    const waitFor = active.map((slot, i) => ({ slot, p: outcomes[i] })).filter(({ slot }) => !behind || !slot.record.writeMostly)
+    const results = await Promise.all(waitFor.map(({ slot, p }) => p.then((err) => ({ slot, err }))))
+    if (!behind) await all
+    const metaErr = results.find((r) => r.err?.code === 'EMIRROR_METADATA')
+    if (metaErr) throw metaErr.err
+    if (!results.some((r) => ackers.has(r.slot) && r.err === undefined)) {
+      const errs = results.filter((r) => ackers.has(r.slot)).map((r) => `${r.slot.record.path}: ${r.err?.message}`)
+      throw new MdBitmapError('EMIRROR_WRITE', `write of ${len} bytes at ${offset} reached no member that may acknowledge it (${errs.join('; ')}); the chunk is marked for resync`, {
+        cause: results[0]?.err,
+      })
+    }
   } finally {
     state.flushFence.leave(generation)
-  }
-}
-
-async function writeMembers(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
-  const len = data.length
-  const align = state.alignment
-  const buf = isAligned(data, align) ? data : copyAligned(data, align)
-  const first = Math.floor(offset / state.meta.chunkSize)
-  const last = Math.floor((offset + len - 1) / state.meta.chunkSize)
-  await state.barrier.enterWrite(first, last)
-  // Fast members first: their writes are issued before the write-behind copy is made.
-  const active = state.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
-  const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
-  // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
-  const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
-  let behind = false
-  try {
-    // Closed while this write waited at the barrier: the bitmap may be gone.
-    state.checkOpen('write')
-    if (ackers.size === 0) throw state.failedError('write')
-    behind = fastInSync.length > 0 && mayGoBehind(state, active, len)
-    if (behind) reserveBehind(state, len)
-    if (state.bitmap) await state.bitmap.startWrite(offset, len, behind)
-  } catch (e) {
-    if (behind) releaseBehind(state, len)
-    state.barrier.exitWrite(first, last)
-    throw e
-  }
-  state.counts.writes++
-  let copy: Uint8Array | undefined
-  let everyMember = true
-  const outcomes = active.map((slot) => {
-    const payload = behind && slot.record.writeMostly ? (copy ??= copyAligned(buf, state.alignment)) : buf
-    return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
-      () => undefined as MdBitmapError | undefined,
-      async (e) => {
-        everyMember = false
-        return (await failMember(state, slot, e)) ?? toMdBitmapError(e)
-      },
-    )
-  })
-  const all = Promise.all(outcomes).then(() => {
-    try {
-      state.bitmap?.endWrite(offset, len, everyMember, behind)
-    } catch (e) {
-      state.events.error(toMdBitmapError(e))
-    }
-    if (behind) releaseBehind(state, len)
-    state.barrier.exitWrite(first, last)
-  })
-  // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
-  const waitFor = active.map((slot, i) => ({ slot, p: outcomes[i] })).filter(({ slot }) => !behind || !slot.record.writeMostly)
-  const results = await Promise.all(waitFor.map(({ slot, p }) => p.then((err) => ({ slot, err }))))
-  if (!behind) await all
-  const metaErr = results.find((r) => r.err?.code === 'EMIRROR_METADATA')
-  if (metaErr) throw metaErr.err
-  if (!results.some((r) => ackers.has(r.slot) && r.err === undefined)) {
-    const errs = results.filter((r) => ackers.has(r.slot)).map((r) => `${r.slot.record.path}: ${r.err?.message}`)
-    throw new MdBitmapError('EMIRROR_WRITE', `write of ${len} bytes at ${offset} reached no member that may acknowledge it (${errs.join('; ')}); the chunk is marked for resync`, {
-      cause: results[0]?.err,
-    })
   }
 }
 
