@@ -1,8 +1,7 @@
 /**
  * Whole-file operations: creating a file fully written or sparse, reading a small file
- * whole, looking a path up, removing a file. Every error is an
- * `MdBitmapError` with a hint ({@link fileError}); a create that fails leaves
- * nothing behind.
+ * whole, looking a path up, removing a file. Every error is an `MdBitmapError` with
+ * a hint ({@link fileError}); a create that fails leaves nothing behind.
  *
  * Positional page I/O on a file that exists is the page store's (`page-store.ts`);
  * replacing a file atomically is `replace.ts`'s; folders are `folders.ts`'s.
@@ -57,9 +56,11 @@ async function createAndFill(path: string, flags: 'w' | 'wx', fill: (fh: FileHan
   try {
     try {
       await fill(fh)
-    } finally {
-      await fh.close()
+    } catch (e) {
+      await fh.close().catch(() => {})
+      throw e
     }
+    await fh.close()
     await syncFolder(dirname(path))
   } catch (e) {
     await unlink(path).catch(() => {})

@@ -29,9 +29,11 @@ export async function replaceFile(path: string, data: Uint8Array | string): Prom
     try {
       await fh.writeFile(data)
       await fh.sync()
-    } finally {
-      await fh.close()
+    } catch (e) {
+      await fh.close().catch(() => {})
+      throw e
     }
+    await fh.close()
     await rename(tmp, path)
     await syncFolder(dirname(path))
   } catch (e) {

@@ -3,9 +3,10 @@
  * kept in memory (tmpfs, ramfs) is gone after a crash, and with it the record of which
  * chunks to resync; so bitmaps refuse such filesystems unless told otherwise.
  *
- * For a file that exists, the answer comes from the native {@link check}'s `fsType`
- * (the core names the filesystem from its statfs magic); for a folder, or the folder a
- * file is about to be created in, from statfs(2) here. Both read the one list below.
+ * For a file already judged by the native `check()` (`file-check.ts`), the answer comes
+ * from its `fsType` (the core names the filesystem from its statfs magic); for any
+ * other path, a folder or the folder a file is about to be created in, from statfs(2)
+ * here. Both read the one list below.
  *
  * @internal
  * @module
@@ -22,8 +23,8 @@ const VOLATILE_FILESYSTEMS: readonly { name: string; magic: number }[] = [
 
 /**
  * The name of the volatile filesystem (`'tmpfs'`, `'ramfs'`) that holds `where`, or
- * null when it is on one that survives a reboot. `where` is either what
- * {@link check} reported on a file, or the path of an existing file or folder (one
+ * null when it is on one that survives a reboot. `where` is either what the native
+ * `check()` reported on a file, or the path of an existing file or folder (one
  * synchronous statfs(2) call).
  */
 export function volatileFilesystem(where: CheckInfo | string): string | null {
