@@ -10,7 +10,6 @@
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { open as openFile, statfs, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
@@ -19,6 +18,8 @@ import { PAGE_SIZE, PageImage } from './pages'
 import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
 import { check } from '../io/file-check'
+import { createWrittenFile, removeFile } from '../io/files'
+import { volatileFilesystem } from '../io/volatile'
 import {
   SUPERBLOCK_SIZE,
   STATE_STALE,
@@ -104,13 +105,6 @@ export interface BitmapStats {
   eventsCleared: bigint
 }
 
-/** Filesystems that do not survive a reboot, by statfs magic. */
-const VOLATILE_MAGIC = new Map([
-  [0x01021994, 'tmpfs'],
-  [0x858458f6, 'ramfs'],
-])
-const VOLATILE_FS = new Set(VOLATILE_MAGIC.values())
-
 function volatileError(path: string, fsType: string): MdBitmapError {
   return new MdBitmapError(
     'EVOLATILE',
@@ -184,7 +178,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
       throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
     }
     if (!options.allowVolatile) {
-      const fsType = VOLATILE_MAGIC.get((await statfs(dirname(path)).catch(() => ({ type: 0 }))).type)
+      const fsType = volatileFilesystem(dirname(path))
       if (fsType) throw volatileError(path, fsType)
     }
     const uuid = options.uuid === undefined ? randomBytes(16) : parseUuid(options.uuid)
@@ -197,29 +191,16 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     })
     const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
     file.set(header)
-    let fh
     try {
-      fh = await openFile(path, options.overwrite ? 'w' : 'wx')
+      await createWrittenFile(path, file, { overwrite: options.overwrite })
     } catch (e) {
-      const err = e as NodeJS.ErrnoException
-      const hint = err.code === 'EEXIST' ? '; open it with Bitmap.open, or pass overwrite: true to replace it' : ''
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot create ${path}: ${err.message}${hint}`, { cause: e })
+      if ((e as MdBitmapError).code !== 'EEXIST') throw e
+      throw new MdBitmapError('EEXIST', `${path} exists; open it with Bitmap.open, or pass overwrite: true to replace it`, { cause: e })
     }
-    try {
-      // Written in full and synced, so every block is allocated and written.
-      await fh.writeFile(file)
-      await fh.sync()
-    } catch (e) {
-      await fh.close().catch(() => {})
-      await unlink(path).catch(() => {})
-      const err = e as NodeJS.ErrnoException
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot write ${path}: ${err.message}; nothing was left behind`, { cause: e })
-    }
-    await fh.close()
     try {
       return await Bitmap.open(path, { mode: options.mode, allowVolatile: options.allowVolatile })
     } catch (e) {
-      await unlink(path).catch(() => {})
+      await removeFile(path).catch(() => {})
       throw e
     }
   }
@@ -227,7 +208,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
   static async open(path: string, options: BitmapOpenOptions = {}): Promise<Bitmap> {
     const report = await check(path)
-    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) throw volatileError(path, report.fsType)
+    const fsType = volatileFilesystem(report)
+    if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
     // dsync: a page write completes only once it is on stable storage, past any
     // volatile device cache; only then may the data writes it guards be issued.
     const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })

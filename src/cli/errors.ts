@@ -71,20 +71,3 @@ export function errorLine(e: unknown): string {
     .join('; ')
   return `md-bitmap: ${code}: ${flat}`
 }
-
-/** Turns a Node fs error on `path` into a one-line error with a hint. */
-export function fsError(e: unknown, what: string, path: string): MdBitmapError {
-  if (e instanceof MdBitmapError) return e
-  const err = e as NodeJS.ErrnoException
-  const code = err?.code ?? 'EIO'
-  const hints: Record<string, string> = {
-    ENOENT: 'no such file; check the path',
-    EACCES: 'permission denied; check the file mode or run as a user who may read it',
-    EPERM: 'operation not permitted; check the file attributes or run with the needed privileges',
-    EISDIR: 'it is a directory; give the path of a bitmap file',
-    ENOTDIR: 'a component of the path is not a directory; check the path',
-    EEXIST: 'the file exists; pick another path or pass --force to replace it',
-  }
-  const hint = hints[code] ?? (err?.message ?? String(e)).replace(/^[A-Z]+: /, '')
-  return new MdBitmapError(code, `cannot ${what} ${path}: ${hint}`, { cause: e })
-}
