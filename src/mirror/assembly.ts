@@ -24,7 +24,7 @@
  * @module
  */
 import { randomBytes } from 'node:crypto'
-import { access } from 'node:fs/promises'
+import { statPath } from '../io/files'
 import { resolve } from 'node:path'
 import { Bitmap } from '../bitmap/bitmap'
 import { parseUuid } from '../bitmap/superblock'
@@ -51,7 +51,7 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
   const bitmapPath = o.bitmap === null ? null : resolve(o.bitmap)
   if (bitmapPath === null && !o.metadata) throw new MdBitmapError('EINVAL', 'a mirror without a bitmap needs a metadata path (metadata option)')
   const metadataPath = resolve(o.metadata ?? metadataPathFor(bitmapPath!))
-  if (!o.overwrite && (await access(metadataPath).then(() => true, () => false))) {
+  if (!o.overwrite && (await statPath(metadataPath)) !== null) {
     throw new MdBitmapError('EEXIST', `${metadataPath} exists: a mirror was already created here; open it with Mirror.open, or pass overwrite: true`)
   }
   const openMember = o.openMember ?? openFileMember
