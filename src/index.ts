@@ -15,16 +15,18 @@ export { Bitmap } from './bitmap/bitmap'
 export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
+  MemberFaultyEvent,
   MemberInfo,
   MemberOptions,
   MemberState,
   MirrorCreateOptions,
+  MirrorEvents,
   MirrorOpenOptions,
   MirrorStats,
   ResyncOptions,
   ResyncProgress,
   ResyncReport,
-} from './mirror/mirror'
+} from './mirror/types'
 export { DelegatingMember, FileMember, SlowMember, openFileMember } from './member'
 export type { Member, MemberSpec, OpenMember } from './member'
 export { NbdMember, listNbdExports, nbdOpener, openNbdOrFileMember } from './nbd/client'

@@ -10,7 +10,6 @@
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { open as openFile, statfs, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
@@ -19,6 +18,8 @@ import { PAGE_SIZE, PageImage } from './pages'
 import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
 import { check } from '../io/file-check'
+import { createWrittenFile, removeFile } from '../io/files'
+import { volatileFilesystem } from '../io/volatile'
 import {
   SUPERBLOCK_SIZE,
   STATE_STALE,
@@ -108,8 +109,9 @@ export interface BitmapStats {
 export interface BitmapEvents {
   /**
    * A write to the bitmap failed: the bitmap is kicked (marked STALE, no longer used)
-   * and the mirror goes on without it. Emitted once. Without a listener the error is
-   * still kept in {@link Bitmap.error}, and `close()` rejects with it.
+   * and a mirror goes on without it. Emitted once, and only while an `'error'`
+   * listener is attached; the error is kept in {@link Bitmap.error} and `close()`
+   * rejects with it either way.
    */
   error: [error: MdBitmapError]
 }
@@ -132,13 +134,6 @@ export interface BitmapInternals {
  * @internal
  */
 export const bitmapInternals = Symbol('md-bitmap: Bitmap internals')
-
-/** Filesystems that do not survive a reboot, by statfs magic. */
-const VOLATILE_MAGIC = new Map([
-  [0x01021994, 'tmpfs'],
-  [0x858458f6, 'ramfs'],
-])
-const VOLATILE_FS = new Set(VOLATILE_MAGIC.values())
 
 function volatileError(path: string, fsType: string): MdBitmapError {
   return new MdBitmapError(
@@ -165,7 +160,7 @@ const SECTOR = 512
  * await bitmap.close()
  * ```
  */
-export class Bitmap extends EventEmitter<BitmapEvents> {
+export class Bitmap extends EventEmitter {
   private readonly counters: Counters
   private readonly pages: PageImage
   private readonly daemon: Daemon
@@ -213,7 +208,7 @@ export class Bitmap extends EventEmitter<BitmapEvents> {
       throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
     }
     if (!options.allowVolatile) {
-      const fsType = VOLATILE_MAGIC.get((await statfs(dirname(path)).catch(() => ({ type: 0 }))).type)
+      const fsType = volatileFilesystem(dirname(path))
       if (fsType) throw volatileError(path, fsType)
     }
     const uuid = options.uuid === undefined ? randomBytes(16) : parseUuid(options.uuid)
@@ -226,27 +221,16 @@ export class Bitmap extends EventEmitter<BitmapEvents> {
     })
     const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
     file.set(header)
-    let fh
     try {
-      fh = await openFile(path, options.overwrite ? 'w' : 'wx')
+      await createWrittenFile(path, file, { overwrite: options.overwrite })
     } catch (e) {
-      const hint = (e as NodeJS.ErrnoException).code === 'EEXIST' ? 'open it with Bitmap.open, or pass overwrite: true to replace it' : undefined
-      throw toMdBitmapError(e, { context: `cannot create ${path}`, hint })
+      if ((e as MdBitmapError).code !== 'EEXIST') throw e
+      throw new MdBitmapError('EEXIST', `${path} exists; open it with Bitmap.open, or pass overwrite: true to replace it`, { cause: e })
     }
-    try {
-      // Written in full and synced, so every block is allocated and written.
-      await fh.writeFile(file)
-      await fh.sync()
-    } catch (e) {
-      await fh.close().catch(() => {})
-      await unlink(path).catch(() => {})
-      throw toMdBitmapError(e, { context: `cannot write ${path}`, hint: 'nothing was left behind' })
-    }
-    await fh.close()
     try {
       return await Bitmap.open(path, { mode: options.mode, allowVolatile: options.allowVolatile })
     } catch (e) {
-      await unlink(path).catch(() => {})
+      await removeFile(path).catch(() => {})
       throw e
     }
   }
@@ -254,7 +238,8 @@ export class Bitmap extends EventEmitter<BitmapEvents> {
   /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
   static async open(path: string, options: BitmapOpenOptions = {}): Promise<Bitmap> {
     const report = await check(path)
-    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) throw volatileError(path, report.fsType)
+    const fsType = volatileFilesystem(report)
+    if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
     // dsync: a page write completes only once it is on stable storage, past any
     // volatile device cache; only then may the data writes it guards be issued.
     const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
@@ -296,6 +281,32 @@ export class Bitmap extends EventEmitter<BitmapEvents> {
     }
     this.throwIfError()
     this.daemon.start(this.sb.daemonSleep)
+  }
+
+  // -- events -------------------------------------------------------------------------
+
+  /**
+   * Calls `listener` at every `event`. A bitmap emits one event:
+   *
+   * - `'error'` ({@link MdBitmapError}): a write to the bitmap failed; the bitmap is
+   *   kicked (marked STALE, no longer used) and a mirror goes on without it. Emitted
+   *   only while an `'error'` listener is attached; the error stays in
+   *   {@link Bitmap.error} and `close()` rejects with it either way.
+   *
+   * See {@link BitmapEvents} for each event in full.
+   */
+  override on<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.on(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Like {@link Bitmap.on}, but calls `listener` once, at the next `event`. */
+  override once<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.once(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Removes a listener added with {@link Bitmap.on} or {@link Bitmap.once}. */
+  override off<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.off(event, listener as (...args: unknown[]) => void)
   }
 
   // -- geometry -------------------------------------------------------------------

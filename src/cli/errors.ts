@@ -69,21 +69,3 @@ export function errorLine(e: unknown): string {
     .join('; ')
   return `md-bitmap: ${code}: ${flat}`
 }
-
-/** What a failed file operation means, for the errno names a user can act on. */
-const FS_HINTS: Partial<Record<MdBitmapErrorCode, string>> = {
-  ENOENT: 'no such file; check the path',
-  EACCES: 'permission denied; check the file mode or run as a user who may read it',
-  EPERM: 'operation not permitted; check the file attributes or run with the needed privileges',
-  EISDIR: 'it is a directory; give the path of a bitmap file',
-  ENOTDIR: 'a component of the path is not a directory; check the path',
-  EEXIST: 'the file exists; pick another path or pass --force to replace it',
-}
-
-/** Turns a Node fs error on `path` into a one-line error with a hint. */
-export function fsError(e: unknown, what: string, path: string): MdBitmapError {
-  const err = toMdBitmapError(e)
-  if (err === e) return err
-  const hint = FS_HINTS[err.code] ?? err.message.replace(/^[A-Z]+: /, '')
-  return new MdBitmapError(err.code, `cannot ${what} ${path}: ${hint}`, { cause: e, errno: err.errno })
-}
