@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
 import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
@@ -105,6 +105,36 @@ export interface BitmapStats {
   eventsCleared: bigint
 }
 
+/** The events a {@link Bitmap} emits, with the arguments their listeners get. */
+export interface BitmapEvents {
+  /**
+   * A write to the bitmap failed: the bitmap is kicked (marked STALE, no longer used)
+   * and a mirror goes on without it. Emitted once, and only while an `'error'`
+   * listener is attached; the error is kept in {@link Bitmap.error} and `close()`
+   * rejects with it either way.
+   */
+  error: [error: MdBitmapError]
+}
+
+/**
+ * What tests reach past the public API; see `testing.ts`.
+ *
+ * @internal
+ */
+export interface BitmapInternals {
+  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED). */
+  counter(offset: number): number
+  /** Runs one daemon pass now (or joins the one running); resolves with how many chunks changed. */
+  daemonPass(): Promise<number>
+}
+
+/**
+ * The key of a bitmap's test access; see `testing.ts`.
+ *
+ * @internal
+ */
+export const bitmapInternals = Symbol('md-bitmap: Bitmap internals')
+
 function volatileError(path: string, fsType: string): MdBitmapError {
   return new MdBitmapError(
     'EVOLATILE',
@@ -116,9 +146,8 @@ const SECTOR = 512
 /**
  * A write-intent bitmap file.
  *
- * Events: `'error'` (a write to the bitmap failed; it has been kicked). With no
- * listener the error is still kept in {@link Bitmap.error} and `close()` rejects
- * with it.
+ * Events: see {@link BitmapEvents} (`'error'`: a write to the bitmap failed; it has
+ * been kicked).
  *
  * @example
  * ```ts
@@ -131,7 +160,7 @@ const SECTOR = 512
  * await bitmap.close()
  * ```
  */
-export class Bitmap extends EventEmitter implements DaemonTarget {
+export class Bitmap extends EventEmitter {
   private readonly counters: Counters
   private readonly pages: PageImage
   private readonly daemon: Daemon
@@ -141,7 +170,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   private fullWaiters: (() => void)[] = []
   private syncCheckpoint = 0
   private closed = false
-  private _superblockDirty = false
+  /** events_cleared changed: the superblock must be written before any bit may be cleared. */
+  private superblockDirty = false
   private _degraded = false
   private _error: MdBitmapError | undefined
   private _behind = 0
@@ -168,7 +198,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     this.bitVersion = bitVersion(sb)
     this.counters = new Counters(chunkCount(sb))
     this.pages = new PageImage(store, image, (e) => this.kick(e))
-    this.daemon = new Daemon(this, (e) => this.kick(e))
+    this.daemon = new Daemon(this.daemonTarget(), (e) => this.kick(e))
   }
 
   /** Creates a new bitmap file, fully written (no holes, no unwritten extents), and opens it. */
@@ -251,6 +281,32 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     }
     this.throwIfError()
     this.daemon.start(this.sb.daemonSleep)
+  }
+
+  // -- events -------------------------------------------------------------------------
+
+  /**
+   * Calls `listener` at every `event`. A bitmap emits one event:
+   *
+   * - `'error'` ({@link MdBitmapError}): a write to the bitmap failed; the bitmap is
+   *   kicked (marked STALE, no longer used) and a mirror goes on without it. Emitted
+   *   only while an `'error'` listener is attached; the error stays in
+   *   {@link Bitmap.error} and `close()` rejects with it either way.
+   *
+   * See {@link BitmapEvents} for each event in full.
+   */
+  override on<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.on(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Like {@link Bitmap.on}, but calls `listener` once, at the next `event`. */
+  override once<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.once(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Removes a listener added with {@link Bitmap.on} or {@link Bitmap.once}. */
+  override off<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.off(event, listener as (...args: unknown[]) => void)
   }
 
   // -- geometry -------------------------------------------------------------------
@@ -374,7 +430,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (behind) this._behind--
     if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
       this.sb.eventsCleared = this.sb.events
-      this._superblockDirty = true
+      this.superblockDirty = true
     }
     if (wake) for (const w of this.fullWaiters.splice(0)) w()
   }
@@ -446,7 +502,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   /** Whether the chunk holding `offset` is NEEDED or in resync. */
   chunkNeedsResync(offset: number): boolean {
-    return (this.counters.get(this.chunkAt('needsSync', offset)) & (NEEDED | RESYNC)) !== 0
+    return (this.counters.get(this.chunkAt('chunkNeedsResync', offset)) & (NEEDED | RESYNC)) !== 0
   }
 
   // -- reports ------------------------------------------------------------------------
@@ -483,11 +539,6 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     }
   }
 
-  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED); for tests and tools. */
-  counter(offset: number): number {
-    return this.counters.get(this.chunkAt('counter', offset))
-  }
-
   /**
    * Marks a range for resync, durably: its bits are set and written before this
    * resolves, and its chunks are NEEDED (a full recovery marks the whole device).
@@ -517,29 +568,37 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   // -- the daemon ---------------------------------------------------------------------
 
-  /** @internal */
-  get hasCandidates(): boolean {
-    return this.counters.hasCandidates
+  /** What the daemon works on: this bitmap, seen through an object nobody else holds. */
+  private daemonTarget(): DaemonTarget {
+    const bitmap = this
+    return {
+      get superblockDirty() {
+        return bitmap.superblockDirty
+      },
+      get mayClear() {
+        return !bitmap._degraded && bitmap._error === undefined && !bitmap.closed
+      },
+      get hasCandidates() {
+        return bitmap.counters.hasCandidates
+      },
+      get beforeClear() {
+        return bitmap.beforeClear
+      },
+      syncSuperblock: () => bitmap.syncSuperblock(),
+      stepCandidates: (mayClear) => bitmap.stepCandidates(mayClear),
+      writeClearedPages: () => bitmap.pages.flushNeedWrite(),
+    }
   }
 
-  /** @internal */
-  get superblockDirty(): boolean {
-    return this._superblockDirty
-  }
-  /** @internal */
-  get mayClear(): boolean {
-    return !this._degraded && this._error === undefined && !this.closed
-  }
-
-  /** Writes the superblock (page 0 with the current header) and waits for it. @internal */
-  async syncSuperblock(): Promise<void> {
-    this._superblockDirty = false
+  /** Writes the superblock (page 0 with the current header) and waits for it. */
+  private async syncSuperblock(): Promise<void> {
+    this.superblockDirty = false
     this.pages.image.set(encode(this.sb), 0)
     await this.pages.write(0)
   }
 
-  /** @internal */
-  stepCandidates(mayClear: boolean): number {
+  /** Steps every candidate chunk once, clearing bits in the image; returns how many changed. */
+  private stepCandidates(mayClear: boolean): number {
     let changed = 0
     for (const c of this.counters.candidateChunks()) {
       const r = this.counters.daemonStep(c, mayClear)
@@ -550,14 +609,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     return changed
   }
 
-  /** @internal */
-  writeClearedPages(): Promise<void> {
-    return this.pages.flushNeedWrite()
-  }
-
-  /** Runs one daemon pass now (tests and tools; the timer runs them anyway). */
-  daemonPass(): Promise<number> {
-    return this.daemon.pass()
+  /** @internal Test access (see `testing.ts`): not part of the API. */
+  [bitmapInternals](): BitmapInternals {
+    return {
+      counter: (offset) => this.counters.get(this.chunkAt('counter', offset)),
+      daemonPass: () => this.daemon.pass(),
+    }
   }
 
   /**
@@ -581,7 +638,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    */
   private kick(e: unknown): void {
     if (this._error) return
-    const err = e instanceof MdBitmapError ? e : new MdBitmapError('EIO', String(e), { cause: e })
+    const err = toMdBitmapError(e)
     this._error = new MdBitmapError(
       err.code,
       `bitmap ${this.path} failed a write and is no longer used (${err.message}); the next open will resync every chunk`,

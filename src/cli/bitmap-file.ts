@@ -52,8 +52,7 @@ export function fromBytes(path: string, data: Uint8Array, fileSize: number): Bit
   try {
     sb = decode(data)
   } catch (e) {
-    if (e instanceof MdBitmapError) throw new MdBitmapError(e.code, `${path}: ${e.message}`, { cause: e })
-    throw e
+    throw toMdBitmapError(e, { context: path })
   }
   const rawState = new DataView(data.buffer, data.byteOffset, SUPERBLOCK_SIZE).getUint32(48, true)
   const chunks = chunkCount(sb)
