@@ -10,6 +10,7 @@ pub mod error;
 pub mod extents;
 pub mod pending;
 pub mod pool;
+pub mod punch;
 pub mod store;
 
 pub use align::{dio_alignment, AlignSource, AlignedBuf, DioAlignment};
@@ -17,4 +18,5 @@ pub use check::{check, CheckReport, Problem};
 pub use error::{IoError, Result};
 pub use extents::{extents, Extent, ExtentMap, MapSource};
 pub use pending::Pending;
+pub use punch::punch_hole;
 pub use store::{Mode, PageStore, Requested};
