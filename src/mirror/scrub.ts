@@ -42,6 +42,7 @@ import { MdBitmapError } from '../errors'
 import { allocAligned } from '../io/aligned'
 import { flushSlots } from './data-path'
 import { failMember } from './membership'
+import { progressReporter } from './progress'
 import type { MirrorState, Slot } from './state'
 import type { CheckOptions, CheckReport, ResyncReport } from './types'
 
@@ -95,24 +96,16 @@ async function run(state: MirrorState, o: CheckOptions & { signal: AbortSignal }
     durationMs: 0,
   }
   const repairedSlots = new Set<Slot>()
-  let lastProgress = 0
-  const interval = o.progressIntervalMs ?? 200
-  const progress = (force: boolean) => {
-    const now = performance.now()
-    if (!o.onProgress || (!force && now - lastProgress < interval)) return
-    lastProgress = now
-    const elapsedMs = now - t0
-    o.onProgress({
-      chunksDone: report.chunksChecked,
-      chunksTotal: nChunks,
-      bytesChecked: report.bytesChecked,
-      bytesTotal: meta.size,
-      bytesRead: report.bytesRead,
-      mismatchSectors: report.mismatchSectors,
-      rate: elapsedMs > 0 ? (report.bytesChecked * 1000) / elapsedMs : 0,
-      elapsedMs,
-    })
-  }
+  const progress = progressReporter(o.onProgress, o.progressIntervalMs ?? 200, t0, (elapsedMs) => ({
+    chunksDone: report.chunksChecked,
+    chunksTotal: nChunks,
+    bytesChecked: report.bytesChecked,
+    bytesTotal: meta.size,
+    bytesRead: report.bytesRead,
+    mismatchSectors: report.mismatchSectors,
+    rate: elapsedMs > 0 ? (report.bytesChecked * 1000) / elapsedMs : 0,
+    elapsedMs,
+  }))
   const bufs = new Map<Slot, Uint8Array>()
   const bufOf = (s: Slot) => {
     let b = bufs.get(s)
