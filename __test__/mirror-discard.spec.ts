@@ -2,7 +2,8 @@
  * Discard and write-zeroes: `mirror.discard` / `mirror.writeZeroes` punch holes in the
  * member files (fewer blocks on disk, `du`), leave every member reading zeroes and the
  * members identical, and mark the chunks in the bitmap like a write; members without
- * a cheaper way get zeroes written. Through `md-bitmap serve`: a guest-style `fstrim`
+ * a cheaper way get zeroes written; a member on a block device (a loop device) is
+ * zeroed with unmapping, so its backing file shrinks. Through `md-bitmap serve`: a guest-style `fstrim`
  * (ext4 on a loop device over `nbdfuse`'s view of the export, since the nbd kernel
  * module is not available) and qemu-io's `discard` / `write -z` shrink both member
  * files; and the same over an NBD member on qemu-nbd (`NBD_CMD_WRITE_ZEROES`).
@@ -97,6 +98,36 @@ test('a member without discard/writeZeroes gets zeroes written through write, in
   t.true(r.ctl[1].writesStarted > writesBefore, 'zeroes were written through write (the probe member has no discard)')
   await Promise.all(r.ctl.map((c) => c.idle()))
   for (const p of r.paths) t.true(onDisk(p, 0, 256 * KiB).equals(zeroes(256 * KiB)), `${p} reads zeroes`)
+})
+
+const withLoop = requires(['root', 'loop', 'losetup'])
+
+withLoop('a member on a block device (a loop device): discard zeroes it with unmapping, so its backing file shrinks too', async (t) => {
+  const d = join(dir, 'blockdev')
+  mkdirSync(d)
+  const image = join(d, 'backing.img')
+  const file = join(d, 'file.img')
+  execFileSync('truncate', ['-s', `${16 * MiB}`, image])
+  const loop = attachLoop(image)
+  t.teardown(() => detach(loop))
+  const mirror = await Mirror.create({ bitmap: join(d, 'bitmap'), members: [{ path: loop }, { path: file }], size: 16 * MiB, chunkSize: 64 * KiB, daemonSleep: IDLE, assumeClean: true })
+  t.teardown(() => mirror.close().catch(() => {}))
+  const data = pattern(8 * MiB, 5)
+  await mirror.write(data, 0)
+  await mirror.flush()
+  const before = [du(image), du(file)]
+  await mirror.discard(MiB, 6 * MiB)
+  await mirror.flush()
+  const after = [du(image), du(file)]
+  t.true(after[0] <= before[0] - 5 * MiB, `the loop device's backing file: ${before[0]} → ${after[0]}`)
+  t.true(after[1] <= before[1] - 5 * MiB, `the file member: ${before[1]} → ${after[1]}`)
+  for (const p of [loop, file]) {
+    const bytes = onDisk(p, 0, 8 * MiB)
+    t.true(bytes.subarray(MiB, 7 * MiB).equals(zeroes(6 * MiB)), `${p} reads zeroes`)
+    t.true(bytes.subarray(7 * MiB).equals(Buffer.from(data.subarray(7 * MiB))), `${p} keeps the rest`)
+  }
+  t.is((await mirror.check()).mismatchSectors, 0)
+  await mirror.close()
 })
 
 const withNbdfuse = requires(['root', 'loop', 'fs:fuse', 'nbdfuse', 'mkfs.ext4', 'fstrim', 'losetup'])
