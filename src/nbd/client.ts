@@ -8,9 +8,9 @@
  * asked for.
  *
  * Transmission: READ, WRITE (FUA on request), FLUSH, TRIM, WRITE_ZEROES (discard and
- * writeZeroes), and DISC on close. Many
- * requests are in flight at once, each matched to its reply by its 64-bit handle;
- * requests larger than the server's maximum block size are split. Each request has a
+ * writeZeroes), and DISC on close. Many requests are in flight at once, each matched
+ * to its reply by its 64-bit handle; requests larger than the server's maximum block
+ * size are split. Each request has a
  * timeout (`timeoutMs`); one that expires fails with `ENBD_TIMEOUT` and takes the
  * connection down with it, since what the server did with it is unknown.
  *
