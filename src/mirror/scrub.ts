@@ -119,6 +119,7 @@ async function run(state: MirrorState, o: CheckOptions & { signal: AbortSignal }
       if (compared().length < 2) throw tooFew(state)
       await barrier.lockSync(c)
       try {
+        if (o.signal.aborted) throw aborted(o.signal)
         state.checkOpen('check')
         const sectors = await checkChunk(state, c * cs, chunkLen(c), o.repair === true, bufOf, report, repairedSlots)
         if (sectors > 0) {
