@@ -67,6 +67,9 @@ import {
   type NbdAddress,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { connectTls, refusedAfterHandshake } from './tls'
+import type { NbdClientTlsOptions } from './tls-credentials'
+import { parseNbdUrlTls, readUrlTlsOptions } from './tls-url'
 
 /** Options of {@link NbdMember.open}. */
 export interface NbdMemberOptions {
@@ -78,6 +81,12 @@ export interface NbdMemberOptions {
   fua?: boolean
   /** Most requests in flight; more wait in a local queue (their timeout starts when sent). Default 64. */
   maxInFlight?: number
+  /**
+   * TLS for `nbds://` and `nbds+unix://` URLs (merged over the settings in the URL's
+   * query: `tls-certificates`, `tls-psk-file`, `tls-username`, `tls-hostname`).
+   * Ignored for plain `nbd://` URLs.
+   */
+  tls?: NbdClientTlsOptions
 }
 
 /** Options of one {@link NbdMember.write}. */
@@ -137,7 +146,7 @@ export class NbdMember implements Member {
     private readonly socket: Socket,
     /** What the handshake learnt of the export. */
     readonly info: NbdExportInfo,
-    private readonly options: Required<NbdMemberOptions>,
+    private readonly options: Required<Omit<NbdMemberOptions, 'tls'>>,
     leftover: Uint8Array[],
   ) {
     this.closed = new Promise((r) => socket.once('close', () => r()))
@@ -166,26 +175,32 @@ export class NbdMember implements Member {
    * option errors, `ENBD_OLDSTYLE`, `ENBD_PROTOCOL`, `ENBD_DISCONNECTED`.
    */
   static async open(url: string, options: NbdMemberOptions = {}): Promise<NbdMember> {
-    const address = parseNbdUrl(url)
-    const o: Required<NbdMemberOptions> = {
+    const { address, tls } = parseNbdUrlTls(url)
+    const tlsOptions = tls ? { ...(await readUrlTlsOptions(url)), ...options.tls } : undefined
+    const o: Required<Omit<NbdMemberOptions, 'tls'>> = {
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT,
       connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
       fua: options.fua ?? false,
       maxInFlight: Math.max(1, options.maxInFlight ?? 64),
     }
     const deadline = Date.now() + o.connectTimeoutMs
-    const socket = await openSocket(address, url, o.connectTimeoutMs)
-    const reader = new SocketReader(socket, url)
+    const conn = { socket: await openSocket(address, url, o.connectTimeoutMs), reader: null as SocketReader | null }
+    conn.reader = new SocketReader(conn.socket, url)
+    const raw = conn.socket
     try {
-      const info = await negotiate(socket, reader, address.exportName, url, () => Math.max(1, deadline - Date.now()))
-      const leftover = reader.detach()
-      socket.setKeepAlive(true, 10_000)
-      return new NbdMember(url, address, socket, info, o, leftover)
+      const timeout = () => Math.max(1, deadline - Date.now())
+      const startTls = tlsOptions && (() => startTlsOption(conn, tlsOptions, address.kind === 'tcp' ? address.host : undefined, url, timeout))
+      const info = await negotiate(conn, address.exportName, url, timeout, startTls)
+      const leftover = conn.reader.detach()
+      conn.socket.setKeepAlive(true, 10_000)
+      return new NbdMember(url, address, conn.socket, info, o, leftover)
     } catch (e) {
-      reader.detach()
-      socket.on('error', () => {})
-      socket.destroy()
-      throw e
+      conn.reader?.detach()
+      for (const s of [raw, conn.socket]) {
+        s.on('error', () => {})
+        s.destroy()
+      }
+      throw conn.socket !== raw && e instanceof NbdError && e.code === 'ENBD_DISCONNECTED' ? refusedAfterHandshake(e, url) : e
     }
   }
 
@@ -419,13 +434,42 @@ async function readOptionReply(reader: SocketReader, option: number, timeout: ()
   return { type: h.type, data }
 }
 
-/** The client's fixed newstyle handshake up to transmission. */
-async function negotiate(socket: Socket, reader: SocketReader, exportName: string, url: string, timeout: () => number): Promise<NbdExportInfo> {
+/** A connection during the handshake: STARTTLS replaces both. */
+interface Handshaking {
+  socket: Socket
+  reader: SocketReader | null
+}
+
+/**
+ * NBD_OPT_STARTTLS, then the TLS handshake: the connection goes on over TLS. A server
+ * that answers with an error is ENBD_TLS_REFUSED (and nothing is sent in the clear).
+ */
+async function startTlsOption(conn: Handshaking, tls: NbdClientTlsOptions, host: string | undefined, url: string, timeout: () => number): Promise<void> {
+  conn.socket.write(encodeOption(Opt.STARTTLS))
+  const { type, data } = await readOptionReply(conn.reader!, Opt.STARTTLS, timeout)
+  if (type !== Rep.ACK) {
+    const why = isOptionError(type) ? optionError(Opt.STARTTLS, type, data).message : `reply type ${type}`
+    throw new NbdError('ENBD_TLS_REFUSED', `${url}: the server will not start TLS (${why})`, { optionReply: type })
+  }
+  if (conn.reader!.detach().length) throw protocolError('the server sent data after its NBD_OPT_STARTTLS reply, before the TLS handshake')
+  conn.reader = null
+  conn.socket = await connectTls(conn.socket, tls, host, timeout(), url)
+  conn.reader = new SocketReader(conn.socket, url)
+}
+
+/** The client's fixed newstyle handshake up to transmission (after STARTTLS, when `startTls` is given). */
+async function negotiate(conn: Handshaking, exportName: string, url: string, timeout: () => number, startTls?: () => Promise<void>): Promise<NbdExportInfo> {
   const name = encodeString(exportName, 'export name')
-  const { flags: hsFlags } = decodeGreeting(await reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
+  const { flags: hsFlags } = decodeGreeting(await conn.reader!.read(GREETING_LENGTH, timeout(), 'the server greeting'))
   const noZeroes = (hsFlags & FLAG_NO_ZEROES) !== 0
   const fixed = (hsFlags & FLAG_FIXED_NEWSTYLE) !== 0
-  socket.write(encodeClientFlags((fixed ? FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? FLAG_C_NO_ZEROES : 0)))
+  conn.socket.write(encodeClientFlags((fixed ? FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? FLAG_C_NO_ZEROES : 0)))
+  if (startTls) {
+    if (!fixed) throw new NbdError('ENBD_TLS_REFUSED', `${url}: the server does not speak fixed newstyle, so it cannot start TLS`)
+    await startTls()
+  }
+  const socket = conn.socket
+  const reader = conn.reader!
 
   const exportNameOption = async (): Promise<NbdExportInfo> => {
     socket.write(encodeOption(Opt.EXPORT_NAME, name))

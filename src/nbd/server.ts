@@ -65,11 +65,13 @@ import {
   encodeSimpleReply,
   encodeString,
   errnoValue,
-  formatNbdUrl,
   type NbdAddress,
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { acceptTls, checkServerTls } from './tls'
+import type { NbdServerTlsCredentials } from './tls-credentials'
+import { formatNbdUrlTls } from './tls-url'
 
 /** What an export serves: a {@link Mirror}, a member, anything with these. */
 export interface NbdTarget {
@@ -109,13 +111,19 @@ export interface ServeNbdOptions {
   handshakeTimeoutMs?: number
   /** Called with connection-level events worth a log line (disconnects for protocol errors, …). */
   log?: (message: string) => void
+  /**
+   * Require TLS (NBD_OPT_STARTTLS) with these credentials: X.509, pre-shared keys, or
+   * both (see `readServerTlsCredentials`). Clients that do not start TLS are answered
+   * NBD_REP_ERR_TLS_REQD and never see the export.
+   */
+  tls?: NbdServerTlsCredentials
 }
 
 /** A running NBD server, from {@link serveNbd}. */
 export interface NbdServer {
   /** Where it listens: host and (bound) port, or the socket path; with the export name. */
   readonly address: NbdAddress
-  /** The export's URL: `nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH`. */
+  /** The export's URL: `nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH` (`nbds…` with TLS). */
   readonly url: string
   /** Clients connected now. */
   readonly connections: number
@@ -141,6 +149,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
   if ((options.port === undefined) === (options.socket === undefined)) {
     throw new MdBitmapError('EINVAL', 'serveNbd needs either a TCP port or a Unix socket path (one of them)')
   }
+  if (options.tls !== undefined) checkServerTls(options.tls)
   const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD
   if (!Number.isSafeInteger(maxPayload) || maxPayload < 4096 || maxPayload > 2 ** 31) throw new MdBitmapError('EINVAL', `maxPayload must be 4 KiB to 2 GiB, got ${maxPayload}`)
   const ctx: Context = {
@@ -154,6 +163,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     log: options.log ?? (() => {}),
     shuttingDown: false,
     requests: 0,
+    tls: options.tls,
   }
   const conns = new Set<Connection>()
   const server = createServer({ noDelay: true }, (socket) => {
@@ -177,7 +187,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     await listen(server, () => server.listen(options.port, host))
     address = { kind: 'tcp', host, port: (server.address() as AddressInfo).port, exportName }
   }
-  const url = formatNbdUrl(address)
+  const url = formatNbdUrlTls(address, options.tls !== undefined)
   let closing: Promise<void> | undefined
   return {
     address,
@@ -248,6 +258,8 @@ interface Context {
   log: (m: string) => void
   shuttingDown: boolean
   requests: number
+  /** TLS credentials: TLS is required. */
+  tls: NbdServerTlsCredentials | undefined
 }
 
 /** One client: its handshake, then its requests. */
@@ -260,9 +272,11 @@ class Connection {
   private disconnecting = false
   private readonly inFlight = new Set<Promise<void>>()
   private paused = false
+  /** TLS is on (after NBD_OPT_STARTTLS). */
+  private secure = false
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly ctx: Context,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r))
@@ -296,11 +310,11 @@ class Connection {
   // -- handshake ----------------------------------------------------------------------
 
   private async handshake(): Promise<void> {
-    const reader = this.reader!
+    let reader = this.reader!
     const ctx = this.ctx
     const deadline = Date.now() + ctx.handshakeTimeoutMs
     const t = () => Math.max(1, deadline - Date.now())
-    const s = this.socket
+    let s = this.socket
     s.write(encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
     const cflags = decodeClientFlags(await reader.read(4, t(), 'client flags'))
     if (cflags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)) throw new NbdError('ENBD_PROTOCOL', `unknown client flags 0x${cflags.toString(16)}`)
@@ -313,6 +327,12 @@ class Connection {
       const error = (type: number, message: string) => reply(type, new TextEncoder().encode(message))
       if (ctx.shuttingDown && option !== Opt.ABORT) {
         error(Rep.ERR_SHUTDOWN, 'the server is shutting down')
+        continue
+      }
+      if (ctx.tls && !this.secure && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+        // Nothing in the clear; NBD_OPT_EXPORT_NAME has no error reply.
+        if (option === Opt.EXPORT_NAME) throw new NbdError('ENBD_TLS_REQUIRED', 'NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS; TLS is required')
+        error(Rep.ERR_TLS_REQD, 'TLS is required: start it with NBD_OPT_STARTTLS')
         continue
       }
       switch (option) {
@@ -332,6 +352,16 @@ class Connection {
           reply(Rep.ACK)
           s.end()
           return
+        case Opt.STARTTLS:
+          if (!ctx.tls) error(Rep.ERR_UNSUP, 'this server has no TLS credentials')
+          else if (this.secure) error(Rep.ERR_INVALID, 'TLS is already on')
+          else if (length !== 0) error(Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data')
+          else {
+            await this.startTls(ctx.tls, () => reply(Rep.ACK), t())
+            reader = this.reader!
+            s = this.socket
+          }
+          break
         case Opt.LIST:
           if (length !== 0) {
             error(Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data')
@@ -369,6 +399,20 @@ class Connection {
       }
     }
     throw new NbdError('ENBD_PROTOCOL', `more than ${MAX_OPTIONS} options`)
+  }
+
+  /** NBD_OPT_STARTTLS: ACK, then the TLS handshake; the options go on over TLS. */
+  private async startTls(creds: NbdServerTlsCredentials, ack: () => void, timeoutMs: number): Promise<void> {
+    // Nothing may follow STARTTLS before the client has our ACK.
+    if (this.reader!.detach().length) throw new NbdError('ENBD_PROTOCOL', 'the client sent data after NBD_OPT_STARTTLS before its TLS handshake')
+    this.reader = null
+    ack()
+    const secure = await acceptTls(this.socket, creds, timeoutMs, this.peer)
+    secure.on('error', () => {})
+    secure.on('close', () => this.resolveDone())
+    this.socket = secure
+    this.reader = new SocketReader(secure, this.peer)
+    this.secure = true
   }
 
   private matches(name: string): boolean {

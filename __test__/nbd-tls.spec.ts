@@ -1,0 +1,343 @@
+/**
+ * NBD over TLS (NBD_OPT_STARTTLS), both ends, against Debian's tools on 127.0.0.1 and
+ * Unix sockets, with credentials made in the test by certtool and psktool:
+ *
+ * - the served mirror (`serveNbd` with `tls`, and `md-bitmap serve --tls-creds`/
+ *   `--tls-psk`) to qemu-img convert/compare and qemu-io through `--object
+ *   tls-creds-x509,…,endpoint=client` and `tls-creds-psk`, and to `nbdinfo nbds://…`;
+ * - refusals: a plaintext client, a client trusting another CA, a client without a
+ *   certificate when peers are verified, a wrong pre-shared key; the server goes on
+ *   serving the others;
+ * - `NbdMember` as the write-mostly member over TLS to `qemu-nbd --tls-creds` (X.509
+ *   with client certificates, and PSK): writes, write-behind, members identical; and
+ *   its typed errors (a server certificate from another CA, a server without TLS, a
+ *   plain URL to a TLS server).
+ *
+ * The CLI test runs the built package (`npm run build:ts` first).
+ */
+import test from 'ava'
+import { spawn } from 'node:child_process'
+import { randomFillSync } from 'node:crypto'
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { join } from 'node:path'
+
+import {
+  FileMember,
+  Mirror,
+  NbdMember,
+  allocAligned,
+  isNbdUrl,
+  readClientTlsCredentials,
+  readServerTlsCredentials,
+  serveNbd,
+  type Member,
+  type MemberSpec,
+  type NbdClientTlsOptions,
+  type NbdServerTlsCredentials,
+} from '../src'
+import { makePki, makePsk, TLS_TOOLS, type Pki } from './helpers/certs'
+import { requires } from './helpers/env'
+import { diskTempDir, removeDir } from './helpers/mdadm'
+import { IDLE, KiB, MiB, codeOf, until } from './helpers/mirror'
+import { QEMU_TOOLS, run, startQemuNbd } from './helpers/nbd'
+
+const withQemu = requires([...QEMU_TOOLS, ...TLS_TOOLS])
+const withNbdinfo = requires([...QEMU_TOOLS, ...TLS_TOOLS, 'nbdinfo'])
+
+const dir = diskTempDir('md-bitmap-nbd-tls-')
+test.after.always(() => removeDir(dir))
+
+const SIZE = 16 * MiB
+
+let pkiMade: Promise<{ pki: Pki; other: Pki; psk: { dir: string; file: string; identity: string }; wrongPsk: { dir: string; file: string; identity: string } }> | undefined
+/** One CA, another CA, and two pre-shared keys for the same identity, made once for the file. */
+function credentials() {
+  pkiMade ??= (async () => ({
+    pki: await makePki(join(dir, 'pki')),
+    other: await makePki(join(dir, 'other'), 'another CA'),
+    psk: await makePsk(join(dir, 'psk'), 'alice'),
+    wrongPsk: await makePsk(join(dir, 'wrong-psk'), 'alice'),
+  }))()
+  return pkiMade
+}
+
+/** A two-member mirror (the second write-mostly, write-behind) served with `tls`. */
+async function servedMirror(t: { teardown(fn: () => unknown): void }, name: string, tls: NbdServerTlsCredentials, where: { socket?: string } = {}) {
+  const d = join(dir, `served-${name}`)
+  mkdirSync(d)
+  const members = [join(d, 'a.img'), join(d, 'b.img')]
+  const mirror = await Mirror.create({
+    bitmap: join(d, 'bitmap'),
+    members: [{ path: members[0] }, { path: members[1], writeMostly: true }],
+    size: SIZE,
+    chunkSize: 64 * KiB,
+    writeBehind: 256,
+    daemonSleep: IDLE,
+  })
+  t.teardown(() => mirror.close().catch(() => {}))
+  const logs: string[] = []
+  const server = await serveNbd(mirror, { ...(where.socket ? { socket: where.socket } : { port: 0, host: '127.0.0.1' }), exportName: 'md', tls, log: (m) => logs.push(m) })
+  t.teardown(() => server.close())
+  const settled = () => until(() => mirror.stats().behindInFlight === 0 && mirror.members.every((m) => m.writesInFlight === 0), 20_000, 'behind writes to drain')
+  return { d, mirror, server, members, settled, logs }
+}
+
+/** qemu's `--image-opts` for the export at `port` through the TLS object `tls0`. */
+function imageOpts(port: number): string {
+  return `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=md,file.tls-creds=tls0`
+}
+const x509Object = (d: string) => ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${d}`]
+const pskObject = (p: { dir: string; identity: string }) => ['--object', `tls-creds-psk,id=tls0,endpoint=client,dir=${p.dir},username=${p.identity}`]
+
+/** Random data in a raw file of SIZE bytes (the first half random, the rest zero). */
+function sourceImage(d: string): string {
+  const src = join(d, 'src.raw')
+  const data = Buffer.alloc(SIZE)
+  randomFillSync(data, 0, SIZE / 2)
+  writeFileSync(src, data)
+  return src
+}
+
+/** Whether a plain TCP connection still gets the NBD greeting: the server still serves. */
+function greets(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port })
+    let got = Buffer.alloc(0)
+    s.on('data', (b) => {
+      got = Buffer.concat([got, b])
+      if (got.length >= 8) {
+        s.destroy()
+        resolve(got.subarray(0, 8).toString('latin1') === 'NBDMAGIC')
+      }
+    })
+    s.on('error', () => resolve(false))
+    s.on('close', () => resolve(false))
+  })
+}
+
+withQemu('X.509: qemu-img convert/compare and qemu-io through tls-creds-x509 into the served mirror; members identical', async (t) => {
+  const { pki } = await credentials()
+  const { d, server, members, settled } = await servedMirror(t, 'x509', await readServerTlsCredentials({ dir: pki.server }))
+  t.regex(server.url, /^nbds:\/\/127\.0\.0\.1:\d+\/md$/)
+  const port = (server.address as { port: number }).port
+  const src = sourceImage(d)
+  await run('qemu-img', ['convert', '-n', ...x509Object(pki.anonymous), '-f', 'raw', src, '--target-image-opts', imageOpts(port)])
+  t.regex(await run('qemu-img', ['compare', ...x509Object(pki.anonymous), '--image-opts', `driver=raw,file.filename=${src}`, imageOpts(port)]), /Images are identical/)
+  const io = await run('qemu-io', [...x509Object(pki.anonymous), '--image-opts', imageOpts(port), '-c', 'write -P 0x5a 12M 1M', '-c', 'read -P 0x5a 12M 1M', '-c', 'read -P 0 9M 1M'])
+  t.notRegex(io, /Pattern verification failed|error/i)
+  t.regex(io, /read 1048576\/1048576 bytes/)
+  await settled()
+  const expected = readFileSync(src)
+  expected.fill(0x5a, 12 * MiB, 13 * MiB)
+  for (const m of members) t.true(readFileSync(m).equals(expected), `${m} has what the clients wrote`)
+  // A client certificate is fine where none is required.
+  t.regex(await run('qemu-img', ['info', ...x509Object(pki.client), '--image-opts', imageOpts(port)]), /virtual size: 16 MiB/)
+})
+
+withQemu('X.509: a plaintext client and a client trusting another CA are refused; the server goes on serving', async (t) => {
+  const { pki, other } = await credentials()
+  const { server } = await servedMirror(t, 'refused', await readServerTlsCredentials({ dir: pki.server }))
+  const port = (server.address as { port: number }).port
+  const plain = `nbd://127.0.0.1:${port}/md`
+  const e1 = await t.throwsAsync(run('qemu-img', ['info', '-f', 'raw', plain]))
+  t.regex(e1!.message, /TLS/i, 'qemu says the server wants TLS')
+  const e2 = await t.throwsAsync(run('qemu-img', ['info', ...x509Object(other.anonymous), '--image-opts', imageOpts(port)]))
+  t.regex(e2!.message, /certificate|verif|TLS/i)
+  // Our own client, in the clear: the typed error, and no export listed or opened.
+  t.is(await codeOf(NbdMember.open(plain)), 'ENBD_TLS_REQUIRED')
+  t.true(await greets(port))
+  t.regex(await run('qemu-img', ['info', ...x509Object(pki.anonymous), '--image-opts', imageOpts(port)]), /virtual size: 16 MiB/, 'a good client is still served')
+})
+
+withQemu('X.509 with verifyPeer: a client without a certificate is refused, one with a certificate from the CA is served', async (t) => {
+  const { pki, other } = await credentials()
+  const { server } = await servedMirror(t, 'verify-peer', await readServerTlsCredentials({ dir: pki.server, verifyPeer: true }))
+  const port = (server.address as { port: number }).port
+  await t.throwsAsync(run('qemu-img', ['info', ...x509Object(pki.anonymous), '--image-opts', imageOpts(port)]))
+  // A certificate from another CA, trusting the right CA for the server.
+  const mixed = join(dir, 'mixed')
+  mkdirSync(mixed)
+  writeFileSync(join(mixed, 'ca-cert.pem'), readFileSync(pki.caCert))
+  writeFileSync(join(mixed, 'client-cert.pem'), readFileSync(join(other.client, 'client-cert.pem')))
+  writeFileSync(join(mixed, 'client-key.pem'), readFileSync(join(other.client, 'client-key.pem')))
+  await t.throwsAsync(run('qemu-img', ['info', ...x509Object(mixed), '--image-opts', imageOpts(port)]))
+  t.regex(await codeOf(NbdMember.open(`nbds://127.0.0.1:${port}/md`, { tls: await readClientTlsCredentials(mixed) })), /^ENBD_TLS/)
+  t.regex(await run('qemu-img', ['info', ...x509Object(pki.client), '--image-opts', imageOpts(port)]), /virtual size: 16 MiB/)
+  const m = await NbdMember.open(`nbds://127.0.0.1:${port}/md?tls-certificates=${pki.client}`)
+  t.is(m.size, SIZE)
+  await m.close()
+})
+
+withQemu('PSK: qemu-img and qemu-io through tls-creds-psk; a wrong key is refused', async (t) => {
+  const { psk, wrongPsk } = await credentials()
+  const { d, server, members, settled } = await servedMirror(t, 'psk', await readServerTlsCredentials({ pskFile: psk.file }))
+  const port = (server.address as { port: number }).port
+  const src = sourceImage(d)
+  await run('qemu-img', ['convert', '-n', ...pskObject(psk), '-f', 'raw', src, '--target-image-opts', imageOpts(port)])
+  t.regex(await run('qemu-img', ['compare', ...pskObject(psk), '--image-opts', `driver=raw,file.filename=${src}`, imageOpts(port)]), /Images are identical/)
+  const io = await run('qemu-io', [...pskObject(psk), '--image-opts', imageOpts(port), '-c', 'read -P 0 10M 1M'])
+  t.notRegex(io, /Pattern verification failed|error/i)
+  await t.throwsAsync(run('qemu-img', ['info', ...pskObject(wrongPsk), '--image-opts', imageOpts(port)]))
+  t.is(await codeOf(NbdMember.open(`nbds://127.0.0.1:${port}/md?tls-psk-file=${wrongPsk.file}`)), 'ENBD_TLS')
+  await settled()
+  for (const m of members) t.true(readFileSync(m).equals(readFileSync(src)), m)
+})
+
+withNbdinfo('nbdinfo nbds:// with certificates (TCP and Unix socket) and with a PSK file', async (t) => {
+  const { pki, psk } = await credentials()
+  const tls = { ...(await readServerTlsCredentials({ dir: pki.server })), psk: (await readServerTlsCredentials({ pskFile: psk.file })).psk }
+  const { server } = await servedMirror(t, 'nbdinfo', tls)
+  const out = await run('nbdinfo', ['--json', `${server.url}?tls-certificates=${pki.anonymous}`])
+  const info = JSON.parse(out)
+  t.is(info.exports[0]['export-size'], SIZE)
+  t.is(info.TLS ?? info.exports[0].TLS ?? true, true)
+  t.regex(await run('nbdinfo', ['--size', `${server.url.replace('//', `//${psk.identity}@`)}?tls-psk-file=${psk.file}`]), new RegExp(`^${SIZE}`))
+  await t.throwsAsync(run('nbdinfo', ['--size', server.url.replace(/^nbds/, 'nbd')]), { message: /TLS|tls/ })
+
+  const sock = join(dir, 'nbdinfo.sock')
+  const { server: onSocket } = await servedMirror(t, 'nbdinfo-unix', tls, { socket: sock })
+  t.is(onSocket.url, `nbds+unix:///md?socket=${sock}`)
+  // Over a Unix socket, libnbd checks the certificate against "localhost".
+  t.regex(await run('nbdinfo', ['--size', `${onSocket.url}&tls-certificates=${pki.anonymous}`]), new RegExp(`^${SIZE}`))
+})
+
+/** An opener with TLS options for the NbdMembers it opens (kept, to be checked). */
+function tlsOpener(tls: NbdClientTlsOptions) {
+  const opened: NbdMember[] = []
+  const open = async (spec: MemberSpec): Promise<Member> => {
+    if (!isNbdUrl(spec.path)) return FileMember.open(spec.path)
+    const m = await NbdMember.open(spec.path, { timeoutMs: 10_000, tls })
+    opened.push(m)
+    return m
+  }
+  return { open, opened }
+}
+
+async function remoteMirrorOverTls(t: { teardown(fn: () => unknown): void }, name: string, qemuArgs: string[], tls: NbdClientTlsOptions) {
+  const d = join(dir, name)
+  mkdirSync(d)
+  const remote = join(d, 'remote.img')
+  writeFileSync(remote, '')
+  truncateSync(remote, SIZE)
+  const q = await startQemuNbd(t, remote, { args: qemuArgs })
+  const url = q.url.replace(/^nbd:/, 'nbds:')
+  const o = tlsOpener(tls)
+  const mirror = await Mirror.create({
+    bitmap: join(d, 'bitmap'),
+    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
+    size: SIZE,
+    chunkSize: 64 * KiB,
+    writeBehind: 64,
+    daemonSleep: IDLE,
+    openMember: o.open,
+  })
+  t.teardown(() => mirror.close().catch(() => {}))
+  return { d, q, url, mirror, opened: o.opened, local: join(d, 'local.img'), remote }
+}
+
+async function writeAndCompare(t: import('ava').ExecutionContext, mirror: Mirror, local: string, remote: string) {
+  const data = allocAligned(4 * MiB)
+  randomFillSync(data)
+  await Promise.all([0, 1, 2, 3].map((i) => mirror.write(data.subarray(i * MiB, (i + 1) * MiB), 2 * MiB + i * 2 * MiB)))
+  t.true(mirror.stats().behindWrites > 0, 'writes went behind to the remote member')
+  await until(() => mirror.stats().behindInFlight === 0 && mirror.members.every((m) => m.writesInFlight === 0), 20_000, 'behind writes to drain')
+  await mirror.flush()
+  const back = allocAligned(MiB)
+  await mirror.read(back, 4 * MiB)
+  t.true(Buffer.from(back).equals(Buffer.from(data.subarray(MiB, 2 * MiB))))
+  await mirror.close()
+  t.true(readFileSync(local).equals(readFileSync(remote)), 'local and remote members identical')
+}
+
+withQemu('NbdMember over TLS to qemu-nbd --tls-creds (X.509, client certificate verified): write-behind, members identical', async (t) => {
+  const { pki } = await credentials()
+  const { mirror, opened, local, remote, url } = await remoteMirrorOverTls(
+    t,
+    'member-x509',
+    ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.server},verify-peer=on`, '--tls-creds', 'tls0'],
+    await readClientTlsCredentials(pki.client),
+  )
+  t.is(opened.length, 1)
+  t.true(opened[0].connected)
+  t.true(mirror.members.every((m) => m.state === 'in-sync'))
+  await writeAndCompare(t, mirror, local, remote)
+  // Without a client certificate qemu-nbd refuses; with another CA we refuse qemu-nbd.
+  t.regex(await codeOf(NbdMember.open(url, { tls: await readClientTlsCredentials(pki.anonymous) })), /^ENBD_TLS/)
+  const { other } = await credentials()
+  t.is(await codeOf(NbdMember.open(url, { tls: await readClientTlsCredentials(other.client) })), 'ENBD_TLS_CERTIFICATE')
+  t.is(await codeOf(NbdMember.open(url.replace(/^nbds/, 'nbd'))), 'ENBD_TLS_REQUIRED')
+})
+
+withQemu('NbdMember over TLS to qemu-nbd with tls-creds-psk: write-behind, members identical', async (t) => {
+  const { psk } = await credentials()
+  const key = readFileSync(psk.file, 'utf8').trim().split(':')[1]
+  const { mirror, local, remote } = await remoteMirrorOverTls(
+    t,
+    'member-psk',
+    ['--object', `tls-creds-psk,id=tls0,endpoint=server,dir=${psk.dir}`, '--tls-creds', 'tls0'],
+    { psk: { identity: psk.identity, key: Buffer.from(key, 'hex') } },
+  )
+  await writeAndCompare(t, mirror, local, remote)
+})
+
+withQemu('NbdMember: nbds:// to a server without TLS is ENBD_TLS_REFUSED, and a mirror does not use the member', async (t) => {
+  const { pki } = await credentials()
+  const d = join(dir, 'no-tls')
+  mkdirSync(d)
+  const remote = join(d, 'remote.img')
+  writeFileSync(remote, '')
+  truncateSync(remote, SIZE)
+  const q = await startQemuNbd(t, remote)
+  const url = q.url.replace(/^nbd:/, 'nbds:')
+  t.is(await codeOf(NbdMember.open(url, { tls: await readClientTlsCredentials(pki.client) })), 'ENBD_TLS_REFUSED')
+  const o = tlsOpener(await readClientTlsCredentials(pki.client))
+  const mirror = await Mirror.create({
+    bitmap: join(d, 'bitmap'),
+    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
+    size: SIZE,
+    chunkSize: 64 * KiB,
+    daemonSleep: IDLE,
+    openMember: o.open,
+  }).catch((e) => e)
+  if (mirror instanceof Mirror) {
+    t.teardown(() => mirror.close().catch(() => {}))
+    t.not(mirror.members[1].state, 'in-sync', 'the member that would not start TLS is not used')
+    t.is(mirror.members[1].error?.code, 'ENBD_TLS_REFUSED')
+  } else {
+    t.is((mirror as { code?: string }).code, 'ENBD_TLS_REFUSED')
+  }
+  t.is(o.opened.length, 0)
+})
+
+withQemu('md-bitmap serve --tls-creds --tls-verify-peer --tls-psk: qemu-img with a client certificate or the key; without, refused', async (t) => {
+  const { pki, psk } = await credentials()
+  const d = join(dir, 'cli')
+  mkdirSync(d)
+  const bitmap = join(d, 'bitmap')
+  const m = await Mirror.create({ bitmap, members: [{ path: join(d, 'a.img') }, { path: join(d, 'b.img'), writeMostly: true }], size: SIZE, chunkSize: 64 * KiB, writeBehind: 16 })
+  await m.close()
+  const child = spawn(
+    process.execPath,
+    [join(__dirname, '..', 'bin', 'md-bitmap.js'), 'serve', '--bitmap', bitmap, '--port', '0', '--export', 'md', '--tls-creds', pki.server, '--tls-verify-peer', '--tls-psk', psk.file],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  t.teardown(() => void child.kill('SIGKILL'))
+  let out = ''
+  let err = ''
+  child.stdout.setEncoding('utf8').on('data', (x: string) => (out += x))
+  child.stderr.setEncoding('utf8').on('data', (x: string) => (err += x))
+  const exited = new Promise<number | string | null>((r) => child.on('exit', (c, s) => r(s ?? c)))
+  await until(() => /^serving /m.test(out) || child.exitCode !== null, 20_000, 'md-bitmap serve to listen')
+  const url = /^serving (\S+)/m.exec(out)?.[1]
+  t.regex(url ?? '', /^nbds:\/\/127\.0\.0\.1:\d+\/md$/, `stdout: ${out} stderr: ${err}`)
+  const port = Number(/:(\d+)\//.exec(url!)![1])
+  await run('qemu-io', [...x509Object(pki.client), '--image-opts', imageOpts(port), '-c', 'write -P 0x42 0 1M'])
+  const io = await run('qemu-io', [...pskObject(psk), '--image-opts', imageOpts(port), '-c', 'read -P 0x42 0 1M'])
+  t.notRegex(io, /Pattern verification failed|error/i)
+  await t.throwsAsync(run('qemu-img', ['info', ...x509Object(pki.anonymous), '--image-opts', imageOpts(port)]))
+  await t.throwsAsync(run('qemu-img', ['info', '-f', 'raw', url!.replace(/^nbds/, 'nbd')]))
+  child.kill('SIGTERM')
+  t.is(await exited, 0, `stderr: ${err}`)
+  t.true(readFileSync(join(d, 'a.img')).subarray(0, MiB).every((b) => b === 0x42))
+})
