@@ -5,7 +5,9 @@
  * Handshake: fixed newstyle, `NBD_OPT_GO` with the export name, asking for the block
  * size constraints (falling back to `NBD_OPT_EXPORT_NAME` where the server does not
  * know `NBD_OPT_GO`). Only simple replies are used: structured replies are never
- * asked for.
+ * asked for. `nbds://` and `nbds+unix://` URLs start TLS first (`NBD_OPT_STARTTLS`,
+ * then Node's `tls` on the socket; see `tls.ts`), with the `tls` option's CA, client
+ * certificate or pre-shared key.
  *
  * Transmission: READ, WRITE (FUA on request), FLUSH, TRIM, and DISC on close. Many
  * requests are in flight at once, each matched to its reply by its 64-bit handle;

@@ -5,14 +5,19 @@
  * as a disk.
  *
  * Handshake: fixed newstyle (non-fixed clients are served too), with `NBD_OPT_GO`,
- * `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST` and `NBD_OPT_ABORT`; every
- * other option (structured replies, meta contexts, TLS, extended headers) is answered
- * `NBD_REP_ERR_UNSUP`, so clients fall back to simple replies. The export advertises
+ * `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`,
+ * `NBD_OPT_STARTTLS` (with `tls` credentials TLS is required: see `tls.ts`),
+ * `NBD_OPT_STRUCTURED_REPLY` and `NBD_OPT_LIST_META_CONTEXT`/`SET_META_CONTEXT` (see
+ * `meta-context.ts`, `block-status.ts`); extended headers are answered
+ * `NBD_REP_ERR_UNSUP`. The export advertises
  * `NBD_INFO_BLOCK_SIZE` with the minimum set to the target's alignment, so clients do
  * their own read-modify-write for smaller I/O; the empty name selects the export too.
  *
- * Transmission: flags HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES (and
- * READ_ONLY when asked). Requests are served concurrently, replies go out as each
+ * Transmission: flags HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES,
+ * CAN_MULTI_CONN (unless `multiConn: false`), SEND_DF with structured replies (and
+ * READ_ONLY when asked). With structured replies, reads answer with OFFSET_DATA and
+ * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
+ * BLOCK_STATUS with one chunk per selected context. Requests are served concurrently, replies go out as each
  * completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
  * flush; TRIM is accepted and ignored unless the target has a `trim` (the protocol
  * lets a server ignore it); WRITE_ZEROES writes zeroes. Bad requests get error
@@ -64,11 +69,15 @@ import {
   encodeServerReply,
   encodeSimpleReply,
   encodeString,
+  errnoName,
   errnoValue,
   type NbdAddress,
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
+import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
+import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './structured-reply'
 import { acceptTls, checkServerTls } from './tls'
 import type { NbdServerTlsCredentials } from './tls-credentials'
 import { formatNbdUrlTls } from './tls-url'
@@ -117,6 +126,18 @@ export interface ServeNbdOptions {
    * NBD_REP_ERR_TLS_REQD and never see the export.
    */
   tls?: NbdServerTlsCredentials
+  /**
+   * The metadata contexts NBD_CMD_BLOCK_STATUS answers (after NBD_OPT_STRUCTURED_REPLY
+   * and NBD_OPT_SET_META_CONTEXT). Default: for a mirror, `base:allocation` and
+   * `md-bitmap:write-intent` (see `mirrorMetaContexts`); for other targets, none.
+   */
+  metaContexts?: MetaContext[]
+  /**
+   * Advertise NBD_FLAG_CAN_MULTI_CONN: every connection reaches the same target and a
+   * flush on one makes the writes completed on all durable, so clients may open
+   * several. Default true (a mirror's flush is the mirror's, not a connection's).
+   */
+  multiConn?: boolean
 }
 
 /** A running NBD server, from {@link serveNbd}. */
@@ -139,7 +160,7 @@ export interface NbdServer {
 const OPTION_DATA_LIMIT = 64 * 1024
 const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
-const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO
+const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
 
 /** Serves `target` as an NBD export. See the module comment. */
 export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Promise<NbdServer> {
@@ -164,6 +185,8 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     shuttingDown: false,
     requests: 0,
     tls: options.tls,
+    metaContexts: options.metaContexts ?? (isBlockStatusMirror(target) ? mirrorMetaContexts(target) : []),
+    multiConn: options.multiConn ?? true,
   }
   const conns = new Set<Connection>()
   const server = createServer({ noDelay: true }, (socket) => {
@@ -260,6 +283,8 @@ interface Context {
   requests: number
   /** TLS credentials: TLS is required. */
   tls: NbdServerTlsCredentials | undefined
+  metaContexts: MetaContext[]
+  multiConn: boolean
 }
 
 /** One client: its handshake, then its requests. */
@@ -274,6 +299,10 @@ class Connection {
   private paused = false
   /** TLS is on (after NBD_OPT_STARTTLS). */
   private secure = false
+  /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
+  private structured = false
+  /** The metadata contexts chosen by NBD_OPT_SET_META_CONTEXT. */
+  private selected: SelectedContext[] = []
 
   constructor(
     private socket: Socket,
@@ -393,8 +422,39 @@ class Connection {
           if (option === Opt.GO) return this.startTransmission()
           break
         }
+        case Opt.STRUCTURED_REPLY:
+          if (length !== 0) error(Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data')
+          else {
+            this.structured = true
+            reply(Rep.ACK)
+          }
+          break
+        case Opt.LIST_META_CONTEXT:
+        case Opt.SET_META_CONTEXT: {
+          const set = option === Opt.SET_META_CONTEXT
+          let req: { exportName: string; queries: string[] }
+          try {
+            req = decodeMetaContextRequest(data)
+          } catch (e) {
+            error(Rep.ERR_INVALID, (e as Error).message)
+            break
+          }
+          if (set && !this.structured) {
+            error(Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first')
+            break
+          }
+          if (!this.matches(req.exportName)) {
+            error(Rep.ERR_UNKNOWN, `no export named "${req.exportName}"`)
+            break
+          }
+          const chosen = selectContexts(ctx.metaContexts, req.queries, !set)
+          if (set) this.selected = chosen
+          for (const c of chosen) reply(Rep.META_CONTEXT, encodeMetaContextReply(c.id, c.context.name))
+          reply(Rep.ACK)
+          break
+        }
         default:
-          // Structured replies, meta contexts, TLS, extended headers, …: not here.
+          // Extended headers, …: not here.
           error(Rep.ERR_UNSUP, `option ${option} is not supported by this server`)
       }
     }
@@ -422,6 +482,8 @@ class Connection {
   private txFlags(): number {
     let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES
     if (this.ctx.readOnly) f |= TxFlag.READ_ONLY
+    if (this.structured) f |= TxFlag.SEND_DF
+    if (this.ctx.multiConn) f |= TxFlag.CAN_MULTI_CONN
     return f
   }
 
@@ -484,8 +546,14 @@ class Connection {
     this.ctx.requests++
     const p = this.serve(r)
       .then(
-        (data) => this.reply(r.cookie, 0, data),
-        (e) => this.reply(r.cookie, typeof e === 'number' ? e : errnoValue((e as { code?: string })?.code, r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES)),
+        (data) => this.reply(r, 0, data),
+        (e) =>
+          this.reply(
+            r,
+            typeof e === 'number' ? e : errnoValue((e as { code?: string })?.code, r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES),
+            undefined,
+            typeof e === 'number' ? undefined : (e as Error)?.message,
+          ),
       )
       .finally(() => {
         this.inFlight.delete(p)
@@ -494,17 +562,41 @@ class Connection {
     this.inFlight.add(p)
   }
 
-  private reply(cookie: bigint, error: number, data?: Uint8Array): void {
+  /**
+   * Answers `r`: a simple reply, or with structured replies a read's data/hole chunks,
+   * block status chunks (`data` is then the chunks), an error chunk with `message`.
+   */
+  private reply(r: Request, error: number, data?: Uint8Array | Uint8Array[], message?: string): void {
     const s = this.socket
     if (s.destroyed || !s.writable) return
+    const cookie = r.cookie
+    let out: Uint8Array[]
+    if (this.structured && error !== 0) out = [encodeErrorChunk(cookie, error, message ?? `${errnoName(error)}`)]
+    else if (Array.isArray(data)) out = data
+    else if (this.structured && r.type === Cmd.READ && data) out = readChunks(cookie, Number(r.offset), data, (r.flags & CmdFlag.DF) !== 0)
+    else out = error === 0 && data ? [encodeSimpleReply(0, cookie), data] : [encodeSimpleReply(error, cookie)]
     s.cork()
-    s.write(encodeSimpleReply(error, cookie))
-    if (data && error === 0) s.write(data)
+    for (const b of out) s.write(b)
     s.uncork()
   }
 
+  /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE. */
+  private async blockStatus(r: Request): Promise<Uint8Array[]> {
+    const t = this.ctx.target
+    if (!this.structured || this.selected.length === 0 || r.length === 0) throw NbdErrno.EINVAL
+    const a = Math.max(1, t.alignment)
+    if (r.offset >= BigInt(t.size) || r.offset % BigInt(a) !== 0n) throw NbdErrno.EINVAL
+    const offset = Number(r.offset)
+    // Whole blocks of the minimum size, never past the end.
+    const length = Math.min(Math.ceil(r.length / a) * a, t.size - offset)
+    const all = await Promise.all(this.selected.map((c) => c.context.extents(offset, length)))
+    return all.map((extents, i) =>
+      encodeBlockStatusChunk(r.cookie, this.selected[i].id, (r.flags & CmdFlag.REQ_ONE) !== 0 ? extents.slice(0, 1) : extents, i === all.length - 1),
+    )
+  }
+
   /** Serves one request; resolves with a read's data, or rejects with an NBD error value or an error. */
-  private async serve(r: Request): Promise<Uint8Array | undefined> {
+  private async serve(r: Request): Promise<Uint8Array | Uint8Array[] | undefined> {
     const ctx = this.ctx
     const t = ctx.target
     if (ctx.shuttingDown) throw NbdErrno.ESHUTDOWN
@@ -556,6 +648,8 @@ class Connection {
       case Cmd.FLUSH:
         await t.flush()
         return undefined
+      case Cmd.BLOCK_STATUS:
+        return this.blockStatus(r)
       default:
         throw NbdErrno.EINVAL
     }
