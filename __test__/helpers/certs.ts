@@ -9,10 +9,17 @@
  *   pki.anonymous  // ca-cert.pem only: a client without a certificate
  *   const other = await makePki(join(dir, 'other'))  // another CA: its clients do not verify
  *   const psk = await makePsk(join(dir, 'psk'), 'alice')  // psk.dir/keys.psk
+ *
+ * Used by bench/nbd.ts too, so it depends on nothing of the test framework.
  */
+import { execFile } from 'node:child_process'
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { run } from './nbd'
+
+/** Runs certtool or psktool (no test framework here: bench/nbd.ts makes its credentials with this file too). */
+function run(tool: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => execFile(tool, args, (e, _out, err) => (e ? reject(new Error(`${tool} ${args.join(' ')}: ${err || e.message}`)) : resolve())))
+}
 
 /** certtool, psktool. */
 export const TLS_TOOLS = ['certtool', 'psktool']

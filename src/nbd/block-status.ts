@@ -15,10 +15,11 @@
  *
  * @module
  */
+import type { ByteRange } from '../bitmap/bitmap'
 import { isNbdUrl } from './protocol'
 import { extents as fileExtents } from '../io/file-check'
 import type { MetaContext } from './meta-context'
-import type { Extent } from './structured-reply'
+import type { StatusExtent } from './structured-reply'
 
 /** `base:allocation`: the range is not allocated. */
 export const NBD_STATE_HOLE = 1
@@ -27,14 +28,30 @@ export const NBD_STATE_ZERO = 2
 /** `md-bitmap:write-intent`: the range's chunk has its bit set. */
 export const MD_STATE_DIRTY = 1
 
+/** The name of the NBD standard's allocation context. */
 export const BASE_ALLOCATION = 'base:allocation'
+/** The name of the write-intent map's context. */
 export const WRITE_INTENT = 'md-bitmap:write-intent'
 
-/** What the contexts need of a mirror (a {@link Mirror} has it). */
+/** One member as {@link BlockStatusMirror} shows it. */
+export interface BlockStatusMember {
+  /** Its path (or URL). */
+  readonly path: string
+  /** `'in-sync'` for a member whose data is the mirror's. */
+  readonly state: string
+  /** Write-mostly members may lag behind acknowledged writes: never a source. */
+  readonly writeMostly: boolean
+}
+
+/** What the contexts need of a mirror (a `Mirror` has it). */
 export interface BlockStatusMirror {
-  readonly size: number
-  readonly members: readonly { readonly path: string; readonly state: string; readonly writeMostly: boolean }[]
-  readonly bitmap: { dirtyChunks(): { offset: number; length: number }[] } | null
+  /** The members, in slot order. */
+  readonly members: readonly BlockStatusMember[]
+  /** The write-intent bitmap, or null for a mirror without one. */
+  readonly bitmap: {
+    /** The byte ranges whose bits are set. */
+    dirtyChunks(): ByteRange[]
+  } | null
 }
 
 /** Whether `target` offers what {@link mirrorMetaContexts} needs. */
@@ -43,8 +60,8 @@ export function isBlockStatusMirror(target: object): target is BlockStatusMirror
 }
 
 /** Cuts `ranges` (sorted, disjoint) to [offset, offset + length) as descriptors: `flags` inside, `outside` between. */
-function describe(offset: number, length: number, ranges: Iterable<{ offset: number; length: number; flags: number }>, between: number): Extent[] {
-  const out: Extent[] = []
+function describe(offset: number, length: number, ranges: Iterable<{ offset: number; length: number; flags: number }>, between: number): StatusExtent[] {
+  const out: StatusExtent[] = []
   const push = (len: number, flags: number) => {
     if (len <= 0) return
     const last = out[out.length - 1]

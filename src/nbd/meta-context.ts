@@ -15,7 +15,7 @@
  * @module
  */
 import { decodeString, encodeString, protocolError } from './protocol'
-import type { Extent } from './structured-reply'
+import type { StatusExtent } from './structured-reply'
 
 /** A metadata context an export offers. */
 export interface MetaContext {
@@ -26,7 +26,7 @@ export interface MetaContext {
    * covering at least the first byte and at most `length` bytes, adjacent ones with
    * different flags. The flags' meaning is the context's.
    */
-  extents(offset: number, length: number): Promise<Extent[]>
+  extents(offset: number, length: number): Promise<StatusExtent[]>
 }
 
 /** A context chosen by a client, with the id it was given. */

@@ -76,13 +76,15 @@ export function encodeErrorChunk(cookie: bigint, error: number, message: string)
 }
 
 /** One block status descriptor: `length` bytes with status `flags`. */
-export interface Extent {
+export interface StatusExtent {
+  /** Bytes described, from where the previous descriptor ended. */
   length: number
+  /** Status flags, the context's (`base:allocation`: 1 hole, 2 zero). */
   flags: number
 }
 
 /** A `BLOCK_STATUS` chunk: the context's id, then its descriptors. */
-export function encodeBlockStatusChunk(cookie: bigint, contextId: number, extents: readonly Extent[], done: boolean): Uint8Array {
+export function encodeBlockStatusChunk(cookie: bigint, contextId: number, extents: readonly StatusExtent[], done: boolean): Uint8Array {
   const n = 4 + 8 * extents.length
   const { b, v } = chunk(done ? ReplyFlag.DONE : 0, ReplyType.BLOCK_STATUS, cookie, n, n)
   v.setUint32(20, contextId)

@@ -42,7 +42,12 @@ export interface NbdClientTlsOptions {
   /** The client's private key, PEM. */
   key?: string | Buffer
   /** A pre-shared key instead of certificates. */
-  psk?: { identity: string; key: Buffer }
+  psk?: {
+    /** The identity the server knows the key by (psktool's user name). */
+    identity: string
+    /** The key's bytes. */
+    key: Buffer
+  }
   /**
    * The name the server's certificate must carry. Default: the URL's host for TCP; for
    * Unix sockets, no name is checked unless given (the chain is still verified).
