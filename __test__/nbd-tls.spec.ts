@@ -9,7 +9,9 @@
  *   certificate when peers are verified, a wrong pre-shared key; the server goes on
  *   serving the others;
  * - `NbdMember` as the write-mostly member over TLS to `qemu-nbd --tls-creds` (X.509
- *   with client certificates, and PSK): writes, write-behind, members identical; and
+ *   with client certificates, and PSK) and to nbd-server (`force_tls`): writes,
+ *   write-behind, members identical; qemu-nbd killed mid-workload, then reAdd over TLS
+ *   copies only the dirty chunks; and
  *   its typed errors (a server certificate from another CA, a server without TLS, a
  *   plain URL to a TLS server).
  *
@@ -40,10 +42,11 @@ import { makePki, makePsk, TLS_TOOLS, type Pki } from './helpers/certs'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { IDLE, KiB, MiB, codeOf, until } from './helpers/mirror'
-import { QEMU_TOOLS, run, startQemuNbd } from './helpers/nbd'
+import { QEMU_TOOLS, run, startNbdServer, startQemuNbd } from './helpers/nbd'
 
 const withQemu = requires([...QEMU_TOOLS, ...TLS_TOOLS])
 const withNbdinfo = requires([...QEMU_TOOLS, ...TLS_TOOLS, 'nbdinfo'])
+const withNbdServerTls = requires([...TLS_TOOLS, 'nbd-server'])
 
 const dir = diskTempDir('md-bitmap-nbd-tls-')
 test.after.always(() => removeDir(dir))
@@ -230,6 +233,8 @@ async function remoteMirrorOverTls(t: { teardown(fn: () => unknown): void }, nam
     chunkSize: 64 * KiB,
     writeBehind: 64,
     daemonSleep: IDLE,
+    // Both files start as zeroes.
+    assumeClean: true,
     openMember: o.open,
   })
   t.teardown(() => mirror.close().catch(() => {}))
@@ -267,6 +272,67 @@ withQemu('NbdMember over TLS to qemu-nbd --tls-creds (X.509, client certificate 
   const { other } = await credentials()
   t.is(await codeOf(NbdMember.open(url, { tls: await readClientTlsCredentials(other.client) })), 'ENBD_TLS_CERTIFICATE')
   t.is(await codeOf(NbdMember.open(url.replace(/^nbds/, 'nbd'))), 'ENBD_TLS_REQUIRED')
+})
+
+withQemu('NbdMember over TLS to qemu-nbd killed mid-workload: degraded, then reAdd over TLS copies only the dirty chunks; members identical', async (t) => {
+  const { pki } = await credentials()
+  const serverArgs = ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.server},verify-peer=on`, '--tls-creds', 'tls0']
+  const { d, q, mirror, local, remote } = await remoteMirrorOverTls(t, 'member-killed', serverArgs, await readClientTlsCredentials(pki.client))
+  const data = allocAligned(MiB)
+  randomFillSync(data)
+  await mirror.write(data, 0)
+  await until(() => mirror.members[1].writesInFlight === 0, 10_000, 'the remote to catch up')
+  q.kill('SIGKILL')
+  await q.exited
+  // Writes go on; the remote turns faulty on the first one that meets the dead connection.
+  const later = allocAligned(256 * KiB)
+  randomFillSync(later)
+  for (let i = 0; i < 8; i++) await mirror.write(later, 8 * MiB + i * 256 * KiB)
+  await until(() => mirror.members[1].state === 'faulty', 10_000, 'the remote member to turn faulty')
+  t.regex(mirror.members[1].error?.code ?? '', /^ENBD_/)
+  await until(() => mirror.stats().behindInFlight === 0, 20_000, 'the failed behind writes to end')
+  const needed = mirror.bitmap!.neededChunks()
+  t.true(needed.length > 0)
+  const q2 = await startQemuNbd(t, remote, { port: q.port, args: serverArgs })
+  t.teardown(() => q2.stop())
+  const report = await mirror.reAdd(1)
+  t.is(report.recovery, 'bitmap')
+  t.deepEqual(new Set(report.chunks), new Set(needed))
+  t.log(`${needed.length} chunks needed, ${report.chunksCopied} copied of ${SIZE / (64 * KiB)}`)
+  t.true(report.chunksCopied < SIZE / (64 * KiB), 'only the dirty chunks')
+  t.deepEqual(mirror.members.map((m) => m.state), ['in-sync', 'in-sync'])
+  await mirror.close()
+  t.true(readFileSync(local).equals(readFileSync(remote)), `members identical (${d})`)
+})
+
+withNbdServerTls('NbdMember over TLS to nbd-server (force_tls, X.509): write-behind, members identical', async (t) => {
+  const { pki } = await credentials()
+  const d = join(dir, 'nbd-server')
+  mkdirSync(d)
+  const remote = join(d, 'remote.img')
+  writeFileSync(remote, '')
+  truncateSync(remote, SIZE)
+  const ns = await startNbdServer(t, d, remote, 'remote', [
+    `certfile = ${join(pki.server, 'server-cert.pem')}`,
+    `keyfile = ${join(pki.server, 'server-key.pem')}`,
+    `cacertfile = ${pki.caCert}`,
+    'force_tls = true',
+  ])
+  const url = ns.url.replace(/^nbd:/, 'nbds:')
+  t.is(await codeOf(NbdMember.open(ns.url)), 'ENBD_TLS_REQUIRED', 'nbd-server refuses the clear')
+  const o = tlsOpener(await readClientTlsCredentials(pki.client))
+  const mirror = await Mirror.create({
+    bitmap: join(d, 'bitmap'),
+    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
+    size: SIZE,
+    chunkSize: 64 * KiB,
+    writeBehind: 64,
+    daemonSleep: IDLE,
+    openMember: o.open,
+  })
+  t.teardown(() => mirror.close().catch(() => {}))
+  t.is(o.opened.length, 1)
+  await writeAndCompare(t, mirror, join(d, 'local.img'), remote)
 })
 
 withQemu('NbdMember over TLS to qemu-nbd with tls-creds-psk: write-behind, members identical', async (t) => {
