@@ -30,6 +30,7 @@ import {
   NbdMember,
   allocAligned,
   isNbdUrl,
+  listNbdExports,
   readClientTlsCredentials,
   readServerTlsCredentials,
   serveNbd,
@@ -203,6 +204,12 @@ withNbdinfo('nbdinfo nbds:// with certificates (TCP and Unix socket) and with a 
   t.is(onSocket.url, `nbds+unix:///md?socket=${sock}`)
   // Over a Unix socket, libnbd checks the certificate against "localhost".
   t.regex(await run('nbdinfo', ['--size', `${onSocket.url}&tls-certificates=${pki.anonymous}`]), new RegExp(`^${SIZE}`))
+  // Our own client over the Unix socket (the chain is verified; no host name to check), and listing over TLS.
+  const m = await NbdMember.open(`${onSocket.url}&tls-certificates=${pki.anonymous}`)
+  t.is(m.size, SIZE)
+  await m.close()
+  t.deepEqual(await listNbdExports(server.url, { tls: await readClientTlsCredentials(pki.anonymous) }), [{ name: 'md', description: '' }])
+  t.is(await codeOf(listNbdExports(server.url.replace(/^nbds/, 'nbd'))), 'ENBD_TLS_REQUIRED')
 })
 
 /** An opener with TLS options for the NbdMembers it opens (kept, to be checked). */

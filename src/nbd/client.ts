@@ -62,7 +62,6 @@ import {
   isNbdUrl,
   isOptionError,
   optionError,
-  parseNbdUrl,
   protocolError,
   replyError,
   type BlockSize,
@@ -514,11 +513,12 @@ async function negotiate(conn: Handshaking, exportName: string, url: string, tim
 
 /**
  * Lists the exports of a server (NBD_OPT_LIST), then leaves (NBD_OPT_ABORT). `url`
- * names the server; its export part is ignored.
+ * names the server; its export part is ignored. `nbds://` URLs list over TLS (`tls`
+ * as for {@link NbdMember.open}).
  */
 export async function listNbdExports(
   url: string,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; tls?: NbdClientTlsOptions } = {},
 ): Promise<
   {
     /** The export's name. */
@@ -527,16 +527,20 @@ export async function listNbdExports(
     description: string
   }[]
 > {
-  const address = parseNbdUrl(url)
+  const { address, tls } = parseNbdUrlTls(url)
+  const tlsOptions = tls ? { ...(await readUrlTlsOptions(url)), ...options.tls } : undefined
   const t = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT
   const deadline = Date.now() + t
   const timeout = () => Math.max(1, deadline - Date.now())
-  const socket = await openSocket(address, url, t)
-  const reader = new SocketReader(socket, url)
+  const conn: Handshaking = { socket: await openSocket(address, url, t), reader: null }
+  const raw = conn.socket
+  conn.reader = new SocketReader(raw, url)
   try {
-    const { flags } = decodeGreeting(await reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
+    const { flags } = decodeGreeting(await conn.reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
     if ((flags & FLAG_FIXED_NEWSTYLE) === 0) throw new NbdError('ENBD_UNSUP', `${url}: the server does not speak fixed newstyle, so it cannot list exports`)
-    socket.write(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES ? FLAG_C_NO_ZEROES : 0)))
+    raw.write(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES ? FLAG_C_NO_ZEROES : 0)))
+    if (tlsOptions) await startTlsOption(conn, tlsOptions, address.kind === 'tcp' ? address.host : undefined, url, timeout)
+    const { socket, reader } = { socket: conn.socket, reader: conn.reader! }
     socket.write(encodeOption(Opt.LIST))
     const out: { name: string; description: string }[] = []
     for (;;) {
@@ -551,10 +555,12 @@ export async function listNbdExports(
     await readOptionReply(reader, Opt.ABORT, timeout).catch(() => undefined)
     return out
   } finally {
-    reader.detach()
-    socket.on('error', () => {})
-    socket.end()
-    setTimeout(() => socket.destroy(), 1000).unref()
+    conn.reader?.detach()
+    for (const s of new Set([raw, conn.socket])) {
+      s.on('error', () => {})
+      s.end()
+      setTimeout(() => s.destroy(), 1000).unref()
+    }
   }
 }
 
