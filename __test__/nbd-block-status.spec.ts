@@ -19,18 +19,18 @@
 import test from 'ava'
 import { execFile } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 
-import { Mirror, serveNbd, type NbdServer } from '../src'
 import { Cmd, CmdFlag, Opt, Rep, encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../src/nbd/protocol'
 import { encodeMetaContextRequest } from '../src/nbd/meta-context'
 import { ReplyType } from '../src/nbd/structured-reply'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, until } from './helpers/mirror'
+import { KiB, MiB } from './helpers/mirror'
 import { qemuIo, run } from './helpers/nbd'
+import { servedMirror as served } from './helpers/served-mirror'
 
 const withLibnbd = requires(['nbdinfo', 'nbdcopy', 'qemu-io', 'qemu-img'])
 
@@ -40,26 +40,7 @@ test.after.always(() => removeDir(dir))
 const SIZE = 32 * MiB
 const CHUNK = 256 * KiB
 
-async function servedMirror(t: { teardown(fn: () => unknown): void }, name: string) {
-  const d = join(dir, name)
-  mkdirSync(d)
-  const members = [join(d, 'a.img'), join(d, 'b.img')]
-  const bitmap = join(d, 'bitmap')
-  const mirror = await Mirror.create({
-    bitmap,
-    members: [{ path: members[0] }, { path: members[1], writeMostly: true }],
-    size: SIZE,
-    chunkSize: CHUNK,
-    writeBehind: 256,
-    // The daemon never runs: bits set by writes stay set.
-    daemonSleep: IDLE,
-  })
-  t.teardown(() => mirror.close().catch(() => {}))
-  const server: NbdServer = await serveNbd(mirror, { port: 0, host: '127.0.0.1', exportName: 'md' })
-  t.teardown(() => server.close())
-  const settled = () => until(() => mirror.stats().behindInFlight === 0 && mirror.members.every((m) => m.writesInFlight === 0), 20_000, 'behind writes to drain')
-  return { d, mirror, server, members, bitmap, settled }
-}
+const servedMirror = (t: { teardown(fn: () => unknown): void }, name: string) => served(t, join(dir, name), { size: SIZE, chunkSize: CHUNK })
 
 type Range = { offset: number; length: number }
 

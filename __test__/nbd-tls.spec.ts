@@ -18,7 +18,6 @@
  * The CLI test runs the built package (`npm run build:ts` first).
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
@@ -33,7 +32,6 @@ import {
   listNbdExports,
   readClientTlsCredentials,
   readServerTlsCredentials,
-  serveNbd,
   type Member,
   type MemberSpec,
   type NbdClientTlsOptions,
@@ -44,6 +42,7 @@ import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { IDLE, KiB, MiB, codeOf, until } from './helpers/mirror'
 import { QEMU_TOOLS, run, startNbdServer, startQemuNbd } from './helpers/nbd'
+import { serveCli, servedMirror as served } from './helpers/served-mirror'
 
 const withQemu = requires([...QEMU_TOOLS, ...TLS_TOOLS])
 const withNbdinfo = requires([...QEMU_TOOLS, ...TLS_TOOLS, 'nbdinfo'])
@@ -66,26 +65,9 @@ function credentials() {
   return pkiMade
 }
 
-/** A two-member mirror (the second write-mostly, write-behind) served with `tls`. */
-async function servedMirror(t: { teardown(fn: () => unknown): void }, name: string, tls: NbdServerTlsCredentials, where: { socket?: string } = {}) {
-  const d = join(dir, `served-${name}`)
-  mkdirSync(d)
-  const members = [join(d, 'a.img'), join(d, 'b.img')]
-  const mirror = await Mirror.create({
-    bitmap: join(d, 'bitmap'),
-    members: [{ path: members[0] }, { path: members[1], writeMostly: true }],
-    size: SIZE,
-    chunkSize: 64 * KiB,
-    writeBehind: 256,
-    daemonSleep: IDLE,
-  })
-  t.teardown(() => mirror.close().catch(() => {}))
-  const logs: string[] = []
-  const server = await serveNbd(mirror, { ...(where.socket ? { socket: where.socket } : { port: 0, host: '127.0.0.1' }), exportName: 'md', tls, log: (m) => logs.push(m) })
-  t.teardown(() => server.close())
-  const settled = () => until(() => mirror.stats().behindInFlight === 0 && mirror.members.every((m) => m.writesInFlight === 0), 20_000, 'behind writes to drain')
-  return { d, mirror, server, members, settled, logs }
-}
+/** The served two-member mirror of helpers/served-mirror, with `tls`. */
+const servedMirror = (t: { teardown(fn: () => unknown): void }, name: string, tls: NbdServerTlsCredentials, where: { socket?: string } = {}) =>
+  served(t, join(dir, `served-${name}`), { size: SIZE, ...where, serve: { tls } })
 
 /** qemu's `--image-opts` for the export at `port` through the TLS object `tls0`. */
 function imageOpts(port: number): string {
@@ -224,28 +206,39 @@ function tlsOpener(tls: NbdClientTlsOptions) {
   return { open, opened }
 }
 
-async function remoteMirrorOverTls(t: { teardown(fn: () => unknown): void }, name: string, qemuArgs: string[], tls: NbdClientTlsOptions) {
+/** A new directory with a zeroed remote file of SIZE bytes (and the local member's path). */
+function remoteFile(name: string): { d: string; remote: string; local: string } {
   const d = join(dir, name)
   mkdirSync(d)
   const remote = join(d, 'remote.img')
   writeFileSync(remote, '')
   truncateSync(remote, SIZE)
-  const q = await startQemuNbd(t, remote, { args: qemuArgs })
-  const url = q.url.replace(/^nbd:/, 'nbds:')
+  return { d, remote, local: join(d, 'local.img') }
+}
+
+/** A mirror of the local file and `url` (write-mostly, write-behind), both zeroes to start with. */
+async function tlsMirror(t: { teardown(fn: () => unknown): void }, f: { d: string; local: string }, url: string, tls: NbdClientTlsOptions) {
   const o = tlsOpener(tls)
   const mirror = await Mirror.create({
-    bitmap: join(d, 'bitmap'),
-    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
+    bitmap: join(f.d, 'bitmap'),
+    members: [{ path: f.local }, { path: url, writeMostly: true }],
     size: SIZE,
     chunkSize: 64 * KiB,
     writeBehind: 64,
     daemonSleep: IDLE,
-    // Both files start as zeroes.
     assumeClean: true,
     openMember: o.open,
   })
   t.teardown(() => mirror.close().catch(() => {}))
-  return { d, q, url, mirror, opened: o.opened, local: join(d, 'local.img'), remote }
+  return { mirror, opened: o.opened }
+}
+
+/** qemu-nbd with `qemuArgs` (its TLS) on a zeroed remote file, and a mirror onto it over nbds://. */
+async function remoteMirrorOverTls(t: { teardown(fn: () => unknown): void }, name: string, qemuArgs: string[], tls: NbdClientTlsOptions) {
+  const f = remoteFile(name)
+  const q = await startQemuNbd(t, f.remote, { args: qemuArgs })
+  const url = q.url.replace(/^nbd:/, 'nbds:')
+  return { ...f, q, url, ...(await tlsMirror(t, f, url, tls)) }
 }
 
 async function writeAndCompare(t: import('ava').ExecutionContext, mirror: Mirror, local: string, remote: string) {
@@ -314,32 +307,17 @@ withQemu('NbdMember over TLS to qemu-nbd killed mid-workload: degraded, then reA
 
 withNbdServerTls('NbdMember over TLS to nbd-server (force_tls, X.509): write-behind, members identical', async (t) => {
   const { pki } = await credentials()
-  const d = join(dir, 'nbd-server')
-  mkdirSync(d)
-  const remote = join(d, 'remote.img')
-  writeFileSync(remote, '')
-  truncateSync(remote, SIZE)
-  const ns = await startNbdServer(t, d, remote, 'remote', [
+  const f = remoteFile('nbd-server')
+  const ns = await startNbdServer(t, f.d, f.remote, 'remote', [
     `certfile = ${join(pki.server, 'server-cert.pem')}`,
     `keyfile = ${join(pki.server, 'server-key.pem')}`,
     `cacertfile = ${pki.caCert}`,
     'force_tls = true',
   ])
-  const url = ns.url.replace(/^nbd:/, 'nbds:')
   t.is(await codeOf(NbdMember.open(ns.url)), 'ENBD_TLS_REQUIRED', 'nbd-server refuses the clear')
-  const o = tlsOpener(await readClientTlsCredentials(pki.client))
-  const mirror = await Mirror.create({
-    bitmap: join(d, 'bitmap'),
-    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
-    size: SIZE,
-    chunkSize: 64 * KiB,
-    writeBehind: 64,
-    daemonSleep: IDLE,
-    openMember: o.open,
-  })
-  t.teardown(() => mirror.close().catch(() => {}))
-  t.is(o.opened.length, 1)
-  await writeAndCompare(t, mirror, join(d, 'local.img'), remote)
+  const { mirror, opened } = await tlsMirror(t, f, ns.url.replace(/^nbd:/, 'nbds:'), await readClientTlsCredentials(pki.client))
+  t.is(opened.length, 1)
+  await writeAndCompare(t, mirror, f.local, f.remote)
 })
 
 withQemu('NbdMember over TLS to qemu-nbd with tls-creds-psk: write-behind, members identical', async (t) => {
@@ -356,18 +334,14 @@ withQemu('NbdMember over TLS to qemu-nbd with tls-creds-psk: write-behind, membe
 
 withQemu('NbdMember: nbds:// to a server without TLS is ENBD_TLS_REFUSED, and a mirror does not use the member', async (t) => {
   const { pki } = await credentials()
-  const d = join(dir, 'no-tls')
-  mkdirSync(d)
-  const remote = join(d, 'remote.img')
-  writeFileSync(remote, '')
-  truncateSync(remote, SIZE)
-  const q = await startQemuNbd(t, remote)
+  const f = remoteFile('no-tls')
+  const q = await startQemuNbd(t, f.remote)
   const url = q.url.replace(/^nbd:/, 'nbds:')
   t.is(await codeOf(NbdMember.open(url, { tls: await readClientTlsCredentials(pki.client) })), 'ENBD_TLS_REFUSED')
   const o = tlsOpener(await readClientTlsCredentials(pki.client))
   const mirror = await Mirror.create({
-    bitmap: join(d, 'bitmap'),
-    members: [{ path: join(d, 'local.img') }, { path: url, writeMostly: true }],
+    bitmap: join(f.d, 'bitmap'),
+    members: [{ path: f.local }, { path: url, writeMostly: true }],
     size: SIZE,
     chunkSize: 64 * KiB,
     daemonSleep: IDLE,
@@ -390,20 +364,8 @@ withQemu('md-bitmap serve --tls-creds --tls-verify-peer --tls-psk: qemu-img with
   const bitmap = join(d, 'bitmap')
   const m = await Mirror.create({ bitmap, members: [{ path: join(d, 'a.img') }, { path: join(d, 'b.img'), writeMostly: true }], size: SIZE, chunkSize: 64 * KiB, writeBehind: 16 })
   await m.close()
-  const child = spawn(
-    process.execPath,
-    [join(__dirname, '..', 'bin', 'md-bitmap.js'), 'serve', '--bitmap', bitmap, '--port', '0', '--export', 'md', '--tls-creds', pki.server, '--tls-verify-peer', '--tls-psk', psk.file],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  )
-  t.teardown(() => void child.kill('SIGKILL'))
-  let out = ''
-  let err = ''
-  child.stdout.setEncoding('utf8').on('data', (x: string) => (out += x))
-  child.stderr.setEncoding('utf8').on('data', (x: string) => (err += x))
-  const exited = new Promise<number | string | null>((r) => child.on('exit', (c, s) => r(s ?? c)))
-  await until(() => /^serving /m.test(out) || child.exitCode !== null, 20_000, 'md-bitmap serve to listen')
-  const url = /^serving (\S+)/m.exec(out)?.[1]
-  t.regex(url ?? '', /^nbds:\/\/127\.0\.0\.1:\d+\/md$/, `stdout: ${out} stderr: ${err}`)
+  const { child, exited, printed, url } = await serveCli(t, ['--bitmap', bitmap, '--port', '0', '--export', 'md', '--tls-creds', pki.server, '--tls-verify-peer', '--tls-psk', psk.file])
+  t.regex(url ?? '', /^nbds:\/\/127\.0\.0\.1:\d+\/md$/, `stdout: ${printed.out} stderr: ${printed.err}`)
   const port = Number(/:(\d+)\//.exec(url!)![1])
   await run('qemu-io', [...x509Object(pki.client), '--image-opts', imageOpts(port), '-c', 'write -P 0x42 0 1M'])
   const io = await run('qemu-io', [...pskObject(psk), '--image-opts', imageOpts(port), '-c', 'read -P 0x42 0 1M'])
@@ -411,6 +373,6 @@ withQemu('md-bitmap serve --tls-creds --tls-verify-peer --tls-psk: qemu-img with
   await t.throwsAsync(run('qemu-img', ['info', ...x509Object(pki.anonymous), '--image-opts', imageOpts(port)]))
   await t.throwsAsync(run('qemu-img', ['info', '-f', 'raw', url!.replace(/^nbds/, 'nbd')]))
   child.kill('SIGTERM')
-  t.is(await exited, 0, `stderr: ${err}`)
+  t.is(await exited, 0, `stderr: ${printed.err}`)
   t.true(readFileSync(join(d, 'a.img')).subarray(0, MiB).every((b) => b === 0x42))
 })

@@ -17,8 +17,8 @@
  * CAN_MULTI_CONN (unless `multiConn: false`), SEND_DF with structured replies (and
  * READ_ONLY when asked). With structured replies, reads answer with OFFSET_DATA and
  * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
- * BLOCK_STATUS with one chunk per selected context. Requests are served concurrently, replies go out as each
- * completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
+ * BLOCK_STATUS with one chunk per selected context. Requests are served
+ * concurrently, replies go out as each completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
  * flush; TRIM is accepted and ignored unless the target has a `trim` (the protocol
  * lets a server ignore it); WRITE_ZEROES writes zeroes. Bad requests get error
  * replies: unaligned or out of range → EINVAL (writes past the end → ENOSPC, as the
@@ -571,7 +571,7 @@ class Connection {
     if (s.destroyed || !s.writable) return
     const cookie = r.cookie
     let out: Uint8Array[]
-    if (this.structured && error !== 0) out = [encodeErrorChunk(cookie, error, message ?? `${errnoName(error)}`)]
+    if (this.structured && error !== 0) out = [encodeErrorChunk(cookie, error, message ?? errnoName(error))]
     else if (Array.isArray(data)) out = data
     else if (this.structured && r.type === Cmd.READ && data) out = readChunks(cookie, Number(r.offset), data, (r.flags & CmdFlag.DF) !== 0)
     else out = error === 0 && data ? [encodeSimpleReply(0, cookie), data] : [encodeSimpleReply(error, cookie)]

@@ -71,7 +71,7 @@ function tlsError(e: unknown, who: string): NbdError {
 }
 
 /** Whether the credentials name anything to serve TLS with. */
-export function hasServerTls(c: NbdServerTlsCredentials | undefined): c is NbdServerTlsCredentials {
+function hasServerTls(c: NbdServerTlsCredentials | undefined): c is NbdServerTlsCredentials {
   return c !== undefined && ((c.cert !== undefined && c.key !== undefined) || (c.psk !== undefined && c.psk.size > 0))
 }
 
