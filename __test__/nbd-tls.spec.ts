@@ -28,8 +28,11 @@ import {
   Mirror,
   NbdMember,
   allocAligned,
+  formatNbdUrlTls,
   isNbdUrl,
   listNbdExports,
+  parseNbdUrlTls,
+  parsePskFile,
   readClientTlsCredentials,
   readServerTlsCredentials,
   type Member,
@@ -375,4 +378,16 @@ withQemu('md-bitmap serve --tls-creds --tls-verify-peer --tls-psk: qemu-img with
   child.kill('SIGTERM')
   t.is(await exited, 0, `stderr: ${printed.err}`)
   t.true(readFileSync(join(d, 'a.img')).subarray(0, MiB).every((b) => b === 0x42))
+})
+
+test('TLS URLs and key files: nbds:// and nbds+unix:// parse (a PSK user name is no part of the address); psktool lines', (t) => {
+  t.deepEqual(parseNbdUrlTls('nbds://alice@127.0.0.1:10811/disk?tls-psk-file=/k'), { address: { kind: 'tcp', host: '127.0.0.1', port: 10811, exportName: 'disk' }, tls: true })
+  t.deepEqual(parseNbdUrlTls('nbds+unix:///disk?socket=/run/x.sock'), { address: { kind: 'unix', socket: '/run/x.sock', exportName: 'disk' }, tls: true })
+  t.deepEqual(parseNbdUrlTls('nbd://h/x'), { address: { kind: 'tcp', host: 'h', port: 10809, exportName: 'x' }, tls: false })
+  t.is(formatNbdUrlTls({ kind: 'tcp', host: 'h', port: 1, exportName: 'x' }, true), 'nbds://h:1/x')
+  for (const bad of ['nbds+unix:///x', 'nbds://h:0/x', 'nbds://']) t.is(t.throws(() => parseNbdUrlTls(bad))?.code, 'ENBD_URL', bad)
+  const keys = parsePskFile('alice:00ff10\n\nbob:abcd\n')
+  t.deepEqual([...keys.keys()], ['alice', 'bob'])
+  t.true(keys.get('alice')!.equals(Buffer.from([0, 0xff, 0x10])))
+  for (const bad of ['alice', 'alice:xyz', 'alice:abc', '']) t.is(t.throws(() => parsePskFile(bad))?.code, 'EINVAL', JSON.stringify(bad))
 })
