@@ -20,16 +20,16 @@ import test from 'ava'
 import { execFile } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 
-import { Cmd, CmdFlag, Opt, Rep, encodeClientFlags, encodeInfoRequest, encodeOption, encodeRequest } from '../src/nbd/protocol'
+import { Cmd, CmdFlag, Opt, Rep, encodeInfoRequest, encodeOption, encodeRequest } from '../src/nbd/protocol'
 import { encodeMetaContextRequest } from '../src/nbd/meta-context'
 import { ReplyType } from '../src/nbd/structured-reply'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { KiB, MiB } from './helpers/mirror'
 import { qemuIo, run } from './helpers/nbd'
+import { RawNbdClient } from './helpers/nbd-raw'
 import { servedMirror as served } from './helpers/served-mirror'
 
 const withLibnbd = requires(['nbdinfo', 'nbdcopy', 'qemu-io', 'qemu-img'])
@@ -138,58 +138,12 @@ withLibnbd('nbdcopy --connections=4 into and out of the export (multi-conn), con
 // ---------------------------------------------------------------------------------
 // On the wire
 
-/** A raw fixed-newstyle client: reads exact byte counts from the socket. */
-class Raw {
-  private buf = Buffer.alloc(0)
-  private wake: (() => void) | null = null
-  private constructor(readonly s: Socket) {
-    s.on('data', (b) => {
-      this.buf = Buffer.concat([this.buf, b])
-      this.wake?.()
-    })
-  }
-  static async open(port: number): Promise<Raw> {
-    const s = connect({ host: '127.0.0.1', port })
-    await new Promise((r) => s.once('connect', r))
-    const raw = new Raw(s)
-    await raw.read(18)
-    s.write(encodeClientFlags(3))
-    return raw
-  }
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) await new Promise<void>((r) => (this.wake = r))
-    const out = this.buf.subarray(0, n)
-    this.buf = this.buf.subarray(n)
-    return out
-  }
-  /** One option reply: type and data. */
-  async optionReply(): Promise<{ type: number; data: Buffer }> {
-    const h = await this.read(20)
-    return { type: h.readUInt32BE(12), data: await this.read(h.readUInt32BE(16)) }
-  }
-  /** One structured chunk: flags, type, payload. */
-  async chunk(): Promise<{ flags: number; type: number; payload: Buffer }> {
-    const h = await this.read(20)
-    if (h.readUInt32BE(0) !== 0x668e33ef) throw new Error(`not a structured reply: magic 0x${h.readUInt32BE(0).toString(16)}`)
-    return { flags: h.readUInt16BE(4), type: h.readUInt16BE(6), payload: await this.read(h.readUInt32BE(16)) }
-  }
-  /** Chunks up to the one flagged DONE. */
-  async reply(): Promise<{ flags: number; type: number; payload: Buffer }[]> {
-    const out = []
-    for (;;) {
-      const c = await this.chunk()
-      out.push(c)
-      if (c.flags & 1) return out
-    }
-  }
-}
-
 test('on the wire: OFFSET_HOLE for zeroes, one OFFSET_DATA with DF, meta contexts only after STRUCTURED_REPLY, block status without context is EINVAL', async (t) => {
   const { server, mirror } = await servedMirror(t, 'wire')
   const port = (server.address as { port: number }).port
   const data = Buffer.alloc(64 * KiB, 0x5a)
   await mirror.write(data, 128 * KiB)
-  const c = await Raw.open(port)
+  const c = await RawNbdClient.open({ port })
   t.teardown(() => void c.s.destroy())
   c.s.write(encodeOption(Opt.SET_META_CONTEXT, encodeMetaContextRequest('md', ['base:allocation'])))
   t.is((await c.optionReply()).type, Rep.ERR_INVALID, 'SET_META_CONTEXT before STRUCTURED_REPLY')

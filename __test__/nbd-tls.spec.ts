@@ -40,16 +40,20 @@ import {
   type NbdClientTlsOptions,
   type NbdServerTlsCredentials,
 } from '../src'
+import { encodeMetaContextRequest } from '../src/nbd/meta-context'
+import { Opt, Rep, encodeInfoRequest, encodeOption } from '../src/nbd/protocol'
 import { makePki, makePsk, TLS_TOOLS, type Pki } from './helpers/certs'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { IDLE, KiB, MiB, codeOf, until } from './helpers/mirror'
 import { QEMU_TOOLS, run, startNbdServer, startQemuNbd } from './helpers/nbd'
+import { RawNbdClient } from './helpers/nbd-raw'
 import { serveCli, servedMirror as served } from './helpers/served-mirror'
 
 const withQemu = requires([...QEMU_TOOLS, ...TLS_TOOLS])
 const withNbdinfo = requires([...QEMU_TOOLS, ...TLS_TOOLS, 'nbdinfo'])
 const withNbdServerTls = requires([...TLS_TOOLS, 'nbd-server'])
+const withTls = requires(TLS_TOOLS)
 
 const dir = diskTempDir('md-bitmap-nbd-tls-')
 test.after.always(() => removeDir(dir))
@@ -390,4 +394,42 @@ test('TLS URLs and key files: nbds:// and nbds+unix:// parse (a PSK user name is
   t.deepEqual([...keys.keys()], ['alice', 'bob'])
   t.true(keys.get('alice')!.equals(Buffer.from([0, 0xff, 0x10])))
   for (const bad of ['alice', 'alice:xyz', 'alice:abc', '']) t.is((t.throws(() => parsePskFile(bad)) as { code?: string } | undefined)?.code, 'EINVAL', JSON.stringify(bad))
+})
+
+withTls('before STARTTLS nothing is listed or served: every option but STARTTLS and ABORT is ERR_TLS_REQD, EXPORT_NAME hangs up; garbage after STARTTLS ends that client only', async (t) => {
+  const { pki } = await credentials()
+  const { server } = await servedMirror(t, 'raw', await readServerTlsCredentials({ dir: pki.server }))
+  const port = (server.address as { port: number }).port
+  const c = await RawNbdClient.open({ port })
+  t.teardown(() => void c.s.destroy())
+  const none = new Uint8Array(0)
+  const asks: [number, Uint8Array][] = [
+    [Opt.LIST, none],
+    [Opt.INFO, encodeInfoRequest('md', [])],
+    [Opt.GO, encodeInfoRequest('md', [])],
+    [Opt.STRUCTURED_REPLY, none],
+    [Opt.LIST_META_CONTEXT, encodeMetaContextRequest('md', [])],
+    [Opt.SET_META_CONTEXT, encodeMetaContextRequest('md', ['base:allocation'])],
+    [999, none],
+  ]
+  for (const [opt, data] of asks) {
+    c.s.write(encodeOption(opt, data))
+    const r = await c.optionReply()
+    t.is(r.type, Rep.ERR_TLS_REQD, `option ${opt}`)
+  }
+  c.s.write(encodeOption(Opt.STARTTLS, new Uint8Array(1)))
+  t.is((await c.optionReply()).type, Rep.ERR_INVALID, 'STARTTLS with data')
+  c.s.write(encodeOption(Opt.EXPORT_NAME, new TextEncoder().encode('md')))
+  await c.closed
+  t.is(await c.read(1).then(() => 'bytes', () => 'closed'), 'closed', 'no export in the clear: the server hung up')
+
+  const g = await RawNbdClient.open({ port })
+  t.teardown(() => void g.s.destroy())
+  g.s.write(encodeOption(Opt.STARTTLS))
+  t.is((await g.optionReply()).type, Rep.ACK)
+  g.s.write(Buffer.alloc(300, 0x41))
+  await g.closed
+  const m = await NbdMember.open(`${server.url}?tls-certificates=${pki.anonymous}`)
+  t.is(m.size, SIZE, 'the server goes on serving')
+  await m.close()
 })
