@@ -8,8 +8,16 @@
 import { formatNbdUrl, NbdError, parseNbdUrl, type NbdAddress } from './protocol'
 import { readClientTlsCredentials, readPskFile, type NbdClientTlsOptions } from './tls-credentials'
 
+/** An NBD URL parsed by {@link parseNbdUrlTls}. */
+export interface NbdUrlTls {
+  /** Where the export is. */
+  address: NbdAddress
+  /** Whether the scheme asks for TLS (`nbds://`, `nbds+unix://`). */
+  tls: boolean
+}
+
 /** Parses an NBD URL, TLS forms included: `tls` tells whether the scheme asks for TLS. */
-export function parseNbdUrlTls(url: string): { address: NbdAddress; tls: boolean } {
+export function parseNbdUrlTls(url: string): NbdUrlTls {
   const m = /^nbds(\+(tcp|unix))?:\/\//i.exec(url)
   if (!m) return { address: parseNbdUrl(url), tls: false }
   // A user name (libnbd's PSK identity: nbds://alice@host/) is no part of the address.
