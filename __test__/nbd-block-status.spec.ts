@@ -24,7 +24,7 @@ import { join } from 'node:path'
 
 import { Cmd, CmdFlag, Opt, Rep, encodeInfoRequest, encodeOption, encodeRequest } from '../src/nbd/protocol'
 import { encodeMetaContextRequest } from '../src/nbd/meta-context'
-import { ReplyType } from '../src/nbd/structured-reply'
+import { ReplyType } from '../src/nbd/protocol/structured-reply'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { KiB, MiB } from './helpers/mirror'

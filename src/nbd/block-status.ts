@@ -19,7 +19,7 @@ import type { ByteRange } from '../bitmap/bitmap'
 import { isNbdUrl } from './protocol'
 import { extents as fileExtents } from '../io/file-check'
 import type { MetaContext } from './meta-context'
-import type { StatusExtent } from './structured-reply'
+import type { StatusExtent } from './protocol/structured-reply'
 
 /** `base:allocation`: the range is not allocated. */
 export const NBD_STATE_HOLE = 1

@@ -15,7 +15,7 @@
  * @module
  */
 import { decodeString, encodeString, protocolError } from './protocol'
-import type { StatusExtent } from './structured-reply'
+import type { StatusExtent } from './protocol/structured-reply'
 
 /** A metadata context an export offers. */
 export interface MetaContext {

@@ -77,7 +77,7 @@ import {
 import { SocketReader } from './socket-reader'
 import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
 import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
-import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './structured-reply'
+import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
 import { acceptTls, checkServerTls } from './tls'
 import type { NbdServerTlsCredentials } from './tls-credentials'
 import { formatNbdUrlTls } from './tls-url'

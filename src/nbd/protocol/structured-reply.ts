@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { STRUCTURED_REPLY_MAGIC } from './protocol'
+import { STRUCTURED_REPLY_MAGIC } from './constants'
 
 /** Structured reply chunk flags. */
 export const ReplyFlag = { DONE: 1 << 0 } as const
