@@ -2,15 +2,16 @@
 # What the test suite needs beyond Node and Rust: filesystem tools for the loop-mounted
 # filesystems, mdadm (the outside judge of the bitmap format), fio (the baseline of
 # the I/O benchmark), and qemu-utils (qemu-nbd, qemu-io, qemu-img) plus nbd-server for
-# the NBD members and the served mirror, and nbdfuse (libnbd-bin), through which the
-# discard test puts ext4 on the served export and runs fstrim. Debian/Ubuntu only; needs root. Run by .ci/run; run it yourself
+# the NBD members and the served mirror. Debian/Ubuntu only; needs root. Run by .ci/run; run it yourself
 # once on a development machine to run every test instead of skipping some.
+# nbdfuse (libnbd-bin) lets the discard spec put ext4 on the served export and fstrim it.
 # chromium (Debian's, headless) is the browser of the API reference test, docs.spec.ts.
 set -euo pipefail
 need=()
 for pair in mkfs.ext4:e2fsprogs filefrag:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             mdadm:mdadm fio:fio losetup:mount fallocate:util-linux lsattr:e2fsprogs \
             qemu-nbd:qemu-utils qemu-io:qemu-utils qemu-img:qemu-utils nbd-server:nbd-server \
+            certtool:gnutls-bin psktool:gnutls-bin nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
             nbdfuse:libnbd-bin fstrim:util-linux chromium:chromium; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/sbin:/usr/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
