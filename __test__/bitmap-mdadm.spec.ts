@@ -12,7 +12,8 @@ import { join } from 'node:path'
 import { Bitmap } from '../src'
 import { encode } from '../src/bitmap/superblock'
 import { requires } from './helpers/env'
-import { diskTempDir, examineBitmap, mdadmState, readDisk, removeDir } from './helpers/mdadm'
+import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const gated = requires(['mdadm'])
 

@@ -26,7 +26,7 @@ import { Bitmap, FileMember, Mirror, allocAligned } from '../src'
 import { progressReporter } from '../src/cli/progress'
 import { SUPERBLOCK_SIZE, STATE_HOSTENDIAN, STATE_STALE, bitmapBytes, chunkCount, encode, minFileSize, pagedFileSize, type Superblock } from '../src/bitmap/superblock'
 import { requires, which } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const ROOT = resolve(__dirname, '..')
 const BIN = join(ROOT, 'bin', 'md-bitmap.js')

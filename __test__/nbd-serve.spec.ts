@@ -14,8 +14,9 @@ import { join } from 'node:path'
 
 import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, serveNbd, type NbdServer } from '../src'
 import { requires } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, until } from './helpers/mirror'
+import { IDLE, KiB, MiB } from './helpers/mirror'
+import { diskTempDir, removeDir } from './helpers/tmp'
+import { until } from './helpers/wait'
 import { QEMU_TOOLS, qemuIo, run, startQemuNbd } from './helpers/nbd'
 
 const withQemu = requires(QEMU_TOOLS)

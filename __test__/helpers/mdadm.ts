@@ -27,9 +27,7 @@
  * for large arrays; `Chunksize` in B / KB / MB / GB.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, statSync, statfsSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { readFileSync, statSync } from 'node:fs'
 import { fromBytes } from '../../src/cli/bitmap-file'
 import { mdadmReport } from '../../src/cli/examine'
 import { which } from './env'
@@ -197,26 +195,4 @@ export function readDisk(path: string): DiskBitmap {
       return out
     },
   }
-}
-
-const TMPFS_MAGIC = 0x01021994
-
-/**
- * A fresh directory on a disk filesystem (not tmpfs: bitmaps refuse volatile
- * filesystems, and mdadm opens with O_DIRECT). Remove it with `rmSync(dir, {recursive})`.
- */
-export function diskTempDir(prefix: string): string {
-  for (const parent of ['/var/tmp', tmpdir(), process.cwd()]) {
-    try {
-      if (statfsSync(parent).type === TMPFS_MAGIC) continue
-      return mkdtempSync(join(parent, prefix))
-    } catch {
-      // next
-    }
-  }
-  throw new Error('no disk-backed directory for test files')
-}
-
-export function removeDir(dir: string | undefined): void {
-  if (dir) rmSync(dir, { recursive: true, force: true })
 }
