@@ -128,8 +128,11 @@ test('crash child: with the parent not reading, the child stops at the line it c
   const COUNT = 200_000 // about 22 MB of lines: far more than the pipe and the reader's buffer hold
   const c = startCrashChild('line-printer.ts', [file, String(COUNT)])
   t.teardown(() => c.kill())
+  await c.waitFor('I 1 ', 30_000)
   c.child.stdout.pause()
-  await sleep(1500)
+  // Until the child stopped writing (held at a full pipe), however slow the machine.
+  const writes = () => fs.readFileSync(file, 'utf8').length
+  for (let last = -1, now = writes(); now !== last; last = now, now = writes()) await sleep(300)
   t.is(await c.kill(), 'SIGKILL', c.stderr)
   const done = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number)
   const printed = c.lines.map((l) => Number(l.split(' ')[1]))
