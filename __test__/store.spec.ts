@@ -5,13 +5,14 @@
  * error when the native addon cannot be loaded).
  */
 import test, { type ExecutionContext } from 'ava'
-import { execFileSync, spawnSync } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { MdBitmapError, PageStore, allocAligned } from '../src'
 import { binding } from '../src/native/load'
+import { ensureBuilt } from './helpers/built'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, newMarker, patternPage, readDirect, writeWhole } from './helpers/io'
 import { freeze, openFdsOn, thaw, withFs } from './helpers/loopfs'
@@ -313,18 +314,6 @@ test('MdBitmapError carries a code, a name and an optional errno', (t) => {
 // ---------------------------------------------------------------------------------
 // The package as users load it: dist/ (CommonJS and its ESM face), in fresh processes.
 
-let distReady: string | null = null
-function ensureDist(): void {
-  if (distReady === 'ok') return
-  const dist = join(ROOT, 'dist')
-  const built = ['index.js', 'index.mjs', 'native.js', 'store.js'].map((f) => join(dist, f))
-  const newest = Math.max(
-    ...fs.readdirSync(join(ROOT, 'src')).map((f) => fs.statSync(join(ROOT, 'src', f)).mtimeMs),
-  )
-  const stale = built.some((f) => !fs.existsSync(f) || fs.statSync(f).mtimeMs < newest)
-  if (stale) execFileSync('npm', ['run', 'build:ts'], { cwd: ROOT, stdio: 'pipe' })
-  distReady = 'ok'
-}
 
 function node(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}) {
   const r = spawnSync(process.execPath, args, {
@@ -356,7 +345,7 @@ const PROBE = `
 `
 
 test.serial('CommonJS: require() of the package (by path and by name) works', (t) => {
-  ensureDist()
+  ensureBuilt()
   for (const spec of [join(ROOT, 'dist'), 'md-bitmap']) {
     const r = node(['-e', `const m = require(${JSON.stringify(spec)}); ${PROBE}`])
     t.is(r.status, 0, r.stderr)
@@ -370,7 +359,7 @@ test.serial('CommonJS: require() of the package (by path and by name) works', (t
 })
 
 test.serial('ESM: import of the package (by path and by name) works', (t) => {
-  ensureDist()
+  ensureBuilt()
   for (const spec of [join(ROOT, 'dist', 'index.mjs'), 'md-bitmap']) {
     const src = `import * as m from ${JSON.stringify(spec)}; import def from ${JSON.stringify(spec)};
       import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);
@@ -385,7 +374,7 @@ test.serial('ESM: import of the package (by path and by name) works', (t) => {
 })
 
 test.serial('a native addon that cannot be loaded gives ENATIVE_LOAD naming every attempt', (t) => {
-  ensureDist()
+  ensureBuilt()
   const probe = `
     const m = require(${JSON.stringify(join(ROOT, 'dist'))})
     const out = {}
