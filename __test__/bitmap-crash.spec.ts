@@ -15,6 +15,7 @@ import { Prng } from '../src/cli/demo/prng'
 import { killRunning, replaySeed, startCrashChild, type CrashChild } from './helpers/crash-child'
 import { readDisk } from './helpers/mdadm'
 import { diskTempDir, removeDir } from './helpers/tmp'
+import { sleep, until } from './helpers/wait'
 
 const dir = diskTempDir('md-bitmap-crash-')
 test.after.always(() => removeDir(dir))
@@ -23,6 +24,16 @@ const FIXTURE = 'bitmap-writer.ts'
 const KILLS = 36
 const MIN_KILLS = 30
 const BUDGET_MS = 50_000
+
+/** Whether the writer's lines so far show a write started (`S`) and not ended (`E`). */
+function writesInFlight(lines: string[]): boolean {
+  let open = 0
+  for (const l of lines) {
+    if (l.startsWith('S ')) open++
+    else if (l.startsWith('E ')) open--
+  }
+  return open > 0
+}
 
 test('SIGKILL at random moments: every chunk with a write in flight is dirty on disk and NEEDED on reopen', async (t) => {
   const path = join(dir, 'crash.bitmap')
@@ -53,7 +64,11 @@ test('SIGKILL at random moments: every chunk with a write in flight is dirty on 
     next = startCrashChild(FIXTURE, [path, String(seed0 + kills + 1)])
 
     const delay = prng.random() < 0.2 ? prng.below(5) : 20 + prng.below(250)
-    await new Promise((r) => setTimeout(r, delay))
+    await sleep(delay)
+    // A late kill lands at the next moment the writer is seen with a write in flight
+    // (if one comes within 100 ms): most kills must put the promise to the test, on a
+    // loaded machine too, where the writer spends most of its time between writes.
+    if (delay >= 20) await until(() => writesInFlight(w.lines), 100).catch(() => {})
     const how = await w.kill()
     t.is(how, 'SIGKILL', `the writer was killed, not dead on its own; stderr: ${w.stderr}`)
     kills++
