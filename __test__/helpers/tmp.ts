@@ -6,20 +6,20 @@
  *   const dir = diskTempDir('md-bitmap-x-')
  *   test.after.always(() => removeDir(dir))
  */
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-
-const TMPFS_MAGIC = 0x01021994
+import { volatileFilesystem } from '../../src/io/volatile'
 
 /**
- * A fresh directory on a disk filesystem (not tmpfs: bitmaps refuse volatile
- * filesystems, and mdadm opens with O_DIRECT). Remove it with {@link removeDir}.
+ * A fresh directory on a disk filesystem (not tmpfs or ramfs, by the library's own
+ * {@link volatileFilesystem}: bitmaps refuse volatile filesystems, and mdadm opens
+ * with O_DIRECT). Remove it with {@link removeDir}.
  */
 export function diskTempDir(prefix: string): string {
   for (const parent of ['/var/tmp', tmpdir(), process.cwd()]) {
     try {
-      if (statfsSync(parent).type === TMPFS_MAGIC) continue
+      if (volatileFilesystem(parent)) continue
       return mkdtempSync(join(parent, prefix))
     } catch {
       // next
