@@ -11,16 +11,21 @@ import { binding, native } from '../native'
 /** How a page store reaches the disk. */
 export type StoreMode = 'direct' | 'buffered' | 'device'
 
+/** What {@link PageStore.open} is asked to open: how the file's pages reach the disk. */
+export type StoreRequest = 'in-place' | 'on-device' | 'plain'
+
 /** Options of {@link PageStore.open}. */
 export interface PageStoreOptions {
   /**
-   * `'file'` (default): write the file through its filesystem, with O_DIRECT where the
-   * filesystem allows it. `'device'`: write its blocks straight on the block device
-   * under the filesystem (needs root; refused where unsafe, see {@link check}).
-   * `'data'`: a mirror member's data: a regular file (holes allowed) or a whole block
-   * device (opened exclusively), with direct I/O where the filesystem allows it.
+   * `'in-place'` (default): a whole regular file (no hole, no unsafe extent, so a write
+   * never allocates) written in place through its filesystem, with O_DIRECT where the
+   * filesystem allows it. `'on-device'`: a whole regular file whose blocks are written
+   * straight on the block device under the filesystem (needs root; refused where
+   * unsafe, see {@link check}). `'plain'`: any regular file (holes allowed: the
+   * filesystem fills them on write) or a whole block device (opened exclusively), with
+   * direct I/O where the filesystem allows it.
    */
-  mode?: 'file' | 'device' | 'data'
+  mode?: StoreRequest
   /**
    * Make every write durable when it completes (O_DSYNC: the device's volatile cache
    * is flushed, or the write is FUA). Default false: durability waits for {@link PageStore.sync}.
@@ -49,7 +54,7 @@ export class PageStore {
 
   /** Opens a page store on an existing file. */
   static async open(path: string, options: PageStoreOptions = {}): Promise<PageStore> {
-    const mode = options.mode ?? 'file'
+    const mode = options.mode ?? 'in-place'
     return new PageStore(await native(() => binding().openStore(path, mode, options.dsync ?? false)))
   }
 

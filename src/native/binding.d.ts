@@ -93,7 +93,7 @@ export interface ExtentMapInfo {
 
 export declare function extents(path: string): Promise<ExtentMapInfo>
 
-export declare function openStore(path: string, mode: 'file' | 'device' | 'data', dsync?: boolean | undefined | null): Promise<NativeStore>
+export declare function openStore(path: string, mode: 'in-place' | 'on-device' | 'plain', dsync?: boolean | undefined | null): Promise<NativeStore>
 
 /** One problem that `check` found with a file. */
 export interface ProblemInfo {

@@ -12,7 +12,7 @@ pub mod pending;
 pub mod pool;
 pub mod store;
 
-pub use align::{dio_alignment, AlignSource, AlignedBuf, DioAlignment};
+pub use align::{dio_alignment, AlignSource, DioAlignment};
 pub use check::{check, CheckReport, Problem};
 pub use error::{IoError, Result};
 pub use extents::{extents, Extent, ExtentMap, MapSource};

@@ -6,9 +6,9 @@
 //! - `Buffered`: where direct I/O is refused or meaningless (tmpfs and other
 //!   filesystems that cannot map their blocks): ordinary writes, made durable by
 //!   `sync()` (fdatasync). The mode says so, so callers can tell users.
-//! - `Device`: the seed's bmap approach, as Linux does for swap files. The file's
-//!   extents are mapped once and its pages are written straight on the block device
-//!   under the filesystem at their physical offsets. The file is pinned immutable while
+//! - `Device`: the file's extents are mapped once (FIEMAP, else FIBMAP) and its pages
+//!   are written straight on the block device under the filesystem at the physical
+//!   addresses of its blocks, as Linux writes a swap file. The file is pinned immutable while
 //!   in use so the filesystem cannot move its blocks, and its page cache (now stale) is
 //!   dropped on close. A write can only land inside the mapped extents.
 //!
@@ -49,13 +49,16 @@ impl Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requested {
-    /// A bitmap-style file, written in place: whole, no holes or unsafe extents.
-    File,
-    /// A bitmap-style file written on the device under its filesystem.
-    Device,
-    /// Data: a mirror member, a regular file (holes allowed: the filesystem fills
-    /// them) or a whole block device, read and written with direct I/O.
-    Data,
+    /// A whole regular file written in place through its filesystem: refused if it has
+    /// a hole or an unsafe extent (unwritten, shared, inline, ...), so a write never
+    /// allocates. Direct I/O where the filesystem allows it, else buffered.
+    InPlace,
+    /// A whole regular file whose blocks are written on the block device under its
+    /// filesystem, at their physical addresses (`Mode::Device`).
+    OnDevice,
+    /// Any regular file (holes allowed: the filesystem fills them on write) or a whole
+    /// block device (opened exclusively). Direct I/O where the filesystem allows it.
+    Plain,
 }
 
 struct DeviceTarget {
@@ -113,23 +116,19 @@ fn drop_page_cache(f: &File) {
 }
 
 impl PageStore {
-    pub fn open(path: &Path, requested: Requested) -> Result<PageStore> {
-        Self::open_with(path, requested, false)
-    }
-
     /// `dsync`: every write is durable when it completes (O_DSYNC: FUA or a cache flush
     /// per write), for metadata such as a bitmap that must be on stable storage before
     /// the writes it guards are issued. Without it, durability waits for `sync()`.
     pub fn open_with(path: &Path, requested: Requested, dsync: bool) -> Result<PageStore> {
         let extra = if dsync { libc::O_DSYNC } else { 0 };
         match requested {
-            Requested::File => Self::open_file(path, extra),
-            Requested::Device => Self::open_device(path, extra),
-            Requested::Data => Self::open_data(path, extra),
+            Requested::InPlace => Self::open_in_place(path, extra),
+            Requested::OnDevice => Self::open_on_device(path, extra),
+            Requested::Plain => Self::open_plain(path, extra),
         }
     }
 
-    fn open_file(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_in_place(path: &Path, extra: libc::c_int) -> Result<PageStore> {
         let report = {
             let f = File::open(path).map_err(|e| with_path(e.into(), path))?;
             check_open(&f, path, None)?
@@ -167,21 +166,10 @@ impl PageStore {
             }
         })?;
         let align = dio_alignment(&file);
-        Ok(PageStore {
-            path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: None })),
-            device: None,
-            mode,
-            reason,
-            size: report.file_size,
-            align,
-            pending: Pending::new(),
-            closed: AtomicBool::new(false),
-            close_lock: Mutex::new(()),
-        })
+        Ok(Self::new(path, Fds { file, dev: None }, None, mode, reason, report.file_size, align))
     }
 
-    fn open_data(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_plain(path: &Path, extra: libc::c_int) -> Result<PageStore> {
         use std::os::unix::fs::FileTypeExt;
         let meta = std::fs::metadata(path).map_err(|e| with_path(e.into(), path))?;
         let block = meta.file_type().is_block_device();
@@ -215,21 +203,10 @@ impl PageStore {
         } else {
             (meta.len(), dio_alignment(&file))
         };
-        Ok(PageStore {
-            path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: None })),
-            device: None,
-            mode,
-            reason,
-            size,
-            align,
-            pending: Pending::new(),
-            closed: AtomicBool::new(false),
-            close_lock: Mutex::new(()),
-        })
+        Ok(Self::new(path, Fds { file, dev: None }, None, mode, reason, size, align))
     }
 
-    fn open_device(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_on_device(path: &Path, extra: libc::c_int) -> Result<PageStore> {
         let file = File::open(path).map_err(|e| with_path(e.into(), path))?;
         // Pin first, map second: a map taken before pinning could be stale by the time
         // the pin holds.
@@ -282,18 +259,24 @@ impl PageStore {
         drop_page_cache(&file);
         let mut map = report.map.clone().map(|m| m.extents).unwrap_or_default();
         map.sort_by_key(|e| e.logical);
-        Ok(PageStore {
+        let device = DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable };
+        let align = DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice };
+        Ok(Self::new(path, Fds { file, dev: Some(dev) }, Some(device), Mode::Device, None, report.file_size, align))
+    }
+
+    fn new(path: &Path, fds: Fds, device: Option<DeviceTarget>, mode: Mode, reason: Option<String>, size: u64, align: DioAlignment) -> PageStore {
+        PageStore {
             path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: Some(dev) })),
-            device: Some(DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable }),
-            mode: Mode::Device,
-            reason: None,
-            size: report.file_size,
-            align: DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice },
+            fds: RwLock::new(Some(fds)),
+            device,
+            mode,
+            reason,
+            size,
+            align,
             pending: Pending::new(),
             closed: AtomicBool::new(false),
             close_lock: Mutex::new(()),
-        })
+        }
     }
 
     pub fn mode(&self) -> Mode {
@@ -318,16 +301,6 @@ impl PageStore {
         &self.pending
     }
 
-    /// Where a file range lives on the device: (device offset, offset in the range,
-    /// length) pieces. Fails unless the whole range is inside the mapped extents, so a
-    /// device-mode write cannot land anywhere the file does not own.
-    pub fn map_range(&self, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
-        let Some(d) = &self.device else {
-            return Err(IoError::new("EINVAL", "map_range is for device mode"));
-        };
-        map_range(&d.map, self.size, offset, len)
-    }
-
     fn closed_error(&self, what: &str) -> IoError {
         IoError::new("ECLOSED", format!("{what} on {}: the page store is closed", self.path.display()))
     }
@@ -349,7 +322,7 @@ impl PageStore {
         }
         if self.mode != Mode::Buffered {
             let (oa, ma) = (self.align.offset, self.align.memory);
-            if offset % oa != 0 || len % oa != 0 || (buf.as_ptr() as u64) % ma != 0 {
+            if !offset.is_multiple_of(oa) || !len.is_multiple_of(oa) || !(buf.as_ptr() as u64).is_multiple_of(ma) {
                 return Err(IoError::new(
                     "EALIGN",
                     format!(
@@ -361,13 +334,6 @@ impl PageStore {
             }
         }
         Ok(())
-    }
-
-    /// Writes `buf` at `offset`, blocking. Not counted as pending: use `submit_write`
-    /// for tracked, asynchronous writes.
-    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.check_io("write", offset, buf)?;
-        self.write_unchecked(offset, buf)
     }
 
     fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<()> {
@@ -509,8 +475,11 @@ fn device_refused(path: &Path, report: &CheckReport) -> IoError {
     )
 }
 
-/// See `PageStore::map_range`. `map` must be sorted by logical offset.
-pub fn map_range(map: &[Extent], size: u64, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
+/// Where a file range lives on the device: (device offset, offset in the range,
+/// length) pieces. Fails unless the whole range is inside the mapped extents, so a
+/// device-mode write cannot land anywhere the file does not own. `map` must be sorted
+/// by logical offset.
+fn map_range(map: &[Extent], size: u64, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
     let out_of_extents = || {
         IoError::new(
             "EOUT_OF_EXTENTS",

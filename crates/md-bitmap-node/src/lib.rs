@@ -208,15 +208,15 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
 pub fn open_store(
     env: &Env,
     path: String,
-    #[napi(ts_arg_type = "'file' | 'device' | 'data'")] mode: String,
+    #[napi(ts_arg_type = "'in-place' | 'on-device' | 'plain'")] mode: String,
     dsync: Option<bool>,
 ) -> Result<Object<'_>> {
     let requested = match mode.as_str() {
-        "file" => Requested::File,
-        "device" => Requested::Device,
-        "data" => Requested::Data,
+        "in-place" => Requested::InPlace,
+        "on-device" => Requested::OnDevice,
+        "plain" => Requested::Plain,
         other => {
-            return Err(invalid(env, format!("mode must be 'file', 'device' or 'data', got '{other}'")))
+            return Err(invalid(env, format!("mode must be 'in-place', 'on-device' or 'plain', got '{other}'")))
         }
     };
     let dsync = dsync.unwrap_or(false);
