@@ -11,6 +11,13 @@ import { binding, native } from '../native'
 /** How a page store reaches the disk. */
 export type StoreMode = 'direct' | 'buffered' | 'device'
 
+/**
+ * The I/O engine a page store's reads and writes use: `'uring'` (io_uring),
+ * `'aio'` (Linux AIO) or `'threads'` (a few I/O threads). Chosen when the first store
+ * of a JavaScript thread opens, best first, unless `MD_BITMAP_IO_ENGINE` forces one.
+ */
+export type IoEngine = 'uring' | 'aio' | 'threads'
+
 /** What {@link PageStore.open} is asked to open: how the file's pages reach the disk. */
 export type StoreRequest = 'in-place' | 'on-device' | 'plain'
 
@@ -65,6 +72,14 @@ export class PageStore {
   /** Why the store is buffered, when it is. */
   get reason(): string | null {
     return this.inner.reason
+  }
+  /** The I/O engine this store's reads and writes use (see {@link IoEngine}). */
+  get engine(): IoEngine {
+    return this.inner.engine
+  }
+  /** Why the store uses {@link engine} rather than a better one, or that it was forced; null when it is the best. */
+  get engineReason(): string | null {
+    return this.inner.engineReason
   }
   /** The file's size in bytes; a store never changes it. */
   get size(): number {

@@ -146,9 +146,10 @@ impl Reactor {
         &self.engine
     }
 
-    /// Call after submitting an I/O: the loop must now wait for its completion.
+    /// Call after submitting an I/O: the loop must now wait for its completion (unless
+    /// it was refused at once, a misuse settled without the engine).
     pub fn submitted(&self) {
-        if !self.referenced.get() && !self.closed.get() {
+        if !self.referenced.get() && !self.closed.get() && self.engine.in_flight() > 0 {
             unsafe { uv_ref(self.poll) };
             self.referenced.set(true);
         }
