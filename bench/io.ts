@@ -346,6 +346,8 @@ interface ChildJob {
   pattern: 'rand' | 'seq'
   seed: number
   seconds: number
+  /** Where the child writes its `{ sample, detail }`. */
+  result: string
 }
 
 /**
@@ -353,11 +355,13 @@ interface ChildJob {
  * JavaScript thread at the first open, so each engine needs a process.
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
-  const { stdout } = await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
+  await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
     env: { ...process.env, MD_BITMAP_IO_ENGINE: engine },
     maxBuffer: 64 << 20,
   })
-  return JSON.parse(stdout.trim().split('\n').pop()!)
+  const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
+  fs.rmSync(job.result)
+  return result
 }
 
 async function childMain(job: ChildJob): Promise<void> {
@@ -369,7 +373,7 @@ async function childMain(job: ChildJob): Promise<void> {
     const bufs = randomBufs(job.depth, true)
     const offsets = new Offsets(job.pages, job.pattern, job.seed)
     const sample = await runPattern(job.sync)({ write: (b, o) => store.write(b, o), sync: () => store.sync() }, bufs, job.depth, offsets, job.seconds)
-    fs.writeSync(1, JSON.stringify({ sample, detail }) + '\n')
+    fs.writeFileSync(job.result, JSON.stringify({ sample, detail }))
   } finally {
     await store.close()
   }
@@ -697,7 +701,7 @@ async function main(): Promise<void> {
           const engine = nativeEngine(impl)
           let r: { sample: Sample; detail: string }
           if (impl === 'fio') r = await runFio(file, size, sync, depth, opt.pattern, perRound)
-          else if (engine) r = await runNative(engine, { file, sync, depth, pages, pattern: opt.pattern, seed, seconds: perRound })
+          else if (engine) r = await runNative(engine, { file, sync, depth, pages, pattern: opt.pattern, seed, seconds: perRound, result: path.join(dir, 'child.json') })
           else r = await runNode(file, sync, depth, offsets, perRound, impl === 'node O_DIRECT')
           entry.detail = r.detail
           entry.samples.push(r.sample)

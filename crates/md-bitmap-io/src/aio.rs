@@ -157,7 +157,7 @@ impl KernelQueue for Aio {
         self.queued.push(flight as usize);
     }
 
-    fn flush(&mut self, _refused: &mut Vec<(*mut Flight, i64)>) {
+    fn flush(&mut self) {
         if self.queued.is_empty() {
             return;
         }

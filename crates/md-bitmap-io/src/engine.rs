@@ -6,8 +6,9 @@
 //! forces one, and `reason()` says why a better one was not used:
 //! - `Uring`: io_uring. Reads, writes and fdatasyncs are queued on the ring and handed
 //!   to the kernel in one `io_uring_enter` per batch; no thread of ours waits on them.
-//! - `Aio`: Linux AIO (`io_submit`), for reads and writes on O_DIRECT descriptors;
-//!   fdatasync goes to the I/O threads.
+//! - `Aio`: Linux AIO, for reads and writes on O_DIRECT descriptors; `io_submit` runs
+//!   on one submitter thread, since it can block (`aio.rs`); fdatasync goes to the I/O
+//!   threads.
 //! - `Threads`: a few I/O threads (`pool.rs`) run each operation as a blocking call.
 //!
 //! Work that is more than one system call or would block the submitter (device-mode
@@ -175,10 +176,10 @@ pub(crate) trait KernelQueue: Send {
     fn capacity(&self) -> usize;
     /// Queues one operation; it reaches the kernel at the next `flush`.
     fn queue(&mut self, flight: *mut Flight);
-    /// Hands queued operations to the kernel. Operations the kernel refused outright
-    /// are appended to `refused` as (flight, -errno).
-    fn flush(&mut self, refused: &mut Vec<(*mut Flight, i64)>);
-    /// Collects every completion available now as (flight, result).
+    /// Hands queued operations to the kernel (or to the thread that submits them).
+    fn flush(&mut self);
+    /// Collects every completion available now as (flight, result); an operation the
+    /// kernel refused outright comes back here too, with -errno.
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>);
 }
 
@@ -188,8 +189,6 @@ struct KernelState {
     on_kernel: usize,
     /// Operations waiting for room on the kernel queue.
     backlog: VecDeque<*mut Flight>,
-    /// Results found outside `reap()` (refused at flush), delivered by the next one.
-    early: Vec<(*mut Flight, i64)>,
 }
 // SAFETY: the raw flights are owned by the state (created by Box::into_raw in `submit`
 // and reclaimed exactly once in `reap`); the state is only used under its mutex.
@@ -264,7 +263,7 @@ impl Engine {
         for &kind in order {
             match make(kind) {
                 Ok(queue) => {
-                    let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new(), early: Vec::new() }));
+                    let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new() }));
                     let reason = match forced {
                         Some(_) => Some("forced by MD_BITMAP_IO_ENGINE".to_string()),
                         None if refusals.is_empty() => None,
@@ -320,7 +319,7 @@ impl Engine {
                     k.backlog.push_back(flight);
                 }
                 if !self.batch {
-                    self.flush_locked(&mut k);
+                    k.queue.flush();
                 }
             }
             _ => self.run_on_pool(move || op.run_blocking(), done),
@@ -344,19 +343,8 @@ impl Engine {
     /// Hands every queued operation to the kernel.
     pub fn flush(&self) {
         if let Some(kernel) = &self.kernel {
-            self.flush_locked(&mut kernel.lock().unwrap());
+            kernel.lock().unwrap().queue.flush();
         }
-    }
-
-    fn flush_locked(&self, k: &mut KernelState) {
-        let before = k.early.len();
-        let mut refused = std::mem::take(&mut k.early);
-        k.queue.flush(&mut refused);
-        if refused.len() > before {
-            // Delivered by the next reap(); make sure there is one.
-            self.completions.signal();
-        }
-        k.early = refused;
     }
 
     /// Settles every completion available now, in one pass: each operation's `Done`
@@ -367,7 +355,7 @@ impl Engine {
         let mut ready: Vec<(Done, io::Result<()>)> = Vec::new();
         if let Some(kernel) = &self.kernel {
             let mut k = kernel.lock().unwrap();
-            let mut results = std::mem::take(&mut k.early);
+            let mut results = Vec::new();
             k.queue.collect(&mut results);
             for (flight, res) in results {
                 // SAFETY: every flight the kernel gives back came from Box::into_raw in
@@ -392,7 +380,7 @@ impl Engine {
                 k.queue.queue(flight);
             }
             if !self.batch {
-                self.flush_locked(&mut k);
+                k.queue.flush();
             }
         }
         ready.append(&mut self.completions.queue.lock().unwrap());

@@ -66,7 +66,7 @@ impl KernelQueue for Uring {
         }
     }
 
-    fn flush(&mut self, _refused: &mut Vec<(*mut Flight, i64)>) {
+    fn flush(&mut self) {
         // EBUSY/EAGAIN: the kernel is short of resources; the entries stay queued and
         // go with the next flush (one comes with every reap).
         let _ = self.submit();
