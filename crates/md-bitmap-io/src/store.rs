@@ -5,14 +5,16 @@
 //!   through the filesystem, bypassing the page cache.
 //! - `Buffered`: where direct I/O is refused or meaningless (tmpfs and other
 //!   filesystems that cannot map their blocks): ordinary writes, made durable by
-//!   `sync()` (fdatasync). The mode says so, so callers can tell users.
+//!   `submit_sync()` (fdatasync). The mode says so, so callers can tell users.
 //! - `Device`: the file's extents are mapped once (FIEMAP, else FIBMAP) and its pages
 //!   are written straight on the block device under the filesystem at the physical
 //!   addresses of its blocks, as Linux writes a swap file. The file is pinned immutable while
 //!   in use so the filesystem cannot move its blocks, and its page cache (now stale) is
 //!   dropped on close. A write can only land inside the mapped extents.
 //!
-//! A store never grows, shrinks or allocates: the file must already be whole.
+//! A store never grows, shrinks or allocates: the file must already be whole. Its
+//! reads, writes and fdatasyncs go through an I/O engine (`engine.rs`) and complete in
+//! the engine's `reap()`.
 
 use crate::align::{dio_alignment, AlignSource, DioAlignment};
 use crate::check::{check_open, CheckReport};
@@ -442,22 +444,17 @@ impl PageStore {
         let (ptr, len) = (buf.as_ref().as_ptr(), buf.as_ref().len());
         let store = self.clone();
         let context = self.io_error(format!("write of {len} bytes at {offset} to {}", self.path.display()));
-        if self.device.is_some() {
-            let s = self.clone();
-            // SAFETY: the buffer is owned by `complete`, which runs after this work.
-            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
-            let complete: Done = Box::new(move |r| {
-                let r = r.map_err(context);
-                store.pending.end(r.as_ref().err());
-                done(r, buf)
-            });
-            return self.engine.spawn(move || s.write_pieces(offset, bytes), complete);
-        }
         let complete: Done = Box::new(move |r| {
             let r = r.map_err(context);
             store.pending.end(r.as_ref().err());
             done(r, buf)
         });
+        if self.device.is_some() {
+            let s = self.clone();
+            // SAFETY: the buffer is owned by `complete`, which runs after this work.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+            return self.engine.spawn(move || s.write_pieces(offset, bytes), complete);
+        }
         self.engine.submit(Op::Write { fd, buf: ptr, len, offset }, self.route, complete);
     }
 
