@@ -9,17 +9,20 @@
  * files; and the same over an NBD member on qemu-nbd (`NBD_CMD_WRITE_ZEROES`).
  */
 import test, { type ExecutionContext } from 'ava'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, serveNbd } from '../src'
+import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, type Member, type MemberSpec } from '../src'
 import { TxFlag } from '../src/nbd/protocol'
+import { ensureBuilt } from './helpers/built'
 import { requires } from './helpers/env'
 import { attachLoop, detach, isMounted, unmount } from './helpers/loopfs'
-import { diskTempDir, removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, codeOf, makeRig, onDisk, pattern, until } from './helpers/mirror'
+import { IDLE, KiB, MiB, codeOf, onDisk, pattern } from './helpers/mirror'
 import { qemuIo, run, startQemuNbd } from './helpers/nbd'
+import { serveCli, servedMirror } from './helpers/served-mirror'
+import { diskTempDir, removeDir } from './helpers/tmp'
+import { sleep, until } from './helpers/wait'
 
 const dir = diskTempDir('md-bitmap-discard-')
 test.after.always(() => removeDir(dir))
@@ -85,19 +88,62 @@ test('discard and writeZeroes punch holes in both member files; every member rea
   t.is(await codeOf(mirror.discard(0, 0)), 'EINVAL')
 })
 
+/** A member with only what the seam requires (no discard, no writeZeroes), whose writes complete `delayMs` late. */
+class BareMember implements Member {
+  writes = 0
+  writesInFlight = 0
+  constructor(
+    private readonly inner: FileMember,
+    private readonly delayMs: number,
+  ) {}
+  get path(): string {
+    return this.inner.path
+  }
+  get size(): number {
+    return this.inner.size
+  }
+  get alignment(): number {
+    return this.inner.alignment
+  }
+  read(target: Uint8Array, offset: number): Promise<void> {
+    return this.inner.read(target, offset)
+  }
+  async write(data: Uint8Array, offset: number): Promise<void> {
+    this.writes++
+    this.writesInFlight++
+    try {
+      if (this.delayMs) await sleep(this.delayMs)
+      await this.inner.write(data, offset)
+    } finally {
+      this.writesInFlight--
+    }
+  }
+  flush(): Promise<void> {
+    return this.inner.flush()
+  }
+  close(): Promise<void> {
+    return this.inner.close()
+  }
+}
+
 test('a member without discard/writeZeroes gets zeroes written through write, in its write order after a behind write', async (t) => {
-  const r = await makeRig(dir, [{}, { writeMostly: true, delayMs: 30 }], { writeBehind: 16 })
-  const m = r.mirror
+  const d = join(dir, 'bare')
+  mkdirSync(d)
+  const paths = [join(d, 'a.img'), join(d, 'b.img')]
+  const bare: BareMember[] = []
+  const openMember = async (spec: MemberSpec) => (bare[spec.index] = new BareMember(await FileMember.open(spec.path), spec.writeMostly ? 50 : 0))
+  const m = await Mirror.create({ bitmap: join(d, 'bitmap'), members: [{ path: paths[0] }, { path: paths[1], writeMostly: true }], size: MiB, chunkSize: 64 * KiB, writeBehind: 16, daemonSleep: IDLE, openMember })
   t.teardown(() => m.close().catch(() => {}))
   // A behind write still in flight on the slow member, then a discard over it: the
   // discard must land after it there, or the slow member would keep the old data.
   await m.write(pattern(256 * KiB, 4), 0)
-  t.true(r.ctl[1].writesInFlight > 0, 'the behind write is still in flight')
-  const writesBefore = r.ctl[1].writesStarted
+  t.is(m.stats().behindWrites, 1)
+  t.true(bare[1].writesInFlight > 0, 'the behind write is still in flight')
+  const writesBefore = bare.map((b) => b.writes)
   await m.discard(0, 256 * KiB)
-  t.true(r.ctl[1].writesStarted > writesBefore, 'zeroes were written through write (the probe member has no discard)')
-  await Promise.all(r.ctl.map((c) => c.idle()))
-  for (const p of r.paths) t.true(onDisk(p, 0, 256 * KiB).equals(zeroes(256 * KiB)), `${p} reads zeroes`)
+  for (const i of [0, 1]) t.true(bare[i].writes > writesBefore[i], `member ${i}: zeroes were written through write`)
+  await until(() => bare[1].writesInFlight === 0, 10_000, 'the slow member to finish')
+  for (const p of paths) t.true(onDisk(p, 0, 256 * KiB).equals(zeroes(256 * KiB)), `${p} reads zeroes`)
 })
 
 const withLoop = requires(['root', 'loop', 'losetup'])
@@ -132,17 +178,6 @@ withLoop('a member on a block device (a loop device): discard zeroes it with unm
 
 const withNbdfuse = requires(['root', 'loop', 'fs:fuse', 'nbdfuse', 'mkfs.ext4', 'fstrim', 'losetup'])
 
-/** Spawns a child and collects its output; killed at teardown. */
-function child(t: ExecutionContext, cmd: string, args: string[]): { proc: ChildProcess; out: () => string; exited: Promise<number | string | null> } {
-  const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  proc.stdout!.setEncoding('utf8').on('data', (x: string) => (out += x))
-  proc.stderr!.setEncoding('utf8').on('data', (x: string) => (out += x))
-  const exited = new Promise<number | string | null>((r) => proc.on('exit', (c, s) => r(s ?? c)))
-  t.teardown(() => void proc.kill('SIGKILL'))
-  return { proc, out: () => out, exited }
-}
-
 withNbdfuse('a guest-style fstrim (ext4 over the export served by md-bitmap serve) makes both member files smaller; the members stay identical', async (t) => {
   t.timeout(180_000)
   const SIZE = 64 * MiB
@@ -152,11 +187,10 @@ withNbdfuse('a guest-style fstrim (ext4 over the export served by md-bitmap serv
   const bitmap = join(d, 'bitmap')
   const created = await Mirror.create({ bitmap, members: [{ path: paths[0] }, { path: paths[1], writeMostly: true }], size: SIZE, chunkSize: 64 * KiB, writeBehind: 256 })
   await created.close()
-  const sock = join(d, 'md.sock')
-  const serve = child(t, process.execPath, [join(__dirname, '..', 'bin', 'md-bitmap.js'), 'serve', '--bitmap', bitmap, '--socket', sock, '--export', 'md'])
-  await until(() => /^serving /m.test(serve.out()) || serve.proc.exitCode !== null, 20_000, 'md-bitmap serve to listen')
-  const url = /^serving (\S+)/m.exec(serve.out())?.[1]
-  t.truthy(url, serve.out())
+  ensureBuilt()
+  const serve = await serveCli(t, ['--bitmap', bitmap, '--socket', join(d, 'md.sock'), '--export', 'md'])
+  const url = serve.url
+  t.truthy(url, serve.printed.err)
 
   // The "guest": nbdfuse shows the export as a file, a loop device makes it a disk.
   // Named like the loop helpers' directories, so a crashed run's leftovers are swept.
@@ -166,15 +200,18 @@ withNbdfuse('a guest-style fstrim (ext4 over the export served by md-bitmap serv
   mkdirSync(fuseDir)
   mkdirSync(fsDir)
   let loop: string | null = null
-  const nbdfuse = child(t, 'nbdfuse', [join(fuseDir, 'disk'), url!])
+  const nbdfuse = spawn('nbdfuse', [join(fuseDir, 'disk'), url!], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let nbdfuseErr = ''
+  nbdfuse.stderr.setEncoding('utf8').on('data', (x: string) => (nbdfuseErr += x))
+  t.teardown(() => void nbdfuse.kill('SIGKILL'))
   t.teardown(() => {
     if (isMounted(fsDir)) unmount(fsDir)
     if (loop) detach(loop)
     if (isMounted(fuseDir)) unmount(fuseDir)
     rmSync(g, { recursive: true, force: true })
   })
-  await until(() => isMounted(fuseDir) || nbdfuse.proc.exitCode !== null, 20_000, 'nbdfuse to show the export')
-  t.true(existsSync(join(fuseDir, 'disk')), nbdfuse.out())
+  await until(() => isMounted(fuseDir) || nbdfuse.exitCode !== null, 20_000, 'nbdfuse to show the export')
+  t.true(existsSync(join(fuseDir, 'disk')), nbdfuseErr)
   loop = attachLoop(join(fuseDir, 'disk'))
   execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard,lazy_itable_init=0,lazy_journal_init=0', loop])
   execFileSync('mount', ['-t', 'ext4', loop, fsDir])
@@ -194,8 +231,8 @@ withNbdfuse('a guest-style fstrim (ext4 over the export served by md-bitmap serv
   detach(loop)
   loop = null
   unmount(fuseDir)
-  serve.proc.kill('SIGTERM')
-  t.is(await serve.exited, 0, serve.out())
+  serve.child.kill('SIGTERM')
+  t.is(await serve.exited, 0, serve.printed.err)
   t.true(readFileSync(paths[0]).equals(readFileSync(paths[1])), 'the members are identical')
   const again = await Mirror.open({ bitmap })
   t.teardown(() => again.close().catch(() => {}))
@@ -206,9 +243,9 @@ withNbdfuse('a guest-style fstrim (ext4 over the export served by md-bitmap serv
 const withQemu = requires(['qemu-io', 'qemu-nbd'])
 
 withQemu('qemu-io discard and write -z -u through the served mirror shrink both members; write -z (NO_HOLE) zeroes without punching', async (t) => {
-  const { mirror, paths } = await filledMirror(t, 'qemu-io', 16 * MiB, 12 * MiB)
-  const server = await serveNbd(mirror, { port: 0, exportName: 'md' })
-  t.teardown(() => server.close())
+  const { server, mirror, members: paths, settled } = await servedMirror(t, join(dir, 'qemu-io'), { size: 16 * MiB })
+  await qemuIo(server.url, ['write -P 0x5a 0 12M', 'flush'])
+  await settled()
   const sizes = () => paths.map(du)
   const s0 = sizes()
   await qemuIo(server.url, ['discard 0 4M'])

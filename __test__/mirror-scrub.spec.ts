@@ -9,8 +9,9 @@
 import test from 'ava'
 import { execFileSync } from 'node:child_process'
 import { type CheckProgress } from '../src'
-import { removeDir } from './helpers/mdadm'
-import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, sameBytes, sleep, until, type Rig } from './helpers/mirror'
+import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, sameBytes, type Rig } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { sleep, until } from './helpers/wait'
 
 const parent = rigParent('md-mirror-scrub-')
 test.after.always(() => removeDir(parent))
