@@ -88,41 +88,27 @@ test('discard and writeZeroes punch holes in both member files; every member rea
   t.is(await codeOf(mirror.discard(0, 0)), 'EINVAL')
 })
 
-/** A member with only what the seam requires (no discard, no writeZeroes), whose writes complete `delayMs` late. */
-class BareMember implements Member {
-  writes = 0
-  writesInFlight = 0
-  constructor(
-    private readonly inner: FileMember,
-    private readonly delayMs: number,
-  ) {}
-  get path(): string {
-    return this.inner.path
-  }
-  get size(): number {
-    return this.inner.size
-  }
-  get alignment(): number {
-    return this.inner.alignment
-  }
-  read(target: Uint8Array, offset: number): Promise<void> {
-    return this.inner.read(target, offset)
-  }
-  async write(data: Uint8Array, offset: number): Promise<void> {
-    this.writes++
-    this.writesInFlight++
-    try {
-      if (this.delayMs) await sleep(this.delayMs)
-      await this.inner.write(data, offset)
-    } finally {
-      this.writesInFlight--
-    }
-  }
-  flush(): Promise<void> {
-    return this.inner.flush()
-  }
-  close(): Promise<void> {
-    return this.inner.close()
+/** A member with only what the seam requires (no discard, no writeZeroes) over `inner`, whose writes complete `delayMs` late. */
+function bareMember(inner: FileMember, delayMs: number): Member & { writes: number; writesInFlight: number } {
+  return {
+    path: inner.path,
+    size: inner.size,
+    alignment: inner.alignment,
+    writes: 0,
+    writesInFlight: 0,
+    read: (target, offset) => inner.read(target, offset),
+    async write(data, offset) {
+      this.writes++
+      this.writesInFlight++
+      try {
+        if (delayMs) await sleep(delayMs)
+        await inner.write(data, offset)
+      } finally {
+        this.writesInFlight--
+      }
+    },
+    flush: () => inner.flush(),
+    close: () => inner.close(),
   }
 }
 
@@ -130,8 +116,8 @@ test('a member without discard/writeZeroes gets zeroes written through write, in
   const d = join(dir, 'bare')
   mkdirSync(d)
   const paths = [join(d, 'a.img'), join(d, 'b.img')]
-  const bare: BareMember[] = []
-  const openMember = async (spec: MemberSpec) => (bare[spec.index] = new BareMember(await FileMember.open(spec.path), spec.writeMostly ? 50 : 0))
+  const bare: ReturnType<typeof bareMember>[] = []
+  const openMember = async (spec: MemberSpec) => (bare[spec.index] = bareMember(await FileMember.open(spec.path), spec.writeMostly ? 50 : 0))
   const m = await Mirror.create({ bitmap: join(d, 'bitmap'), members: [{ path: paths[0] }, { path: paths[1], writeMostly: true }], size: MiB, chunkSize: 64 * KiB, writeBehind: 16, daemonSleep: IDLE, openMember })
   t.teardown(() => m.close().catch(() => {}))
   // A behind write still in flight on the slow member, then a discard over it: the
