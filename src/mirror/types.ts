@@ -146,6 +146,14 @@ export interface ResyncOptions {
   signal?: AbortSignal
   /** Least milliseconds between two progress calls (the last call always comes). Default 200. */
   progressIntervalMs?: number
+  /**
+   * Chunks copied at once, each under its own chunk barrier (writes to a chunk being
+   * copied wait; writes elsewhere go on), in 1 MiB pieces, 4 at once per chunk. Chunks
+   * start in order but may complete out of order; the checkpoint a resync resumes from
+   * only moves past chunks that all completed. A positive integer; default 4. 1 copies
+   * one chunk at a time.
+   */
+  inFlight?: number
 }
 
 /** What a resync did. */
