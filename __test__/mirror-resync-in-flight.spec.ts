@@ -6,7 +6,8 @@
  * first chunk not completed, and the next run resumes there. An abort with several
  * chunks in flight: no chunk starts after it, a chunk whose writes were out completes,
  * one whose read was out writes nothing and stays marked, and the rejection comes only
- * once nothing is in flight.
+ * once nothing is in flight. And without a bitmap, a member re-added while another
+ * member's recovery runs (which sets the checkpoint back to 0) gets its full copy.
  *
  * The members are real files; a {@link HeldChunks} wrapper (a DelegatingMember) holds
  * the reads or writes of chosen chunks until the test releases them, which orders the
@@ -15,10 +16,10 @@
 import test from 'ava'
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { DelegatingMember, FileMember, MdBitmapError, Mirror, type ResyncProgress } from '../src'
+import { DelegatingMember, FileMember, MdBitmapError, Mirror, type ResyncProgress, type ResyncReport } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
 import { readDisk } from './helpers/mdadm'
-import { IDLE, KiB, MiB, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { IDLE, KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
 
 const parent = rigParent('md-mirror-resync-in-flight-')
 test.after.always(() => rmSync(parent, { recursive: true, force: true }))
@@ -238,4 +239,23 @@ test('inFlight must be a positive integer', async (t) => {
     t.is(e?.code, 'EINVAL', `inFlight ${bad}`)
   }
   t.deepEqual((await r.mirror.resync({ inFlight: 64 })).chunks, chunks(0, NCHUNKS), 'more in flight than chunks: every chunk once')
+})
+
+test('without a bitmap, a member re-added during another member\'s recovery gets a full copy: the running recovery neither advances nor clears the checkpoint set back to 0', async (t) => {
+  const r = await makeRig(parent, [{}, {}, {}], { bitmap: null })
+  const m = r.mirror
+  t.teardown(() => m.close().catch(() => {}))
+  await m.removeMember(2)
+  await m.removeMember(1)
+  for (let c = 0; c < NCHUNKS; c++) await m.write(pattern(CS, c + 1), c * CS)
+  let second: Promise<ResyncReport> | undefined
+  const first = m.reAdd(1, { progressIntervalMs: 0, onProgress: (p) => void (p.chunksDone === 2 && !second && (second = m.reAdd(2))) })
+  t.deepEqual((await first).recovered, [1])
+  t.truthy(second, 'member 2 was re-added during member 1\'s recovery')
+  const report = await second!
+  t.is(report.recovery, 'full')
+  t.deepEqual(report.recovered, [2])
+  t.is(report.chunksCopied, NCHUNKS, 'member 2 got every chunk')
+  await m.close()
+  for (const i of [1, 2]) sameBytes(t, onDisk(r.paths[i], 0, MiB), onDisk(r.paths[0], 0, MiB), `member ${i} holds the data`)
 })

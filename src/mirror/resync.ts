@@ -61,7 +61,9 @@
  * every chunk below it is on every target and durable. It is advanced to the position
  * reached, only after the targets were flushed, about every 5 seconds and once when a
  * run stops, and set to null when a run completes; chunks visited past the position
- * are copied again by the next run. An unclean shutdown sets it back to 0 at open:
+ * are copied again by the next run. A recovery that starts during a run (a member
+ * re-added or added, which sets `resyncFrom` back to 0 for its full copy) takes the
+ * checkpoint over: the running resync neither advances nor clears it from then on. An unclean shutdown sets it back to 0 at open:
  * writes went on below it and nothing says where, so a crash without a bitmap means a
  * full resync.
  *
@@ -147,6 +149,9 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
     o.onProgress({ chunksDone: done, chunksTotal: list.length, bytesCopied: report.bytesCopied, bytesTotal, rate: elapsedMs > 0 ? (report.bytesCopied * 1000) / elapsedMs : 0, elapsedMs })
   }
   let lastCheckpoint = performance.now()
+  // Without a bitmap: a recovery started meanwhile set resyncFrom back to 0; the checkpoint is then its.
+  const resets = state.resyncFromResets
+  const ownsCheckpoint = () => state.resyncFromResets === resets
   let checkpointing: Promise<void> | undefined
   /** Every chunk of the list below this was visited: the checkpoint (where an aborted resync resumes without a bitmap). */
   let copiedUpTo = meta.resyncFrom ?? 0
@@ -228,6 +233,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
   /** Without a bitmap: records that every chunk below `upTo` was copied, once the copies are durable. */
   const checkpoint = async (upTo: number): Promise<void> => {
     await flushSlots(state, targets())
+    if (!ownsCheckpoint()) return
     meta.resyncFrom = Math.max(meta.resyncFrom ?? 0, upTo)
     await state.persist()
   }
@@ -236,7 +242,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
     if (targets().length > 0) await Promise.all(Array.from({ length: Math.min(o.inFlight, list.length) }, worker))
     if (stopped) throw stopped.error
   } catch (e) {
-    if (!bm && meta.resyncFrom !== null) {
+    if (!bm && meta.resyncFrom !== null && ownsCheckpoint()) {
       await flushSlots(state, targets())
       meta.resyncFrom = Math.max(meta.resyncFrom, copiedUpTo)
       await state.persist().catch(() => {})
@@ -257,7 +263,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
         report.recovered.push(slots.indexOf(s))
       }
     }
-    if (!bm) meta.resyncFrom = null
+    if (!bm && ownsCheckpoint()) meta.resyncFrom = null
     meta.events++
     state.updateDegraded()
     await state.persist()

@@ -90,6 +90,8 @@ export class MirrorState implements MirrorParts {
   }
   /** Member failures since open; a resync compares it before and after to know whether a member failed meanwhile. */
   memberFailures = 0
+  /** Without a bitmap: how often a recovery set `resyncFrom` back to 0; a resync running then leaves the checkpoint to the new recovery. */
+  resyncFromResets = 0
   /** Whose turn it is among the fast in-sync members to serve the next read. */
   readerTurn = 0
   /** The members' largest direct-I/O alignment (at least 512). */
