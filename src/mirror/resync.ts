@@ -11,8 +11,10 @@
  *                  lock the chunk's barrier (new writes wait; writes inside drain)
  *                  startSync ── still needed? NEEDED → RESYNC (kept NEEDED while some
  *                               member outside this run still lacks it)
- *                  copy ─────── 1 MiB pieces, 4 at once, in buffers the run reuses
- *                               (buffer-pool.ts): read source, write targets
+ *                  copy ─────── pieces of up to 1 MiB: read source, write
+ *                               targets; at most 4 MiB of pieces in flight over the
+ *                               whole run, whichever chunks they belong to, in
+ *                               buffers the run reuses (buffer-pool.ts)
  *                  endSync(failed) ── a failed copy puts NEEDED back
  *                  unlock; visited; checkpoint (below); progress
  *                the next chunk of the list starts as soon as one is visited
@@ -79,6 +81,8 @@ import type { ResyncOptions, ResyncReport } from './types'
 const COPY_PIECE = 2 ** 20
 /** Pieces of one chunk copied at once. */
 const PIECES_IN_FLIGHT = 4
+/** Bytes of pieces in flight at once over a whole run, whichever chunks they belong to. */
+const PIECE_BYTES_IN_FLIGHT = PIECES_IN_FLIGHT * COPY_PIECE
 /** Chunks copied at once unless {@link ResyncOptions.inFlight} says otherwise. */
 export const DEFAULT_RESYNC_IN_FLIGHT = 4
 /** Without a bitmap: least milliseconds between two `resyncFrom` checkpoints. */
@@ -159,8 +163,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
   const visited = new Uint8Array(list.length)
   let frontier = 0
   let nextPosition = 0
-  /** The pieces' buffers, reused from chunk to chunk. */
-  const pool = new BufferPool(o.inFlight * PIECES_IN_FLIGHT * COPY_PIECE)
+  const pieces = new PieceSlots()
   let stopped: { error: unknown } | undefined
 
   /** Copies chunk `c` under its barrier: startSync, the copy (another source if the source fails), endSync. */
@@ -174,7 +177,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
       if (!need) return
       for (;;) {
         const from = source
-        const r = await copyChunk(state, c * cs, chunkLen(c), from, targets(), o.signal, pool)
+        const r = await copyChunk(state, c * cs, chunkLen(c), from, targets(), o.signal, pieces)
         if (r === 'source-failed') {
           // Another chunk in flight may have replaced the source already.
           if (source !== from) continue
@@ -287,48 +290,79 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
 
 type CopyResult = 'ok' | 'target-failed' | 'source-failed' | 'aborted'
 
+/**
+ * A run's pieces: at most {@link PIECE_BYTES_IN_FLIGHT} bytes of them in flight at
+ * once, whichever chunks they belong to (first come, first served), each in a buffer
+ * lent by the run's pool and given back once its read and writes settled.
+ */
+class PieceSlots {
+  readonly pool = new BufferPool(PIECE_BYTES_IN_FLIGHT)
+  private free = PIECE_BYTES_IN_FLIGHT
+  private readonly waiting: { bytes: number; go: () => void }[] = []
+
+  async acquire(bytes: number): Promise<void> {
+    if (this.waiting.length === 0 && this.free >= bytes) this.free -= bytes
+    else await new Promise<void>((go) => this.waiting.push({ bytes, go }))
+  }
+
+  release(bytes: number): void {
+    this.free += bytes
+    while (this.waiting.length && this.free >= this.waiting[0].bytes) {
+      const next = this.waiting.shift()!
+      this.free -= next.bytes
+      next.go()
+    }
+  }
+}
+
 /** Copies one chunk, in pieces, several at once; target failures fail those members. */
-async function copyChunk(state: MirrorState, offset: number, len: number, source: Slot, targets: Slot[], signal: AbortSignal, pool: BufferPool): Promise<CopyResult> {
+async function copyChunk(state: MirrorState, offset: number, len: number, source: Slot, targets: Slot[], signal: AbortSignal, slots: PieceSlots): Promise<CopyResult> {
   let result = 'ok' as CopyResult
   const pieces: number[] = []
   for (let o = 0; o < len; o += COPY_PIECE) pieces.push(o)
-  const worker = async () => {
-    const buf = pool.take(Math.min(COPY_PIECE, len), state.alignment)
+  /** Copies the piece at `p`; false once the chunk's copy stops (failed or aborted). */
+  const copyPiece = async (p: number, buf: Uint8Array): Promise<boolean> => {
     try {
-      for (let p = pieces.shift(); p !== undefined; p = pieces.shift()) {
+      // Failed meanwhile (another chunk in flight saw it): the run picks another source.
+      if (!source.inSync) throw new MdBitmapError('EMIRROR_FAILED', `the source member ${source.record.path} failed`)
+      await source.member!.read(buf, offset + p)
+    } catch (e) {
+      await failMember(state, source, e)
+      result = 'source-failed'
+      return false
+    }
+    // Aborted while reading: write nothing more (the chunk stays marked).
+    if (signal.aborted) {
+      result = 'aborted'
+      return false
+    }
+    await Promise.all(
+      targets.filter((t) => t.active).map((t) =>
+        t.member!.write(buf, offset + p).catch(async (e) => {
+          await failMember(state, t, e)
+          if (result === 'ok') result = 'target-failed'
+        }),
+      ),
+    )
+    return true
+  }
+  const worker = async () => {
+    for (let p = pieces.shift(); p !== undefined; p = pieces.shift()) {
+      const n = Math.min(COPY_PIECE, len - p)
+      await slots.acquire(n)
+      // Its read and every write of it settled before the buffer goes back: no I/O references it.
+      const buf = slots.pool.take(n, state.alignment)
+      try {
         if (result !== 'ok' && result !== 'target-failed') return
         if (signal.aborted) {
           result = 'aborted'
           return
         }
-        const n = Math.min(COPY_PIECE, len - p)
-        const view = buf.subarray(0, n)
-        try {
-          // Failed meanwhile (another chunk in flight saw it): the run picks another source.
-          if (!source.inSync) throw new MdBitmapError('EMIRROR_FAILED', `the source member ${source.record.path} failed`)
-          await source.member!.read(view, offset + p)
-        } catch (e) {
-          await failMember(state, source, e)
-          result = 'source-failed'
-          return
-        }
-        // Aborted while reading: write nothing more (the chunk stays marked).
-        if (signal.aborted) {
-          result = 'aborted'
-          return
-        }
-        await Promise.all(
-          targets.filter((t) => t.active).map((t) =>
-            t.member!.write(view, offset + p).catch(async (e) => {
-              await failMember(state, t, e)
-              if (result === 'ok') result = 'target-failed'
-            }),
-          ),
-        )
+        if (!(await copyPiece(p, buf))) return
+      } finally {
+        slots.pool.give(buf)
+        slots.release(n)
       }
-    } finally {
-      // Its read and every write of it settled: no I/O references the buffer.
-      pool.give(buf)
     }
   }
   await Promise.all(Array.from({ length: Math.min(PIECES_IN_FLIGHT, pieces.length) }, worker))

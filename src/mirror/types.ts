@@ -148,7 +148,10 @@ export interface ResyncOptions {
   progressIntervalMs?: number
   /**
    * Chunks copied at once, each under its own chunk barrier (writes to a chunk being
-   * copied wait; writes elsewhere go on), in 1 MiB pieces, 4 at once per chunk. Chunks
+   * copied wait; writes elsewhere go on). Chunks are copied in pieces of up to 1 MiB,
+   * at most 4 MiB of them in flight over the whole run: a chunk of 1 MiB or less is one
+   * piece, so only several chunks in flight keep several pieces going (with small
+   * chunks, more than 4 pays); larger chunks share the 4 MiB. Chunks
    * start in order but may complete out of order; the checkpoint a resync resumes from
    * only moves past chunks that all completed. A positive integer; default 4. 1 copies
    * one chunk at a time.
