@@ -6,21 +6,16 @@ import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { MdBitmapError, PageStore, allocAligned, check, extents, type CheckInfo } from '../src'
+import { PageStore, allocAligned, check, extents, type CheckInfo } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { rejectsWith } from './helpers/errors'
 
 const MiB = 1 << 20
 const SIZE = 1 * MiB
 
 const codes = (c: CheckInfo) => c.problems.map((p) => p.code).sort()
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: string): Promise<MdBitmapError> {
-  const e = await t.throwsAsync(p, { instanceOf: MdBitmapError })
-  t.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-  return e as MdBitmapError
-}
 
 /** The map covers [0, size) exactly once, in order, with no gap. */
 function assertCovers(t: ExecutionContext, c: CheckInfo, size: number) {

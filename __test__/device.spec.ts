@@ -3,21 +3,16 @@
  * file's physical offsets must land exactly there (read back through the filesystem with
  * O_DIRECT) and nowhere else (the device compared byte for byte before and after).
  */
-import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { MdBitmapError, PageStore, allocAligned, extents, type ExtentInfo } from '../src'
+import { PageStore, allocAligned, extents, type ExtentInfo } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, changedBlocks, deviceSize, findAligned, newMarker, patternPage, readBuffered, readDirect, sha } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { rejectsWith } from './helpers/errors'
 
 const t = requires([...fsCaps('ext4'), 'lsattr', 'chattr', 'sync'])
-
-async function rejectsWith(tt: ExecutionContext, p: Promise<unknown>, code: string) {
-  const e = await tt.throwsAsync(p, { instanceOf: MdBitmapError })
-  tt.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-}
 
 const immutable = (f: string) => sh('lsattr', [f]).split(' ')[0].includes('i')
 

@@ -33,6 +33,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { promisify } from 'node:util'
 import { PageStore, allocAligned, check } from '../src/index'
+import { Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
 
 const execFileP = promisify(execFile)
 const PAGE = 4096
@@ -53,48 +54,25 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
+  const a = parseOptions(
+    argv,
+    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', size: 'value', pattern: 'value', depths: 'value', 'no-fio': 'flag', out: 'value' },
+    'usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--no-fio] [--out FILE]',
+  )
+  const quick = a.flag('quick')
+  const pattern = a.value('pattern') ?? 'rand'
+  if (pattern !== 'rand' && pattern !== 'seq') throw new Error(`--pattern must be rand or seq, got ${pattern}`)
   const o: Options = {
-    quick: false,
-    dir: null,
-    durationS: NaN,
-    rounds: NaN,
-    sizeMiB: 64,
-    pattern: 'rand',
-    depths: [1, 32],
-    fio: true,
-    out: path.join(__dirname, 'out', 'io.json'),
+    quick,
+    dir: a.value('dir') === undefined ? null : path.resolve(a.value('dir')!),
+    durationS: a.number('duration', quick ? 1.25 : 10),
+    rounds: a.number('rounds', quick ? 1 : 2),
+    sizeMiB: a.number('size', 64),
+    pattern,
+    depths: (a.value('depths') ?? '1,32').split(',').map(Number),
+    fio: !a.flag('no-fio'),
+    out: path.resolve(a.value('out') ?? path.join(__dirname, 'out', 'io.json')),
   }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const val = (): string => {
-      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
-    }
-    const name = a.split('=')[0]
-    switch (name) {
-      case '--quick': o.quick = true; break
-      case '--dir': o.dir = path.resolve(val()); break
-      case '--duration': o.durationS = Number(val()); break
-      case '--rounds': o.rounds = Number(val()); break
-      case '--size': o.sizeMiB = Number(val()); break
-      case '--pattern': {
-        const p = val()
-        if (p !== 'rand' && p !== 'seq') throw new Error(`--pattern must be rand or seq, got ${p}`)
-        o.pattern = p
-        break
-      }
-      case '--depths': o.depths = val().split(',').map(Number); break
-      case '--no-fio': o.fio = false; break
-      case '--out': o.out = path.resolve(val()); break
-      case '--help': case '-h':
-        console.log('usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--no-fio] [--out FILE]')
-        return process.exit(0)
-      default: throw new Error(`unknown option ${a}`)
-    }
-  }
-  if (Number.isNaN(o.durationS)) o.durationS = o.quick ? 1.25 : 10
-  if (Number.isNaN(o.rounds)) o.rounds = o.quick ? 1 : 2
   if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
@@ -144,12 +122,6 @@ interface Result {
   roundIops: number[]
 }
 
-function pct(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
-  return sorted[i]
-}
-
 function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: string, samples: Sample[]): Result {
   const writes = samples.reduce((s, x) => s + x.writes, 0)
   const batches = samples.reduce((s, x) => s + x.batches, 0)
@@ -158,12 +130,12 @@ function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: s
   let syncMean: number, syncP50: number, syncP99: number
   let batchP99: number | null = null
   if (samples.every((s) => Array.isArray(s.syncUs))) {
-    const all = samples.flatMap((s) => s.syncUs as number[]).sort((a, b) => a - b)
+    const all = samples.flatMap((s) => s.syncUs as number[])
     syncMean = all.reduce((s, x) => s + x, 0) / all.length
-    syncP50 = pct(all, 50)
-    syncP99 = pct(all, 99)
-    const b = samples.flatMap((s) => s.batchUs ?? []).sort((a, b) => a - b)
-    batchP99 = b.length ? pct(b, 99) : null
+    syncP50 = percentile(all, 50)
+    syncP99 = percentile(all, 99)
+    const b = samples.flatMap((s) => s.batchUs ?? [])
+    batchP99 = b.length ? percentile(b, 99) : null
   } else {
     // fio reports percentiles per run; across rounds they are averaged weighted by count
     // (an approximation of the pooled percentile, close when the rounds agree).
@@ -196,10 +168,10 @@ function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: s
 // Offsets: the same generator for every Node-side implementation
 
 class Offsets {
-  private state: number
+  private readonly prng: Prng
   private cursor = 0
   constructor(private readonly pages: number, private readonly pattern: 'rand' | 'seq', seed: number) {
-    this.state = seed >>> 0 || 1
+    this.prng = new Prng(seed)
   }
   /** `n` page offsets for one batch: distinct within the batch. */
   batch(n: number): number[] {
@@ -212,13 +184,7 @@ class Offsets {
       return out
     }
     while (out.length < n) {
-      // xorshift32
-      let x = this.state
-      x ^= x << 13
-      x ^= x >>> 17
-      x ^= x << 5
-      this.state = x >>> 0
-      const off = (this.state % this.pages) * PAGE
+      const off = (this.prng.next() % this.pages) * PAGE
       if (n <= this.pages && out.includes(off)) continue
       out.push(off)
     }
@@ -496,12 +462,9 @@ function machineInfo(dir: string): Record<string, unknown> {
     }
   })()
   return {
-    nproc: os.availableParallelism(),
-    cpuModel: os.cpus()[0]?.model ?? null,
+    ...machine(),
     memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
     os: osRelease,
-    kernel: os.release(),
-    node: process.version,
     fio: sh('fio', ['--version']),
     uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null,
     mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
@@ -511,19 +474,6 @@ function machineInfo(dir: string): Record<string, unknown> {
     fsOptions: mnt[2] ?? null,
     blockDevice,
   }
-}
-
-/** Pressure stall information: the share of time something waited for CPU or I/O (avg10, %). */
-function pressure(): { cpuSome10: number | null; ioSome10: number | null; ioFull10: number | null } {
-  const read = (k: string, kind: string): number | null => {
-    try {
-      const m = new RegExp(`^${kind} avg10=([\\d.]+)`, 'm').exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))
-      return m ? Number(m[1]) : null
-    } catch {
-      return null
-    }
-  }
-  return { cpuSome10: read('cpu', 'some'), ioSome10: read('io', 'some'), ioFull10: read('io', 'full') }
 }
 
 async function prepareFile(file: string, size: number): Promise<void> {
@@ -561,16 +511,6 @@ async function probeODirect(file: string): Promise<string | null> {
 // ---------------------------------------------------------------------------------------
 // Output
 
-function fmt(n: number | null, digits = 0): string {
-  if (n === null || !Number.isFinite(n)) return '–'
-  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-}
-
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
-  const line = (r: string[]): string => r.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')
-  return [line(rows[0]), w.map((n) => '-'.repeat(n)).join('  '), ...rows.slice(1).map(line)].join('\n')
-}
 
 // ---------------------------------------------------------------------------------------
 
@@ -583,16 +523,15 @@ async function main(): Promise<void> {
   const size = opt.sizeMiB << 20
   const pages = size / PAGE
   const startedAt = new Date()
-  const load0 = os.loadavg()
-  const psi0 = pressure()
-  const machine = machineInfo(dir)
+  const load0 = readLoad()
+  const host = machineInfo(dir)
 
   const fioOk = opt.fio && sh('fio', ['--version']) !== null
   const impls = IMPLS.filter((i) => i !== 'fio' || fioOk)
   const perRound = opt.durationS / opt.rounds
   const estimate = Math.round(impls.length * opt.depths.length * opt.durationS + impls.length * opt.depths.length * opt.rounds * 0.4)
   console.log(
-    `bench:io: ${opt.sizeMiB} MiB file in ${dir} (${machine.fsType} on ${machine.fsSource}), ${opt.pattern} 4 KiB writes, depths ${opt.depths.join(', ')}, ` +
+    `bench:io: ${opt.sizeMiB} MiB file in ${dir} (${host.fsType} on ${host.fsSource}), ${opt.pattern} 4 KiB writes, depths ${opt.depths.join(', ')}, ` +
       `${opt.durationS} s per configuration in ${opt.rounds} round(s), about ${estimate} s`,
   )
 
@@ -682,15 +621,15 @@ async function main(): Promise<void> {
     }
 
     console.log()
-    console.log(table(rows))
+    console.log(table(rows, 2, true))
     console.log()
-    console.log(table(ratioRows))
+    console.log(table(ratioRows, 2, true))
     console.log()
     console.log(
       table([
         ['depth', 'round trip, no I/O', 'µs/op', 'CPU µs/op'],
         ...trips.map((t) => [String(t.depth), t.what, fmt(t.usPerOp, 1), fmt(t.cpuUsPerOp, 1)]),
-      ]),
+      ], 2, true),
     )
     console.log()
     console.log('batch µs = wall time / batches (N writes issued together, all awaited, then one fdatasync);')
@@ -700,14 +639,13 @@ async function main(): Promise<void> {
     for (const r of results) if (r.detail) details.set(r.impl, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
     for (const [impl, d] of details) console.log(`  ${impl}: ${d}`)
 
-    const load1 = os.loadavg()
-    const psi1 = pressure()
+    const load1 = readLoad()
     const out = {
       benchmark: 'bench:io',
       command: `npm run bench:io${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      machine: { ...machine, loadavgBefore: load0, loadavgAfter: load1, pressureBefore: psi0, pressureAfter: psi1 },
+      machine: { ...host, loadavgBefore: load0.loadavg, loadavgAfter: load1.loadavg, pressureBefore: load0.pressure, pressureAfter: load1.pressure },
       params: {
         fileBytes: size,
         pageBytes: PAGE,
@@ -733,8 +671,7 @@ async function main(): Promise<void> {
     }
     fs.mkdirSync(path.dirname(opt.out), { recursive: true })
     fs.writeFileSync(opt.out, JSON.stringify(out, null, 2) + '\n')
-    console.log(`\nwrote ${path.relative(process.cwd(), opt.out) || opt.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
-        `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`)
+    console.log(`\nwrote ${path.relative(process.cwd(), opt.out) || opt.out}; ${loadChange(load0, load1)}`)
   } finally {
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true })
     else fs.rmSync(file, { force: true })
