@@ -7,13 +7,14 @@
  * memory budget's fallbacks are what they were.
  */
 import test from 'ava'
-import { rmSync } from 'node:fs'
 import { isAligned } from '../src/io/aligned'
 import { BufferPool } from '../src/mirror/buffer-pool'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { sleep } from './helpers/wait'
 
 const parent = rigParent('md-mirror-buffer-pool-')
-test.after.always(() => rmSync(parent, { recursive: true, force: true }))
+test.after.always(() => removeDir(parent))
 
 test('a buffer given back is lent again for the same length, not for another; never while lent', (t) => {
   const pool = new BufferPool(MiB)
@@ -110,7 +111,7 @@ test('behind writes: the memory budget still decides, and its fallbacks are coun
   const third = m.write(buf, 128 * KiB)
   let acked = false
   void third.then(() => (acked = true))
-  await new Promise((res) => setTimeout(res, 50))
+  await sleep(50)
   t.false(acked, 'over budget: the write waits for the slow member')
   t.like(m.stats(), { behindFallbacks: { limit: 0, memory: 1 }, behindBytes: 128 * KiB })
   r.ctl[1].release()

@@ -14,15 +14,16 @@
  * completions however loaded the machine is.
  */
 import test from 'ava'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { DelegatingMember, FileMember, MdBitmapError, Mirror, type ResyncProgress, type ResyncReport } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
 import { readDisk } from './helpers/mdadm'
 import { IDLE, KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
 
 const parent = rigParent('md-mirror-resync-in-flight-')
-test.after.always(() => rmSync(parent, { recursive: true, force: true }))
+test.after.always(() => removeDir(parent))
 
 const CS = 64 * KiB
 const NCHUNKS = MiB / CS
