@@ -163,7 +163,7 @@ export interface ResyncOptions {
 export interface ResyncReport {
   /** How many chunks were copied. */
   chunksCopied: number
-  /** The indices of the chunks copied. */
+  /** The indices of the chunks copied, in ascending order (chunks in flight may complete in any order). */
   chunks: number[]
   /** Bytes of the chunks copied (counted once, however many targets). */
   bytesCopied: number
