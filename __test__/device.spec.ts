@@ -68,7 +68,7 @@ t('device mode: pages land at the file\'s physical offsets and nowhere else on t
     const map = (await extents(file)).extents
     tt.true(map.length >= 2, `the file is fragmented (${map.length} extents), so writes cross extents`)
 
-    const s = await PageStore.open(file, { mode: 'device' })
+    const s = await PageStore.open(file, { mode: 'on-device' })
     let closed = false
     try {
       tt.is(s.mode, 'device')
@@ -156,7 +156,7 @@ t('device mode: I/O at or past the end of the file is refused and changes nothin
   await withFs('ext4', 32, async (dir, dev) => {
     const file = join(dir, 'bitmap')
     const { data } = writeFragmented(dir, file, 8)
-    const s = await PageStore.open(file, { mode: 'device' })
+    const s = await PageStore.open(file, { mode: 'on-device' })
     try {
       tt.is(s.mode, 'device')
       quiesce(dir)
@@ -187,7 +187,7 @@ t('device mode: a file already immutable stays immutable after close; refusals l
     sh('sync', ['-f', dir])
     sh('chattr', ['+i', file])
     try {
-      const s = await PageStore.open(file, { mode: 'device' })
+      const s = await PageStore.open(file, { mode: 'on-device' })
       tt.true(immutable(file))
       const p = allocAligned(PAGE, s.alignment).fill(0x42)
       await s.write(p, PAGE)
@@ -200,7 +200,7 @@ t('device mode: a file already immutable stays immutable after close; refusals l
     // A file device mode refuses (a hole) is not left pinned.
     const sparse = join(dir, 'sparse')
     sh('truncate', ['-s', String(4 * PAGE), sparse])
-    await rejectsWith(tt, PageStore.open(sparse, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+    await rejectsWith(tt, PageStore.open(sparse, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
     tt.false(immutable(sparse))
   }, { mkfsArgs: ['-b', '4096'] })
 })

@@ -231,9 +231,9 @@ tfs('I/O past the end of the file rejects with EOUT_OF_RANGE; bad numbers with E
 
 tfs('after close: ECLOSED, close() again resolves, and no descriptor is left open', async (t) => {
   await withStoreFile(4, async (file, dir, dev) => {
-    for (const mode of ['file', 'device'] as const) {
+    for (const mode of ['in-place', 'on-device'] as const) {
       const s = await PageStore.open(file, { mode })
-      const page = allocAligned(PAGE, s.alignment).fill(mode === 'file' ? 1 : 2)
+      const page = allocAligned(PAGE, s.alignment).fill(mode === 'in-place' ? 1 : 2)
       await s.write(page, 0)
       await s.close()
       await rejectsWith(t, s.write(page, 0), 'ECLOSED')
