@@ -166,15 +166,15 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
   const pieces = new PieceSlots()
   let stopped: { error: unknown } | undefined
 
-  /** Copies chunk `c` under its barrier: startSync, the copy (another source if the source fails), endSync. */
-  const visit = async (c: number): Promise<void> => {
+  /** Copies chunk `c` under its barrier: startSync, the copy (another source if the source fails), endSync; whether it was copied. */
+  const visit = async (c: number): Promise<boolean> => {
     await barrier.lockSync(c)
     let failed = false
     try {
       // Degraded even once the targets have this chunk? Then it stays NEEDED for the missing members.
       const stillDegraded = slots.some((s) => s.record.state !== 'in-sync' && !targets().includes(s))
       const need = bm ? bm.startSync(c * cs, stillDegraded) : true
-      if (!need) return
+      if (!need) return false
       for (;;) {
         const from = source
         const r = await copyChunk(state, c * cs, chunkLen(c), from, targets(), o.signal, pieces)
@@ -193,12 +193,8 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
         failed = r !== 'ok'
         break
       }
-      if (!failed) {
-        report.chunksCopied++
-        report.chunks.push(c)
-        report.bytesCopied += chunkLen(c)
-      }
       bm?.endSync(c * cs, failed)
+      return !failed
     } catch (e) {
       bm?.endSync(c * cs, true)
       throw e
@@ -214,8 +210,15 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
         if (o.signal.aborted) throw aborted(o.signal)
         if (targets().length === 0) return
         const position = nextPosition++
-        await visit(list[position])
+        const c = list[position]
+        const copied = await visit(c)
+        // Counted together, in one step: progress sees bytes and chunks of the same visits.
         done++
+        if (copied) {
+          report.chunksCopied++
+          report.chunks.push(c)
+          report.bytesCopied += chunkLen(c)
+        }
         visited[position] = 1
         while (frontier < list.length && visited[frontier]) frontier++
         // Only past a prefix of visited chunks: a chunk still in flight below holds it back.
