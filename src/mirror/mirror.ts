@@ -12,8 +12,8 @@
  * - `discard.ts`: discard and write-zeroes (a range made zeroes on every member);
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
- * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `metadata.ts`, `progress.ts`:
- *   the small mechanisms under them.
+ * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`,
+ *   `progress.ts`: the small mechanisms under them.
  *
  * @module
  */
