@@ -80,23 +80,52 @@ function pack(out, targets, local) {
   return packed
 }
 
-/** An environment like a user's: no Rust on PATH, no npm_* of a running script, npm offline with an empty cache. */
-function userEnv(work, nodeDir) {
+const RUST_TOOLS = ['cargo', 'rustc', 'rustup']
+
+/** The absolute path of an executable on PATH, or null. */
+function onPath(tool) {
+  for (const d of (process.env.PATH ?? '').split(path.delimiter)) {
+    const p = path.join(d, tool)
+    try {
+      fs.accessSync(p, fs.constants.X_OK)
+      return p
+    } catch {
+      // not here
+    }
+  }
+  return null
+}
+
+/**
+ * An environment like a user's: PATH without any directory holding cargo, rustc or
+ * rustup (node, npm and npx stay reachable through a folder of links in work/ when they
+ * share a directory with them), with nodeDir first when given (another platform's Node);
+ * no CARGO_/RUSTUP_/MD_BITMAP_ variables, none of the npm_* variables of a running npm
+ * script, and npm pointed at an empty cache in work/, offline.
+ */
+function userEnv(work, nodeDir = null) {
   const env = {}
   for (const [k, v] of Object.entries(process.env)) {
     if (/^(npm_|CARGO|RUSTUP|RUSTC|MD_BITMAP_)/i.test(k) || k === 'INIT_CWD' || k === 'NODE_OPTIONS') continue
     env[k] = v
   }
-  const rust = (d) => ['cargo', 'rustc', 'rustup'].some((t) => fs.existsSync(path.join(d, t)))
-  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter((d) => d && !rust(d))
-  env.PATH = [...(nodeDir ? [nodeDir] : []), ...dirs].join(path.delimiter)
+  const hasRust = (d) => RUST_TOOLS.some((t) => fs.existsSync(path.join(d, t)))
+  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter((d) => d && !hasRust(d))
+  const shims = path.join(work, 'shims')
+  fs.mkdirSync(shims, { recursive: true })
+  for (const tool of ['node', 'npm', 'npx']) {
+    const found = onPath(tool)
+    if (!found) throw new Error(`${tool} not found in PATH`)
+    if (hasRust(path.dirname(found))) fs.symlinkSync(found, path.join(shims, tool))
+  }
+  env.PATH = [...(nodeDir ? [nodeDir] : []), shims, ...dirs].join(path.delimiter)
   Object.assign(env, {
     npm_config_cache: path.join(work, 'npm-cache'),
     npm_config_offline: 'true',
     npm_config_audit: 'false',
     npm_config_fund: 'false',
     npm_config_update_notifier: 'false',
-    npm_config_loglevel: 'error',
+    npm_config_loglevel: 'warn',
   })
   return env
 }
@@ -144,8 +173,7 @@ function tryInstall(packed, target, node) {
 
 /** npm's CLI script (this machine's npm), to run on any Node. */
 function npmCli() {
-  const npmBin = execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim()
-  return fs.realpathSync(npmBin)
+  return fs.realpathSync(onPath('npm'))
 }
 
 function dry() {
@@ -183,5 +211,5 @@ function main() {
   }
 }
 
-module.exports = { pack, userEnv }
+module.exports = { pack, userEnv, RUST_TOOLS }
 if (require.main === module) main()
