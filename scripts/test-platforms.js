@@ -5,6 +5,8 @@
 // and a built checkout (`npm ci` builds it). Run by .ci/run after `npm test`.
 //
 // Steps (all by default, or those named: node scripts/test-platforms.js matrix arm64):
+//   lock       package-lock.json agrees with package.json: `npm ci` takes it, and
+//              `npm install` changes nothing and warns of no engine.
 //   build      npm run build:all: the four binaries, checked with readelf/objdump
 //              (glibc ≤ 2.17, musl needs only its loader, stripped, right machine).
 //   matrix     MATRIX_SPECS under each x64 Node of NODE_MATRIX (scripts/platforms.js),
@@ -28,10 +30,23 @@ const { spawnSync } = require('node:child_process')
 const { ROOT, pkg, TARGETS, NODE_MATRIX, NODE_ARM64, nodeBinary } = require('./platforms.js')
 const { userEnv } = require('./release.js')
 
-/** Specs that load the addon and touch every binding, and the loader's cases. */
-const MATRIX_SPECS = ['__test__/native-binding.spec.ts', '__test__/native-load.spec.ts', '__test__/store.spec.ts', '__test__/bitmap.spec.ts', '__test__/cli.spec.ts']
-/** Under qemu: the same less the CLI (slow under emulation), plus the filesystem checks. */
+/**
+ * Specs that load the addon and touch every binding, the loader's cases, and the layers
+ * above that lean on newer Node APIs (fs.statfs, AbortSignal.any in the mirror's resync).
+ */
+const MATRIX_SPECS = ['__test__/native-binding.spec.ts', '__test__/native-load.spec.ts', '__test__/store.spec.ts', '__test__/check.spec.ts', '__test__/bitmap.spec.ts', '__test__/mirror.spec.ts', '__test__/mirror-resync.spec.ts', '__test__/cli.spec.ts']
+/**
+ * Under qemu: the same less the CLI (its children each start Node under emulation), plus
+ * the filesystem checks (extent maps, FIEMAP through qemu's ioctl translation), with
+ * ARM64_EXCLUDED left out.
+ */
 const ARM64_SPECS = ['__test__/native-binding.spec.ts', '__test__/native-load.spec.ts', '__test__/store.spec.ts', '__test__/bitmap.spec.ts', '__test__/check.spec.ts', '__test__/extents.spec.ts']
+/**
+ * Tests whose time limits assume a native CPU: a child Node (with tsx) must start, open a
+ * bitmap and exit within 8 s, which emulated arm64 Node on two busy cores does not
+ * always do. They run on x64 in `npm test` and in the matrix.
+ */
+const ARM64_EXCLUDED = ['the timer is unref’d: a process with an open bitmap and nothing to do exits on its own']
 
 const MINUTE = 60_000
 const results = []
@@ -58,14 +73,35 @@ function avaCounts(out) {
   return { passed, failed }
 }
 
-function ava(label, node, specs, cwd, env, timeout) {
-  const r = run(label, node, [path.join(cwd, 'node_modules', 'ava', 'entrypoints', 'cli.mjs'), ...specs], { cwd, env: { ...process.env, CI: 'true', ...env }, timeout })
+function ava(label, node, specs, cwd, env, timeout, excluded = []) {
+  const match = excluded.flatMap((title) => ['--match', `!${title}`])
+  const r = run(label, node, [path.join(cwd, 'node_modules', 'ava', 'entrypoints', 'cli.mjs'), ...match, ...specs], { cwd, env: { ...process.env, CI: 'true', ...env }, timeout })
   const c = avaCounts(r.out)
   const ok = r.ok && c.failed === 0 && c.passed > 0
   return { ok, ...c, why: ok ? null : r.why ?? `${label}: ${c.failed} failed, ${c.passed} passed` }
 }
 
 const steps = {
+  lock() {
+    // The committed lockfile agrees with package.json: `npm ci` accepts it, and
+    // `npm install` leaves it as it is, printing no EBADENGINE on this Node.
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'md-bitmap-lock-'))
+    try {
+      for (const f of ['package.json', 'package-lock.json']) fs.copyFileSync(path.join(ROOT, f), path.join(work, f))
+      const env = { ...process.env, npm_config_update_notifier: 'false', npm_config_fund: 'false', npm_config_audit: 'false' }
+      const problems = []
+      const ci = run('npm ci --dry-run', 'npm', ['ci', '--dry-run', '--ignore-scripts'], { cwd: work, env, timeout: 5 * MINUTE })
+      if (!ci.ok) problems.push(ci.why)
+      const inst = run('npm install --package-lock-only', 'npm', ['install', '--package-lock-only', '--ignore-scripts'], { cwd: work, env, timeout: 5 * MINUTE })
+      if (!inst.ok) problems.push(inst.why)
+      if (/EBADENGINE/.test(ci.out + inst.out)) problems.push(`EBADENGINE on Node ${process.version}`)
+      if (fs.readFileSync(path.join(work, 'package-lock.json'), 'utf8') !== fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) problems.push('npm install rewrote package-lock.json')
+      return { ok: problems.length === 0, passed: 3 - problems.length, failed: problems.length, why: problems.join('; ') || null }
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true })
+    }
+  },
+
   build() {
     const r = run('build:all', process.execPath, [path.join(ROOT, 'scripts', 'build-all.js')], { cwd: ROOT, timeout: 20 * MINUTE })
     const checked = (r.out.match(/^check-binaries: \S+: md-bitmap\./gm) ?? []).length
@@ -103,8 +139,8 @@ const steps = {
       const node = nodeBinary('arm64', NODE_ARM64)
       const esbuild = path.join(ROOT, 'node_modules', '@esbuild', 'linux-x64', 'bin', 'esbuild')
       const started = Date.now()
-      const r = ava(`arm64 Node ${NODE_ARM64}`, node, ARM64_SPECS, co, { ESBUILD_BINARY_PATH: esbuild }, 40 * MINUTE)
-      return { ...r, detail: `Node ${NODE_ARM64} arm64 (qemu): ${r.passed} passed, ${r.failed} failed (${((Date.now() - started) / 1000).toFixed(0)} s)` }
+      const r = ava(`arm64 Node ${NODE_ARM64}`, node, ARM64_SPECS, co, { ESBUILD_BINARY_PATH: esbuild }, 40 * MINUTE, ARM64_EXCLUDED)
+      return { ...r, detail: `Node ${NODE_ARM64} arm64 (qemu): ${r.passed} passed, ${r.failed} failed, ${ARM64_EXCLUDED.length} left out (${((Date.now() - started) / 1000).toFixed(0)} s)` }
     } finally {
       fs.rmSync(co, { recursive: true, force: true })
     }
@@ -141,7 +177,7 @@ const steps = {
   release() {
     const r = run('release:dry', process.execPath, [path.join(ROOT, 'scripts', 'release.js'), 'dry'], { cwd: ROOT, timeout: 20 * MINUTE })
     const installs = (r.out.match(/create \+ examine OK/g) ?? []).length
-    return { ok: r.ok && installs === 2, passed: installs, failed: 2 - installs, why: r.why, detail: r.out.split('\n').filter((l) => /OK on|musl/.test(l)).join('\n') }
+    return { ok: r.ok && installs === 2, passed: installs, failed: 2 - installs, why: r.why, detail: r.out.split('\n').filter((l) => /^release: .*(OK on|musl tarballs)/.test(l)).join('\n') }
   },
 }
 
