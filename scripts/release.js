@@ -55,8 +55,11 @@ function publishedManifest() {
 
 /** Packs the root and the given targets' packages into out; returns { root, [platform]: tarball }. */
 function pack(out, targets, local) {
-  fs.rmSync(out, { recursive: true, force: true })
+  // Only what an earlier pack left is removed: out may be any folder.
+  fs.mkdirSync(out, { recursive: true })
+  for (const f of fs.readdirSync(out)) if (f.endsWith('.tgz') || f === 'tarballs.json') fs.rmSync(path.join(out, f))
   const stage = path.join(out, 'stage')
+  fs.rmSync(stage, { recursive: true, force: true })
   fs.mkdirSync(stage, { recursive: true })
   const packed = {}
 
