@@ -23,6 +23,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join, resolve } from 'node:path'
 
 import { Bitmap, FileMember, Mirror, allocAligned } from '../src'
+import { daemonPass } from '../src/bitmap/testing'
 import { progressReporter } from '../src/cli/progress'
 import { SUPERBLOCK_SIZE, STATE_HOSTENDIAN, STATE_STALE, bitmapBytes, chunkCount, encode, minFileSize, pagedFileSize, type Superblock } from '../src/bitmap/superblock'
 import { requires, which } from './helpers/env'
@@ -388,8 +389,8 @@ withMdadm('examine equals mdadm -X: files made by the library (fresh, written, c
     for (const [o, l] of ranges) await b.startWrite(o, l)
     copy('written')
     for (const [o, l] of ranges.slice(1)) b.endWrite(o, l)
-    await b.daemonPass()
-    await b.daemonPass()
+    await daemonPass(b)
+    await daemonPass(b)
     copy('cleared')
     b.endWrite(...ranges[0])
     await b.close()

@@ -189,8 +189,6 @@ function run(cmds: Cmd[]): string | null {
       if (real.get(c) !== model.value(c)) return `${at}: chunk ${c} is ${hex(real.get(c))}, model says ${hex(model.value(c))}`
       if (real.count(c) !== model.chunks[c].count) return `${at}: count(${c}) is ${real.count(c)}, model ${model.chunks[c].count}`
     }
-    const anyNeeded = model.chunks.some((m) => m.needed || m.resync)
-    if (real.anyNeeded() !== anyNeeded) return `${at}: anyNeeded() is ${real.anyNeeded()}, model ${anyNeeded}`
   }
   return null
 }

@@ -96,7 +96,7 @@ const HEIGHT = 1600
 const PAGES = [
   {
     name: 'Bitmap',
-    methods: ['create', 'open', 'startWrite', 'endWrite', 'startSync', 'endSync', 'flush', 'close', 'dirtyChunks', 'stats'],
+    methods: ['create', 'open', 'startWrite', 'endWrite', 'startSync', 'endSync', 'settle', 'close', 'dirtyChunks', 'stats'],
     example: ['Bitmap.create', 'startWrite', 'endWrite', 'close'],
   },
   {

@@ -18,6 +18,7 @@ import { mkdtempSync, readFileSync, rmSync, statfsSync, truncateSync, writeFileS
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
+import { daemonPass } from '../src/bitmap/testing'
 import { fsCaps, requires } from './helpers/env'
 import { readDisk, removeDir } from './helpers/mdadm'
 import { KiB, MemberControl, MiB, codeOf, makeRig, onDisk, pattern, rigParent, until, sameBytes } from './helpers/mirror'
@@ -46,7 +47,7 @@ function assertIdentical(t: import('ava').ExecutionContext, paths: string[], siz
 }
 
 async function daemonPasses(m: Mirror, n = 3): Promise<void> {
-  for (let i = 0; i < n; i++) await m.bitmap!.daemonPass()
+  for (let i = 0; i < n; i++) await daemonPass(m.bitmap!)
 }
 
 // ---------------------------------------------------------------------------------

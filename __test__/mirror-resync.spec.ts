@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
+import { daemonPass } from '../src/bitmap/testing'
 import { readDisk, removeDir } from './helpers/mdadm'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes, sleep, until } from './helpers/mirror'
 
@@ -86,7 +87,7 @@ test('resync: progress is sane and monotonic; an abort rejects EABORTED; the nex
   // Nothing left: a resync copies nothing.
   const again = await m.resync()
   t.is(again.chunksCopied, 0)
-  for (let i = 0; i < 3; i++) await m.bitmap!.daemonPass()
+  for (let i = 0; i < 3; i++) await daemonPass(m.bitmap!)
   t.deepEqual(readDisk(r.bitmapPath).dirtyList(NCHUNKS), [], 'every bit cleared after the resync')
   await m.close()
   sameBytes(t, onDisk(r.paths[1], 0, MiB), onDisk(r.paths[0], 0, MiB))

@@ -4,34 +4,39 @@
  *
  * @packageDocumentation
  */
-export { MdBitmapError } from './errors'
+export { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError } from './errors'
+export type { MdBitmapErrorCode } from './errors'
 export { PageStore } from './io/page-store'
 export { allocAligned } from './io/aligned'
 export { check, extents } from './io/file-check'
 export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './io/file-check'
 export type { PageStoreOptions, StoreMode } from './io/page-store'
 export { Bitmap } from './bitmap/bitmap'
-export type { BitmapStats, BitmapCreateOptions, BitmapOpenOptions, ByteRange } from './bitmap/bitmap'
+export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
+  MemberFaultyEvent,
   MemberInfo,
   MemberOptions,
   MemberState,
   MirrorCreateOptions,
+  MirrorEvents,
   MirrorOpenOptions,
   MirrorStats,
   ResyncOptions,
   ResyncProgress,
   ResyncReport,
-} from './mirror/mirror'
+} from './mirror/types'
 export { DelegatingMember, FileMember, SlowMember, openFileMember } from './member'
 export type { Member, MemberSpec, OpenMember } from './member'
 export { NbdMember, listNbdExports, nbdOpener, openNbdOrFileMember } from './nbd/client'
 export type { NbdExportInfo, NbdMemberOptions, NbdWriteOptions } from './nbd/client'
 export { serveNbd } from './nbd/server'
 export type { NbdServer, NbdTarget, ServeNbdOptions } from './nbd/server'
-export { NbdError, formatNbdUrl, isNbdUrl, parseNbdUrl } from './nbd/protocol'
-export type { BlockSize, NbdAddress } from './nbd/protocol'
+export { NbdError } from './nbd/protocol/errors'
+export { formatNbdUrl, isNbdUrl, parseNbdUrl } from './nbd/protocol/url'
+export type { NbdAddress } from './nbd/protocol/url'
+export type { BlockSize } from './nbd/protocol/handshake'
 export { COUNTER_MAX, NEEDED, RESYNC } from './bitmap/counters'
 export { decode as decodeSuperblock, encode as encodeSuperblock, mdadmUuid } from './bitmap/superblock'
 export type { DecodeOptions, Superblock, SuperblockInput } from './bitmap/superblock'

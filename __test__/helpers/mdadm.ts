@@ -27,11 +27,12 @@
  * for large arrays; `Chunksize` in B / KB / MB / GB.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, statSync, statfsSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fromBytes } from '../../src/cli/bitmap-file'
 import { mdadmReport } from '../../src/cli/examine'
+import { volatileFilesystem } from '../../src/io/volatile'
 import { which } from './env'
 import { readDirect } from './io'
 
@@ -199,16 +200,15 @@ export function readDisk(path: string): DiskBitmap {
   }
 }
 
-const TMPFS_MAGIC = 0x01021994
-
 /**
- * A fresh directory on a disk filesystem (not tmpfs: bitmaps refuse volatile
- * filesystems, and mdadm opens with O_DIRECT). Remove it with `rmSync(dir, {recursive})`.
+ * A fresh directory on a disk filesystem (not tmpfs or ramfs, by the library's own
+ * {@link volatileFilesystem}: bitmaps refuse volatile filesystems, and mdadm opens
+ * with O_DIRECT). Remove it with `rmSync(dir, {recursive})`.
  */
 export function diskTempDir(prefix: string): string {
   for (const parent of ['/var/tmp', tmpdir(), process.cwd()]) {
     try {
-      if (statfsSync(parent).type === TMPFS_MAGIC) continue
+      if (volatileFilesystem(parent)) continue
       return mkdtempSync(join(parent, prefix))
     } catch {
       // next

@@ -10,15 +10,16 @@
  */
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
-import { open as openFile, statfs, unlink } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
 import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
 import { check } from '../io/file-check'
+import { createWrittenFile, removeFile } from '../io/files'
+import { volatileFilesystem } from '../io/volatile'
 import {
   SUPERBLOCK_SIZE,
   STATE_STALE,
@@ -104,12 +105,35 @@ export interface BitmapStats {
   eventsCleared: bigint
 }
 
-/** Filesystems that do not survive a reboot, by statfs magic. */
-const VOLATILE_MAGIC = new Map([
-  [0x01021994, 'tmpfs'],
-  [0x858458f6, 'ramfs'],
-])
-const VOLATILE_FS = new Set(VOLATILE_MAGIC.values())
+/** The events a {@link Bitmap} emits, with the arguments their listeners get. */
+export interface BitmapEvents {
+  /**
+   * A write to the bitmap failed: the bitmap is kicked (marked STALE, no longer used)
+   * and a mirror goes on without it. Emitted once, and only while an `'error'`
+   * listener is attached; the error is kept in {@link Bitmap.error} and `close()`
+   * rejects with it either way.
+   */
+  error: [error: MdBitmapError]
+}
+
+/**
+ * What tests reach past the public API; see `testing.ts`.
+ *
+ * @internal
+ */
+export interface BitmapInternals {
+  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED). */
+  counter(offset: number): number
+  /** Runs one daemon pass now (or joins the one running); resolves with how many chunks changed. */
+  daemonPass(): Promise<number>
+}
+
+/**
+ * The key of a bitmap's test access; see `testing.ts`.
+ *
+ * @internal
+ */
+export const bitmapInternals = Symbol('md-bitmap: Bitmap internals')
 
 function volatileError(path: string, fsType: string): MdBitmapError {
   return new MdBitmapError(
@@ -122,9 +146,8 @@ const SECTOR = 512
 /**
  * A write-intent bitmap file.
  *
- * Events: `'error'` (a write to the bitmap failed; it has been kicked). With no
- * listener the error is still kept in {@link Bitmap.error} and `close()` rejects
- * with it.
+ * Events: see {@link BitmapEvents} (`'error'`: a write to the bitmap failed; it has
+ * been kicked).
  *
  * @example
  * ```ts
@@ -137,7 +160,7 @@ const SECTOR = 512
  * await bitmap.close()
  * ```
  */
-export class Bitmap extends EventEmitter implements DaemonTarget {
+export class Bitmap extends EventEmitter {
   private readonly counters: Counters
   private readonly pages: PageImage
   private readonly daemon: Daemon
@@ -147,7 +170,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   private fullWaiters: (() => void)[] = []
   private syncCheckpoint = 0
   private closed = false
-  private _superblockDirty = false
+  /** events_cleared changed: the superblock must be written before any bit may be cleared. */
+  private superblockDirty = false
   private _degraded = false
   private _error: MdBitmapError | undefined
   private _behind = 0
@@ -174,7 +198,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     this.bitVersion = bitVersion(sb)
     this.counters = new Counters(chunkCount(sb))
     this.pages = new PageImage(store, image, (e) => this.kick(e))
-    this.daemon = new Daemon(this, (e) => this.kick(e))
+    this.daemon = new Daemon(this.daemonTarget(), (e) => this.kick(e))
   }
 
   /** Creates a new bitmap file, fully written (no holes, no unwritten extents), and opens it. */
@@ -184,7 +208,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
       throw new MdBitmapError('EINVAL', `size must be a positive multiple of 512 bytes, got ${size}`)
     }
     if (!options.allowVolatile) {
-      const fsType = VOLATILE_MAGIC.get((await statfs(dirname(path)).catch(() => ({ type: 0 }))).type)
+      const fsType = volatileFilesystem(dirname(path))
       if (fsType) throw volatileError(path, fsType)
     }
     const uuid = options.uuid === undefined ? randomBytes(16) : parseUuid(options.uuid)
@@ -197,29 +221,16 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     })
     const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
     file.set(header)
-    let fh
     try {
-      fh = await openFile(path, options.overwrite ? 'w' : 'wx')
+      await createWrittenFile(path, file, { overwrite: options.overwrite })
     } catch (e) {
-      const err = e as NodeJS.ErrnoException
-      const hint = err.code === 'EEXIST' ? '; open it with Bitmap.open, or pass overwrite: true to replace it' : ''
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot create ${path}: ${err.message}${hint}`, { cause: e })
+      if ((e as MdBitmapError).code !== 'EEXIST') throw e
+      throw new MdBitmapError('EEXIST', `${path} exists; open it with Bitmap.open, or pass overwrite: true to replace it`, { cause: e })
     }
-    try {
-      // Written in full and synced, so every block is allocated and written.
-      await fh.writeFile(file)
-      await fh.sync()
-    } catch (e) {
-      await fh.close().catch(() => {})
-      await unlink(path).catch(() => {})
-      const err = e as NodeJS.ErrnoException
-      throw new MdBitmapError(err.code ?? 'EIO', `cannot write ${path}: ${err.message}; nothing was left behind`, { cause: e })
-    }
-    await fh.close()
     try {
       return await Bitmap.open(path, { mode: options.mode, allowVolatile: options.allowVolatile })
     } catch (e) {
-      await unlink(path).catch(() => {})
+      await removeFile(path).catch(() => {})
       throw e
     }
   }
@@ -227,7 +238,8 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
   /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
   static async open(path: string, options: BitmapOpenOptions = {}): Promise<Bitmap> {
     const report = await check(path)
-    if (VOLATILE_FS.has(report.fsType) && !options.allowVolatile) throw volatileError(path, report.fsType)
+    const fsType = volatileFilesystem(report)
+    if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
     // dsync: a page write completes only once it is on stable storage, past any
     // volatile device cache; only then may the data writes it guards be issued.
     const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
@@ -269,6 +281,32 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     }
     this.throwIfError()
     this.daemon.start(this.sb.daemonSleep)
+  }
+
+  // -- events -------------------------------------------------------------------------
+
+  /**
+   * Calls `listener` at every `event`. A bitmap emits one event:
+   *
+   * - `'error'` ({@link MdBitmapError}): a write to the bitmap failed; the bitmap is
+   *   kicked (marked STALE, no longer used) and a mirror goes on without it. Emitted
+   *   only while an `'error'` listener is attached; the error stays in
+   *   {@link Bitmap.error} and `close()` rejects with it either way.
+   *
+   * See {@link BitmapEvents} for each event in full.
+   */
+  override on<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.on(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Like {@link Bitmap.on}, but calls `listener` once, at the next `event`. */
+  override once<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.once(event, listener as (...args: unknown[]) => void)
+  }
+
+  /** Removes a listener added with {@link Bitmap.on} or {@link Bitmap.once}. */
+  override off<E extends keyof BitmapEvents>(event: E, listener: (...args: BitmapEvents[E]) => void): this {
+    return super.off(event, listener as (...args: unknown[]) => void)
   }
 
   // -- geometry -------------------------------------------------------------------
@@ -392,7 +430,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     if (behind) this._behind--
     if (success && !this._degraded && this.sb.eventsCleared < this.sb.events) {
       this.sb.eventsCleared = this.sb.events
-      this._superblockDirty = true
+      this.superblockDirty = true
     }
     if (wake) for (const w of this.fullWaiters.splice(0)) w()
   }
@@ -464,7 +502,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   /** Whether the chunk holding `offset` is NEEDED or in resync. */
   chunkNeedsResync(offset: number): boolean {
-    return (this.counters.get(this.chunkAt('needsSync', offset)) & (NEEDED | RESYNC)) !== 0
+    return (this.counters.get(this.chunkAt('chunkNeedsResync', offset)) & (NEEDED | RESYNC)) !== 0
   }
 
   // -- reports ------------------------------------------------------------------------
@@ -501,11 +539,6 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     }
   }
 
-  /** The counter of the chunk holding `offset` (count | RESYNC | NEEDED); for tests and tools. */
-  counter(offset: number): number {
-    return this.counters.get(this.chunkAt('counter', offset))
-  }
-
   /**
    * Marks a range for resync, durably: its bits are set and written before this
    * resolves, and its chunks are NEEDED (a full recovery marks the whole device).
@@ -535,29 +568,37 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
 
   // -- the daemon ---------------------------------------------------------------------
 
-  /** @internal */
-  get hasCandidates(): boolean {
-    return this.counters.hasCandidates
+  /** What the daemon works on: this bitmap, seen through an object nobody else holds. */
+  private daemonTarget(): DaemonTarget {
+    const bitmap = this
+    return {
+      get superblockDirty() {
+        return bitmap.superblockDirty
+      },
+      get mayClear() {
+        return !bitmap._degraded && bitmap._error === undefined && !bitmap.closed
+      },
+      get hasCandidates() {
+        return bitmap.counters.hasCandidates
+      },
+      get beforeClear() {
+        return bitmap.beforeClear
+      },
+      syncSuperblock: () => bitmap.syncSuperblock(),
+      stepCandidates: (mayClear) => bitmap.stepCandidates(mayClear),
+      writeClearedPages: () => bitmap.pages.flushNeedWrite(),
+    }
   }
 
-  /** @internal */
-  get superblockDirty(): boolean {
-    return this._superblockDirty
-  }
-  /** @internal */
-  get mayClear(): boolean {
-    return !this._degraded && this._error === undefined && !this.closed
-  }
-
-  /** Writes the superblock (page 0 with the current header) and waits for it. @internal */
-  async syncSuperblock(): Promise<void> {
-    this._superblockDirty = false
+  /** Writes the superblock (page 0 with the current header) and waits for it. */
+  private async syncSuperblock(): Promise<void> {
+    this.superblockDirty = false
     this.pages.image.set(encode(this.sb), 0)
     await this.pages.write(0)
   }
 
-  /** @internal */
-  stepCandidates(mayClear: boolean): number {
+  /** Steps every candidate chunk once, clearing bits in the image; returns how many changed. */
+  private stepCandidates(mayClear: boolean): number {
     let changed = 0
     for (const c of this.counters.candidateChunks()) {
       const r = this.counters.daemonStep(c, mayClear)
@@ -568,14 +609,12 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
     return changed
   }
 
-  /** @internal */
-  writeClearedPages(): Promise<void> {
-    return this.pages.flushNeedWrite()
-  }
-
-  /** Runs one daemon pass now (tests and tools; the timer runs them anyway). */
-  daemonPass(): Promise<number> {
-    return this.daemon.pass()
+  /** @internal Test access (see `testing.ts`): not part of the API. */
+  [bitmapInternals](): BitmapInternals {
+    return {
+      counter: (offset) => this.counters.get(this.chunkAt('counter', offset)),
+      daemonPass: () => this.daemon.pass(),
+    }
   }
 
   /**
@@ -599,7 +638,7 @@ export class Bitmap extends EventEmitter implements DaemonTarget {
    */
   private kick(e: unknown): void {
     if (this._error) return
-    const err = e instanceof MdBitmapError ? e : new MdBitmapError('EIO', String(e), { cause: e })
+    const err = toMdBitmapError(e)
     this._error = new MdBitmapError(
       err.code,
       `bitmap ${this.path} failed a write and is no longer used (${err.message}); the next open will resync every chunk`,

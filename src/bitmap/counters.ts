@@ -70,7 +70,7 @@ export type DaemonResult = 'none' | 'decayed' | 'cleared'
 
 export class Counters {
   /** One counter per chunk. */
-  readonly values: Uint16Array
+  private readonly values: Uint16Array
   /** Chunks whose counter is 1 or 2 with no flag: what the daemon looks at. */
   private readonly candidates = new Set<number>()
 
@@ -177,11 +177,5 @@ export class Counters {
     if (aborted && !(v & NEEDED)) v |= NEEDED
     this.values[chunk] = v
     if (v <= 2) this.candidates.add(chunk)
-  }
-
-  /** Whether any chunk has NEEDED or RESYNC set. */
-  anyNeeded(): boolean {
-    for (let c = 0; c < this.chunks; c++) if (this.values[c] & (NEEDED | RESYNC)) return true
-    return false
   }
 }

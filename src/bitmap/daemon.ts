@@ -20,7 +20,10 @@
  * @module
  */
 
-/** What a daemon pass works on; {@link Bitmap} provides it. */
+/**
+ * What a daemon pass works on. A {@link Bitmap} hands its daemon a private object
+ * with these, so none of them is part of the bitmap's public API.
+ */
 export interface DaemonTarget {
   /** Whether the superblock must be written before any bit may be cleared. */
   readonly superblockDirty: boolean

@@ -2,12 +2,14 @@
  * The page image of a bitmap file and the writes that carry it to disk.
  *
  * The whole file lives in memory as one aligned buffer; pages (4096 bytes) are the
- * unit of I/O. Each page has three attributes, as in Linux md:
+ * unit of I/O. Each page has two attributes, as in Linux md:
  *
  * - DIRTY: bits were set in it; it must reach the disk before the writes those bits
  *   cover may be issued (the "unplug").
  * - NEEDWRITE: bits were cleared in it; it may be written lazily (by the daemon).
- * - PENDING: a write of it is in flight.
+ *
+ * md's third, PENDING (a write in flight), is the page's chain of writes here:
+ * {@link PageImage.settled} waits for it.
  *
  * Writes of one page are chained, never concurrent: a later write must not be
  * overtaken by an earlier snapshot (an old image with a bit still clear landing after
@@ -24,7 +26,6 @@ export const PAGE_SIZE = 4096
 
 const DIRTY = 1
 const NEEDWRITE = 2
-const PENDING = 4
 
 export class PageImage {
   readonly pages: number
@@ -59,9 +60,6 @@ export class PageImage {
   isDirty(page: number): boolean {
     return (this.attrs[page] & DIRTY) !== 0
   }
-  isPending(page: number): boolean {
-    return (this.attrs[page] & PENDING) !== 0
-  }
 
   /** Resolves when every write of the page issued so far has completed. */
   settled(page: number): Promise<void> {
@@ -77,7 +75,7 @@ export class PageImage {
 
   private async issue(page: number): Promise<void> {
     // Both attributes are satisfied by this write: the snapshot includes every change.
-    this.attrs[page] = (this.attrs[page] & ~(DIRTY | NEEDWRITE)) | PENDING
+    this.attrs[page] &= ~(DIRTY | NEEDWRITE)
     const start = page * PAGE_SIZE
     const len = Math.min(PAGE_SIZE, this.image.length - start)
     const snapshot = allocAligned(len, this.store.alignment)
@@ -87,8 +85,6 @@ export class PageImage {
       await this.store.write(snapshot, start)
     } catch (e) {
       this.onError(e)
-    } finally {
-      this.attrs[page] &= ~PENDING
     }
   }
 

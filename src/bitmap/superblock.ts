@@ -75,7 +75,7 @@
  * @module
  */
 import { endianness, arch } from 'node:os'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, type MdBitmapErrorCode } from '../errors'
 
 /** `"bitm"` read as a little-endian u32. */
 export const BITMAP_MAGIC = 0x6d746962
@@ -165,7 +165,7 @@ export interface DecodeOptions {
   fileSize?: number
 }
 
-function fail(code: string, message: string): never {
+function fail(code: MdBitmapErrorCode, message: string): never {
   throw new MdBitmapError(code, message)
 }
 

@@ -1,8 +1,8 @@
 /**
  * Reading a bitmap file for inspection, never writing it: the superblock and as much
- * of the bit array as the file holds, read with O_DIRECT (so a bitmap written in
- * device mode, under the page cache, is seen as it is on disk), falling back to
- * ordinary reads where O_DIRECT is refused (tmpfs).
+ * of the bit array as the file holds, read as it is on disk (`io/uncached-read.ts`:
+ * O_DIRECT, so a bitmap written in device mode, under the page cache, is seen as it
+ * is on disk; ordinary reads where O_DIRECT is refused).
  *
  * Unlike {@link Bitmap.open} this leaves the file alone: a stale bitmap stays stale,
  * and a truncated one is still reported (as mdadm does), with `bitsInFile` below
@@ -11,12 +11,9 @@
  * @internal
  * @module
  */
-import { constants } from 'node:fs'
-import { open, type FileHandle } from 'node:fs/promises'
-import { MdBitmapError } from '../errors'
-import { allocAligned } from '../io/aligned'
+import { MdBitmapError, toMdBitmapError } from '../errors'
+import { readFileStart, type FileStart } from '../io/uncached-read'
 import { HOST_BIT_ORDER, SUPERBLOCK_SIZE, bitVersion, bitmapBytes, chunkCount, decode, getBit, type Superblock } from '../bitmap/superblock'
-import { fsError } from './errors'
 
 /** A bitmap file as read from disk. */
 export interface BitmapFile {
@@ -37,8 +34,8 @@ export interface BitmapFile {
   header: Uint8Array
 }
 
-const DIRECT_ALIGN = 4096
-const PIECE = 4 * 2 ** 20
+/** The first read: the superblock and the first bits. */
+const HEAD = 4096
 
 /**
  * Builds a {@link BitmapFile} from the file's first bytes: `data` holds the file from
@@ -55,8 +52,7 @@ export function fromBytes(path: string, data: Uint8Array, fileSize: number): Bit
   try {
     sb = decode(data)
   } catch (e) {
-    if (e instanceof MdBitmapError) throw new MdBitmapError(e.code, `${path}: ${e.message}`, { cause: e })
-    throw e
+    throw toMdBitmapError(e, { context: path })
   }
   const rawState = new DataView(data.buffer, data.byteOffset, SUPERBLOCK_SIZE).getUint32(48, true)
   const chunks = chunkCount(sb)
@@ -67,78 +63,23 @@ export function fromBytes(path: string, data: Uint8Array, fileSize: number): Bit
   return { path, fileSize, sb, rawState, chunks, bitsInFile, bits, header: data.subarray(0, SUPERBLOCK_SIZE) }
 }
 
-/** Opens read-only, with O_DIRECT unless the filesystem refuses it. */
-async function openForRead(path: string): Promise<{ fh: FileHandle; direct: boolean }> {
-  try {
-    return { fh: await open(path, constants.O_RDONLY | constants.O_DIRECT), direct: true }
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EINVAL') throw fsError(e, 'open', path)
-  }
-  try {
-    return { fh: await open(path, constants.O_RDONLY), direct: false }
-  } catch (e) {
-    throw fsError(e, 'open', path)
-  }
-}
-
-/** Reads up to `length` bytes from offset 0 (fewer at end of file) into an aligned buffer. */
-async function readStart(fh: FileHandle, length: number, path: string): Promise<Uint8Array> {
-  const size = Math.ceil(length / DIRECT_ALIGN) * DIRECT_ALIGN
-  const data = allocAligned(size, DIRECT_ALIGN)
-  let done = 0
-  while (done < length) {
-    let n: number
-    try {
-      n = (await fh.read(data, done, Math.min(PIECE, size - done), done)).bytesRead
-    } catch (e) {
-      throw fsError(e, 'read', path)
-    }
-    if (n === 0) break
-    done += n
-  }
-  return data.subarray(0, Math.min(done, length))
-}
-
 /** Reads a bitmap file's superblock and bit array, leaving the file untouched. */
 export async function readBitmapFile(path: string): Promise<BitmapFile> {
-  const first = await openForRead(path)
-  try {
-    return await readFrom(first.fh, path)
-  } catch (e) {
-    // Some devices want more alignment than a page for O_DIRECT: read through the page cache.
-    if (!first.direct || (e as { code?: string }).code !== 'EINVAL') throw e
-  } finally {
-    await first.fh.close().catch(() => {})
+  const head = await readStart(path, HEAD)
+  const parsed = fromBytes(path, head.data, Math.min(head.fileSize, head.data.length))
+  const want = Math.min(head.fileSize, SUPERBLOCK_SIZE + bitmapBytes(parsed.sb))
+  const all = want <= head.data.length ? head : await readStart(path, want)
+  if (all.data.length < want) {
+    throw new MdBitmapError('EIO', `${path}: read ${all.data.length} of ${want} bytes; the file changed while being read, try again`)
   }
-  const fh = await open(path, constants.O_RDONLY).catch((e) => {
-    throw fsError(e, 'open', path)
-  })
-  try {
-    return await readFrom(fh, path)
-  } finally {
-    await fh.close().catch(() => {})
-  }
+  return fromBytes(path, all.data, all.fileSize)
 }
 
-async function readFrom(fh: FileHandle, path: string): Promise<BitmapFile> {
-  const st = await fh.stat().catch((e) => {
-    throw fsError(e, 'stat', path)
+function readStart(path: string, length: number): Promise<FileStart> {
+  return readFileStart(path, length).catch((e: MdBitmapError) => {
+    if (e.code !== 'ENOT_REGULAR_FILE') throw e
+    throw toMdBitmapError(e, { hint: 'give the path of a bitmap file (mdadm --examine-bitmap reads internal bitmaps of md devices)' })
   })
-  if (!st.isFile()) {
-    throw new MdBitmapError(
-      'ENOT_REGULAR_FILE',
-      `${path} is not a regular file; give the path of a bitmap file (mdadm --examine-bitmap reads internal bitmaps of md devices)`,
-    )
-  }
-  const fileSize = st.size
-  const head = await readStart(fh, Math.min(fileSize, DIRECT_ALIGN), path)
-  const parsed = fromBytes(path, head, Math.min(fileSize, head.length))
-  const want = Math.min(fileSize, SUPERBLOCK_SIZE + bitmapBytes(parsed.sb))
-  const data = want <= head.length ? head : await readStart(fh, want, path)
-  if (data.length < want) {
-    throw new MdBitmapError('EIO', `${path}: read ${data.length} of ${want} bytes; the file changed while being read, try again`)
-  }
-  return fromBytes(path, data, fileSize)
 }
 
 /** A byte range of the data covered by the bitmap. */

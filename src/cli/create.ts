@@ -4,9 +4,9 @@
  * @internal
  * @module
  */
-import { stat } from 'node:fs/promises'
 import { Bitmap } from '../bitmap/bitmap'
 import { MdBitmapError } from '../errors'
+import { statPath } from '../io/files'
 import { MAX_DAEMON_SLEEP, MAX_WRITE_BEHIND, mdadmUuid, parseUuid } from '../bitmap/superblock'
 import { parse, parseInteger, parseSize } from './args'
 import { usage } from './errors'
@@ -75,8 +75,8 @@ export async function create(argv: string[], io: Io): Promise<number> {
     }
   }
   if (values.force) {
-    const st = await stat(path).catch(() => undefined)
-    if (st && !st.isFile()) throw new MdBitmapError('ENOT_REGULAR_FILE', `${path} exists and is not a regular file; --force replaces only files`)
+    const found = await statPath(path).catch(() => null)
+    if (found && found.kind !== 'file') throw new MdBitmapError('ENOT_REGULAR_FILE', `${path} exists and is not a regular file; --force replaces only files`)
   }
   const bitmap = await Bitmap.create(path, {
     size,
@@ -95,7 +95,9 @@ export async function create(argv: string[], io: Io): Promise<number> {
   const st = bitmap.stats()
   const sb = bitmap.superblock
   await bitmap.close()
-  const fileSize = (await stat(path)).size
+  const written = await statPath(path)
+  if (!written) throw new MdBitmapError('ENOENT', `${path} was removed right after it was created; check what else writes to its folder`)
+  const fileSize = written.size
   const info = {
     file: path,
     size,

@@ -18,13 +18,16 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { extname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { FileMember } from '../member'
-import { Mirror, type ResyncReport } from '../mirror/mirror'
+import { Mirror } from '../mirror/mirror'
+import type { ResyncReport } from '../mirror/types'
 import { allocAligned } from '../io/aligned'
+import { makeTempFolder, removeFolder } from '../io/folders'
+import { volatileFilesystem } from '../io/volatile'
+import type { MdBitmapError } from '../errors'
 import { parse, parseInteger, parseNumber, parseSize } from './args'
 import { dirtyRanges, readBitmapFile } from './bitmap-file'
 import { BLOCK, PAGE, demoOpenMember, pageGeneration } from './demo-shared'
@@ -68,17 +71,15 @@ Options:
   --json             print the report as JSON
   -h, --help         this help`
 
-const VOLATILE = new Set([0x01021994, 0x858458f6]) // tmpfs, ramfs
-
 /** A folder for the demo's files on a filesystem that is not in memory. */
 function demoDir(parent: string | undefined): string {
   const candidates = parent ? [parent] : [tmpdir(), '/var/tmp', process.cwd()]
   for (const dir of candidates) {
     try {
-      if (!parent && VOLATILE.has(statfsSync(dir).type)) continue
-      return mkdtempSync(join(dir, 'md-bitmap-demo-'))
+      if (!parent && volatileFilesystem(dir)) continue
+      return makeTempFolder(dir, 'md-bitmap-demo-')
     } catch (e) {
-      if (parent) throw new CliError((e as NodeJS.ErrnoException).code ?? 'EIO', `cannot make a folder in ${parent}: ${(e as Error).message}; pick another --dir`)
+      if (parent) throw new CliError((e as MdBitmapError).code, `${(e as MdBitmapError).message}; pick another --dir`)
     }
   }
   throw new CliError('ENOSPC', `no disk-backed folder for the demo among ${candidates.join(', ')}; pass --dir DIR on a disk filesystem`)
@@ -273,7 +274,7 @@ export async function demo(argv: string[], io: Io): Promise<number> {
   let writer: ChildProcess | undefined
   const onSignal = (sig: NodeJS.Signals) => {
     writer?.kill('SIGKILL')
-    if (!values.keep) rmSync(dir, { recursive: true, force: true })
+    if (!values.keep) removeFolder(dir)
     io.err(errorLine(new CliError('EINTERRUPTED', `demo stopped by ${sig}; ${values.keep ? `its files are in ${dir}` : 'its temporary folder was removed'}`)) + '\n')
     process.exit(EXIT_INTERRUPTED)
   }
@@ -400,7 +401,7 @@ export async function demo(argv: string[], io: Io): Promise<number> {
     if (values.keep) {
       if (!json) io.err(`md-bitmap: kept the demo's files in ${dir}\n`)
     } else {
-      rmSync(dir, { recursive: true, force: true })
+      removeFolder(dir)
     }
   }
 }

@@ -10,13 +10,14 @@
  * | 3 | verification failed: `demo` found members that differ or an acknowledged write missing (code `EVERIFY`) |
  * | 130 | interrupted (SIGINT/SIGTERM) before finishing; a resync resumes where it stopped (code `EINTERRUPTED`) |
  *
- * The code is an errno name (`ENOENT`, `EIO`, …) or one of md-bitmap's own (see
- * `src/errors.ts`), plus the command's own `EUSAGE`, `EVERIFY` and `EINTERRUPTED`.
+ * The code is one of {@link MdBitmapErrorCode}: an errno name (`ENOENT`, `EIO`, …),
+ * one of md-bitmap's own, or the command's own `EUSAGE`, `EVERIFY`, `EINTERRUPTED`
+ * and `EDEMO_WRITER`; anything thrown with no such code is `EINTERNAL`.
  *
  * @internal
  * @module
  */
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError, type MdBitmapErrorCode } from '../errors'
 
 export const EXIT_OK = 0
 export const EXIT_FAILED = 1
@@ -34,13 +35,13 @@ export const EXIT_TABLE = `Exit status:
 Every failure prints one line to stderr: "md-bitmap: CODE: what happened; what to do".`
 
 /** An error of the command itself, with the exit status it calls for. */
-export class CliError extends Error {
+export class CliError extends MdBitmapError {
   constructor(
-    readonly code: string,
+    code: MdBitmapErrorCode,
     message: string,
     readonly exitCode: number = EXIT_FAILED,
   ) {
-    super(message)
+    super(code, message)
     this.name = 'CliError'
   }
 }
@@ -52,12 +53,9 @@ export function usage(message: string, command?: string): CliError {
 }
 
 /** The code, message and exit status of anything thrown. */
-export function describe(e: unknown): { code: string; message: string; exitCode: number } {
+export function describe(e: unknown): { code: MdBitmapErrorCode; message: string; exitCode: number } {
   if (e instanceof CliError) return { code: e.code, message: e.message, exitCode: e.exitCode }
-  if (e instanceof MdBitmapError) return { code: e.code, message: e.message, exitCode: EXIT_FAILED }
-  const err = e as { code?: unknown; message?: unknown }
-  const code = typeof err?.code === 'string' && /^E[A-Z0-9_]+$/.test(err.code) ? err.code : 'EINTERNAL'
-  const message = typeof err?.message === 'string' ? err.message : String(e)
+  const { code, message } = toMdBitmapError(e, { fallback: 'EINTERNAL' })
   return { code, message, exitCode: EXIT_FAILED }
 }
 
@@ -70,21 +68,4 @@ export function errorLine(e: unknown): string {
     .filter(Boolean)
     .join('; ')
   return `md-bitmap: ${code}: ${flat}`
-}
-
-/** Turns a Node fs error on `path` into a one-line error with a hint. */
-export function fsError(e: unknown, what: string, path: string): MdBitmapError {
-  if (e instanceof MdBitmapError) return e
-  const err = e as NodeJS.ErrnoException
-  const code = err?.code ?? 'EIO'
-  const hints: Record<string, string> = {
-    ENOENT: 'no such file; check the path',
-    EACCES: 'permission denied; check the file mode or run as a user who may read it',
-    EPERM: 'operation not permitted; check the file attributes or run with the needed privileges',
-    EISDIR: 'it is a directory; give the path of a bitmap file',
-    ENOTDIR: 'a component of the path is not a directory; check the path',
-    EEXIST: 'the file exists; pick another path or pass --force to replace it',
-  }
-  const hint = hints[code] ?? (err?.message ?? String(e)).replace(/^[A-Z]+: /, '')
-  return new MdBitmapError(code, `cannot ${what} ${path}: ${hint}`, { cause: e })
 }

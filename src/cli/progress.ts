@@ -6,7 +6,7 @@
  * @internal
  * @module
  */
-import type { ResyncProgress } from '../mirror/mirror'
+import type { ResyncProgress } from '../mirror/types'
 import { bytes, rate } from './format'
 import type { Io } from './io'
 

@@ -6,7 +6,8 @@
  * @internal
  * @module
  */
-import { Mirror, type ResyncReport } from '../mirror/mirror'
+import { Mirror } from '../mirror/mirror'
+import type { ResyncReport } from '../mirror/types'
 import { parse } from './args'
 import { CliError, EXIT_INTERRUPTED, usage } from './errors'
 import { bytes, ms, percent, rate } from './format'

@@ -5,7 +5,7 @@
  * @module
  */
 import type { NativeStore } from '../native/binding'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { binding, native } from '../native'
 
 /** How a page store reaches the disk. */
@@ -101,7 +101,7 @@ export class PageStore {
   /** The first write error this store saw, or null. */
   error(): MdBitmapError | null {
     const e = this.inner.error()
-    return e ? new MdBitmapError(e.code, e.message) : null
+    return e ? toMdBitmapError(e) : null
   }
   /** Waits for pending writes, syncs and releases the file; rejects with the sticky error if any write failed. */
   close(): Promise<void> {

@@ -4,8 +4,8 @@
  *
  * @module
  */
-import { open as openFile, stat } from 'node:fs/promises'
-import { MdBitmapError } from '../errors'
+import type { MdBitmapError } from '../errors'
+import { createSparseFile } from '../io/files'
 import { PageStore } from '../io/page-store'
 import type { Member, OpenMember } from './types'
 
@@ -29,21 +29,13 @@ export class FileMember implements Member {
    * file is kept. Returns whether the file was created.
    */
   static async ensure(path: string, size: number): Promise<boolean> {
-    const st = await stat(path).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') return undefined
-      throw new MdBitmapError(e.code ?? 'EIO', `cannot stat member ${path}: ${e.message}`, { cause: e })
-    })
-    if (st) return false
-    const fh = await openFile(path, 'wx').catch((e: NodeJS.ErrnoException) => {
-      throw new MdBitmapError(e.code ?? 'EIO', `cannot create member ${path}: ${e.message}`, { cause: e })
-    })
     try {
-      await fh.truncate(size)
-      await fh.sync()
-    } finally {
-      await fh.close()
+      await createSparseFile(path, size)
+      return true
+    } catch (e) {
+      if ((e as MdBitmapError).code === 'EEXIST') return false
+      throw e
     }
-    return true
   }
 
   get size(): number {

@@ -1,14 +1,15 @@
 /**
  * The mirror's own metadata: which members it has, their roles and states, the event
  * count each was last in sync at, and whether the mirror was shut down cleanly. It is
- * a small JSON file beside the bitmap, replaced atomically (temp file, fsync, rename,
- * fsync of the folder), so a crash leaves either the old or the new version.
+ * a small JSON file beside the bitmap, replaced atomically (`io/replace.ts`: temp
+ * file, fsync, rename, fsync of the folder), so a crash leaves either the old or the
+ * new version.
  *
  * @module
  */
-import { open, readFile, rename, unlink } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
 import { MdBitmapError } from '../errors'
+import { readWholeFile } from '../io/files'
+import { replaceFile } from '../io/replace'
 
 /** A member's state. */
 export type MemberState =
@@ -65,13 +66,10 @@ function bad(path: string, why: string, cause?: unknown): MdBitmapError {
 export async function readMetadata(path: string): Promise<MirrorMetadata> {
   let text: string
   try {
-    text = await readFile(path, 'utf8')
+    text = (await readWholeFile(path)).toString('utf8')
   } catch (e) {
-    const err = e as NodeJS.ErrnoException
-    if (err.code === 'ENOENT') {
-      throw new MdBitmapError('EMIRROR_METADATA', `${path} does not exist: no mirror was created with this bitmap (Mirror.create makes one)`, { cause: e })
-    }
-    throw new MdBitmapError(err.code ?? 'EIO', `cannot read ${path}: ${err.message}`, { cause: e })
+    if ((e as MdBitmapError).code !== 'ENOENT') throw e
+    throw new MdBitmapError('EMIRROR_METADATA', `${path} does not exist: no mirror was created with this bitmap (Mirror.create makes one)`, { cause: e })
   }
   let j: Record<string, unknown>
   try {
@@ -131,26 +129,5 @@ export async function writeMetadata(path: string, meta: MirrorMetadata): Promise
     null,
     2,
   )
-  const dir = dirname(path)
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.tmp`)
-  try {
-    const fh = await open(tmp, 'w')
-    try {
-      await fh.writeFile(text + '\n')
-      await fh.sync()
-    } finally {
-      await fh.close()
-    }
-    await rename(tmp, path)
-    const d = await open(dir, 'r')
-    try {
-      await d.sync()
-    } finally {
-      await d.close()
-    }
-  } catch (e) {
-    await unlink(tmp).catch(() => {})
-    const err = e as NodeJS.ErrnoException
-    throw new MdBitmapError(err.code ?? 'EIO', `cannot write the mirror metadata ${path}: ${err.message}`, { cause: e, errno: err.errno })
-  }
+  await replaceFile(path, text + '\n')
 }

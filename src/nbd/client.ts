@@ -28,6 +28,7 @@
  * @module
  */
 import { connect, type Socket } from 'node:net'
+import { toMdBitmapError } from '../errors'
 import { FileMember, type Member, type MemberSpec, type OpenMember } from '../member'
 import {
   Cmd,
@@ -403,7 +404,7 @@ function openSocket(a: NbdAddress, url: string, timeoutMs: number): Promise<Sock
     })
     const onError = (e: NodeJS.ErrnoException) => {
       clearTimeout(timer)
-      reject(new NbdError(e.code && /^E[A-Z]+$/.test(e.code) ? e.code : 'ENBD_DISCONNECTED', `${url}: cannot connect: ${e.message}`, { cause: e }))
+      reject(new NbdError(toMdBitmapError(e, { fallback: 'ENBD_DISCONNECTED' }).code, `${url}: cannot connect: ${e.message}`, { cause: e }))
     }
     socket.once('error', onError)
   })

@@ -33,7 +33,7 @@
  */
 import { lstat, unlink } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
-import { MdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { allocAligned } from '../io/aligned'
 import {
   Cmd,
@@ -203,7 +203,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
 
 function listen(server: Server, start: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (e: Error) => reject(e)
+    const onError = (e: Error) => reject(toMdBitmapError(e))
     server.once('error', onError)
     server.once('listening', () => {
       server.removeListener('error', onError)
@@ -230,7 +230,9 @@ async function listenUnix(server: Server, path: string): Promise<void> {
         })
       : true
     if (alive) throw new MdBitmapError('EADDRINUSE', `${path} is in use (a live socket, or not a socket at all)`, { cause: e })
-    await unlink(path)
+    await unlink(path).catch((e) => {
+      throw toMdBitmapError(e, { context: `cannot remove the stale socket ${path}` })
+    })
     await listen(server, () => server.listen(path))
   }
 }

@@ -12,7 +12,7 @@ import { ByteQueue, NbdError } from './protocol'
 
 export class SocketReader {
   private readonly q = new ByteQueue()
-  private waiter: { n: number; resolve: (b: Uint8Array) => void; reject: (e: Error) => void; timer?: NodeJS.Timeout } | null = null
+  private waiter: { n: number; resolve: (b: Uint8Array) => void; reject: (e: NbdError) => void; timer?: NodeJS.Timeout } | null = null
   private ended: NbdError | null = null
   private detached = false
 
@@ -29,7 +29,7 @@ export class SocketReader {
 
   /** Exactly `n` bytes; `timeoutMs` 0 waits for ever. One read at a time. */
   read(n: number, timeoutMs: number, what: string): Promise<Uint8Array> {
-    if (this.waiter) return Promise.reject(new Error('SocketReader: one read at a time'))
+    if (this.waiter) return Promise.reject(new NbdError('EINTERNAL', `${this.peer}: a read of ${what} while another is waiting; SocketReader reads one at a time`))
     if (this.q.length >= n) return Promise.resolve(this.q.take(n))
     if (this.ended) return Promise.reject(this.disconnected(what, this.ended))
     return new Promise((resolve, reject) => {
@@ -41,7 +41,7 @@ export class SocketReader {
         }, timeoutMs)
       }
       // Rejections carry what was awaited.
-      w.reject = (e: Error) => reject(e instanceof NbdError && e.code === 'ENBD_DISCONNECTED' ? this.disconnected(what, e) : e)
+      w.reject = (e: NbdError) => reject(e.code === 'ENBD_DISCONNECTED' ? this.disconnected(what, e) : e)
       this.waiter = w
     })
   }

@@ -1,0 +1,231 @@
+/**
+ * The data path: writes (synchronous or behind), reads, and flushes.
+ *
+ * A write, synchronous or behind:
+ *
+ * ```
+ *   write(buf, offset)
+ *     │ enter the flush fence (a flush called from now on waits for this write)
+ *     │ enter the chunks' barrier (waits while a resync copies one of them)
+ *     │ decide: behind? ── needs a write-mostly member, a bitmap that allows
+ *     │                    write-behind and is not kicked, behind writes below
+ *     │                    the bitmap's limit, and the copy within behindMemoryLimit
+ *     │ bitmap.startWrite ─ bits set and durable (group commit)
+ *     ├──────────── sync ─────────────┐          ┌──────────── behind ────────────┐
+ *     │ write every active member     │          │ fast members: the caller's buf │
+ *     │ (the caller's buffer)         │          │ write-mostly: a private copy   │
+ *     │ wait for all                  │          │ wait for the fast ones only    │
+ *     │ ack, leave the fence ◄────────┘          │ ack, leave the fence ◄─────────┘
+ *     │                                          │   …the slow members go on…
+ *     └── every member done ──► bitmap.endWrite(success = every member had it)
+ *                               (only now may the daemon start to clear the bits)
+ *                               leave the barrier
+ * ```
+ *
+ * The bits of a behind write stay set until the slowest member has it; Linux 6.14
+ * ends the bitmap write when the fast members finish, which would let the daemon
+ * clear a bit over a lagging member. Here endWrite comes after every member. Each
+ * member issues a write only after the overlapping writes before it on that member
+ * completed (its write order), so a newer write never overtakes a lagging older one.
+ *
+ * A write is acknowledged if a member that may acknowledge it has it: an in-sync
+ * member that is not write-mostly, or, when there is none, an in-sync write-mostly
+ * member. A member whose write or read fails becomes faulty (see membership): every
+ * write then ends NEEDED and no bit is cleared.
+ *
+ * A read goes to the fast in-sync members in turn; to a write-mostly one only when no
+ * other can serve, and then after its writes in flight to the range completed; to the
+ * resync source when the range is marked for resync, so two reads agree.
+ *
+ * Flush contract: once {@link flush} resolves, every write whose `write()` was called
+ * before `flush()` was called, and that was acknowledged, is durable on every member
+ * that is not write-mostly. Flush waits (through the flush fence) until each such write
+ * is acknowledged or rejected, then fdatasyncs every active member. It does not wait for
+ * writes called after it, nor for behind writes still in flight on write-mostly
+ * members: their chunks' bits are on stable storage until those members have them and
+ * were flushed, so a resync repairs them.
+ *
+ * @module
+ */
+import { MdBitmapError, toMdBitmapError } from '../errors'
+import { allocAligned, isAligned } from '../io/aligned'
+import { failMember } from './membership'
+import type { MirrorState, Slot } from './state'
+
+/** Writes `data` at `offset` on every active member (see {@link Mirror.write}). */
+export async function write(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
+  state.checkOpen('write')
+  state.checkRange('write', offset, data.length)
+  // In the flush fence from the call until acknowledged or rejected: a flush called meanwhile waits for it.
+  const generation = state.flushFence.enter()
+  try {
+    const len = data.length
+    const align = state.alignment
+    const buf = isAligned(data, align) ? data : copyAligned(data, align)
+    const first = Math.floor(offset / state.meta.chunkSize)
+    const last = Math.floor((offset + len - 1) / state.meta.chunkSize)
+    await state.barrier.enterWrite(first, last)
+    // Fast members first: their writes are issued before the write-behind copy is made.
+    const active = state.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
+    const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
+    // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
+    const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
+    let behind = false
+    try {
+      // Closed while this write waited at the barrier: the bitmap may be gone.
+      state.checkOpen('write')
+      if (ackers.size === 0) throw state.failedError('write')
+      behind = fastInSync.length > 0 && mayGoBehind(state, active, len)
+      if (behind) reserveBehind(state, len)
+      if (state.bitmap) await state.bitmap.startWrite(offset, len, behind)
+    } catch (e) {
+      if (behind) releaseBehind(state, len)
+      state.barrier.exitWrite(first, last)
+      throw e
+    }
+    state.counts.writes++
+    let copy: Uint8Array | undefined
+    let everyMember = true
+    const outcomes = active.map((slot) => {
+      const payload = behind && slot.record.writeMostly ? (copy ??= copyAligned(buf, state.alignment)) : buf
+      return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
+        () => undefined as MdBitmapError | undefined,
+        async (e) => {
+          everyMember = false
+          return (await failMember(state, slot, e)) ?? toMdBitmapError(e)
+        },
+      )
+    })
+    const all = Promise.all(outcomes).then(() => {
+      try {
+        state.bitmap?.endWrite(offset, len, everyMember, behind)
+      } catch (e) {
+        state.events.error(toMdBitmapError(e))
+      }
+      if (behind) releaseBehind(state, len)
+      state.barrier.exitWrite(first, last)
+    })
+    // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
+    const waitFor = active.map((slot, i) => ({ slot, p: outcomes[i] })).filter(({ slot }) => !behind || !slot.record.writeMostly)
+    const results = await Promise.all(waitFor.map(({ slot, p }) => p.then((err) => ({ slot, err }))))
+    if (!behind) await all
+    const metaErr = results.find((r) => r.err?.code === 'EMIRROR_METADATA')
+    if (metaErr) throw metaErr.err
+    if (!results.some((r) => ackers.has(r.slot) && r.err === undefined)) {
+      const errs = results.filter((r) => ackers.has(r.slot)).map((r) => `${r.slot.record.path}: ${r.err?.message}`)
+      throw new MdBitmapError('EMIRROR_WRITE', `write of ${len} bytes at ${offset} reached no member that may acknowledge it (${errs.join('; ')}); the chunk is marked for resync`, {
+        cause: results[0]?.err,
+      })
+    }
+  } finally {
+    state.flushFence.leave(generation)
+  }
+}
+
+function mayGoBehind(state: MirrorState, active: Slot[], len: number): boolean {
+  const bm = state.bitmap
+  const counts = state.counts
+  if (!bm || bm.kicked || bm.maxWriteBehind === 0) return false
+  if (!active.some((s) => s.record.writeMostly)) return false
+  if (counts.behindInFlight >= bm.maxWriteBehind) {
+    counts.behindFallbacks.limit++
+    return false
+  }
+  if (counts.behindBytes + len > state.meta.behindMemoryLimit) {
+    counts.behindFallbacks.memory++
+    return false
+  }
+  return true
+}
+
+function reserveBehind(state: MirrorState, len: number): void {
+  const counts = state.counts
+  counts.behindWrites++
+  counts.behindInFlight++
+  counts.behindBytes += len
+  counts.behindHighWater = Math.max(counts.behindHighWater, counts.behindInFlight)
+  counts.behindBytesHighWater = Math.max(counts.behindBytesHighWater, counts.behindBytes)
+}
+
+function releaseBehind(state: MirrorState, len: number): void {
+  state.counts.behindInFlight--
+  state.counts.behindBytes -= len
+}
+
+/** Reads `target.length` bytes at `offset` (see {@link Mirror.read}). */
+export async function read(state: MirrorState, target: Uint8Array, offset: number): Promise<void> {
+  state.checkOpen('read')
+  state.checkRange('read', offset, target.length)
+  const len = target.length
+  const buf = isAligned(target, state.alignment) ? target : allocAligned(len, state.alignment)
+  const tried = new Set<Slot>()
+  const errors: string[] = []
+  for (let slot = pickReader(state, offset, len, tried); slot; slot = pickReader(state, offset, len, tried)) {
+    tried.add(slot)
+    try {
+      if (slot.record.writeMostly) await slot.order.drained(offset, len)
+      await slot.member!.read(buf, offset)
+    } catch (e) {
+      errors.push(`${slot.record.path}: ${toMdBitmapError(e).message}`)
+      const metaErr = await failMember(state, slot, e)
+      if (metaErr) throw metaErr
+      continue
+    }
+    if (buf !== target) target.set(buf)
+    state.counts.reads++
+    return
+  }
+  if (errors.length === 0) throw state.failedError('read')
+  throw new MdBitmapError('EMIRROR_READ', `read of ${len} bytes at ${offset} failed on every member that could serve it: ${errors.join('; ')}`)
+}
+
+function pickReader(state: MirrorState, offset: number, len: number, tried: Set<Slot>): Slot | undefined {
+  const source = state.sourceSlot()
+  if (source && !tried.has(source) && rangeNeedsSync(state, offset, len)) return source
+  const fast = state.slots.filter((s) => s.inSync && !s.record.writeMostly && !tried.has(s))
+  if (fast.length) return fast[state.readerTurn++ % fast.length]
+  return state.slots.find((s) => s.inSync && !tried.has(s))
+}
+
+function rangeNeedsSync(state: MirrorState, offset: number, len: number): boolean {
+  if (!state.bitmap) return state.meta.resyncFrom !== null
+  const cs = state.meta.chunkSize
+  for (let o = Math.floor(offset / cs) * cs; o < offset + len; o += cs) if (state.bitmap.chunkNeedsResync(o)) return true
+  return false
+}
+
+/** The caller's flush: waits for the writes called before it, then syncs every active member (the contract is at the top). */
+export async function flush(state: MirrorState): Promise<void> {
+  state.checkOpen('flush')
+  await state.flushFence.drain()
+  await flushMembers(state, true)
+}
+
+/**
+ * Syncs every active member; a failure fails that member. `strict`: rejects if
+ * recording a failure failed, or if no member in sync is left.
+ */
+export async function flushMembers(state: MirrorState, strict: boolean): Promise<void> {
+  const active = state.slots.filter((s) => s.active)
+  const metaErrs = await Promise.all(active.map((s) => s.member!.flush().then(() => undefined, (e) => failMember(state, s, e))))
+  const metaErr = metaErrs.find((e) => e)
+  if (strict && metaErr) throw metaErr
+  if (strict && !state.slots.some((s) => s.inSync)) throw state.failedError('flush')
+}
+
+/** Syncs the given members; a failure fails that member. Never rejects. */
+export async function flushSlots(state: MirrorState, slots: Slot[]): Promise<void> {
+  await Promise.all(slots.filter((s) => s.active).map((s) => s.member!.flush().catch((e) => failMember(state, s, e))))
+}
+
+/** The bitmap daemon's hook: members durable before a bit is cleared. Never rejects. */
+export function flushBeforeClear(state: MirrorState): Promise<void> {
+  return flushMembers(state, false).catch(() => {})
+}
+
+/** A copy of `data` in memory aligned to `align`. */
+function copyAligned(data: Uint8Array, align: number): Uint8Array {
+  const out = allocAligned(data.length, align)
+  out.set(data)
+  return out
+}
