@@ -13,7 +13,7 @@ import { binding, platformTriple } from '../src/native/load'
 
 const EXERCISED = {
   functions: ['alignmentOffset', 'check', 'extents', 'openStore'],
-  classes: { NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'] },
+  classes: { NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'] },
 }
 
 test('census: the addon exports exactly the bindings this spec exercises', (t) => {
@@ -57,13 +57,15 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     await t.throwsAsync(b.check(join(dir, 'missing')), { message: /missing|No such file/i })
 
     // openStore and every member of the store.
-    const s = await b.openStore(file, 'data', false)
+    const s = await b.openStore(file, 'plain', false)
     t.true(['direct', 'buffered'].includes(s.mode))
     t.true(s.reason === null || typeof s.reason === 'string')
     t.is(s.size, 4 * 4096)
     t.true(s.alignment >= 512 && (s.alignment & (s.alignment - 1)) === 0)
     t.true(['statx', 'block-device', 'default'].includes(s.alignmentSource))
     t.is(s.device, null)
+    t.true(['uring', 'aio', 'threads'].includes(s.engine), s.engine)
+    t.true(s.engineReason === null || typeof s.engineReason === 'string')
     t.is(s.pending(), 0)
     t.is(s.error(), null)
     const aligned = alignedPage(b.alignmentOffset)
