@@ -101,7 +101,7 @@ const PAGES = [
   },
   {
     name: 'Mirror',
-    methods: ['create', 'open', 'write', 'read', 'resync', 'addMember', 'removeMember', 'reAdd', 'flush', 'close', 'stats'],
+    methods: ['create', 'open', 'write', 'read', 'resync', 'check', 'discard', 'writeZeroes', 'addMember', 'removeMember', 'reAdd', 'flush', 'close', 'stats'],
     example: ['Mirror.create', 'writeMostly: true', 'mirror.write', 'Mirror.open', 'resync(', 'onProgress'],
   },
 ]

@@ -6,13 +6,13 @@
  * is exercised here.
  */
 import test from 'ava'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { binding, platformTriple } from '../src/native/load'
 
 const EXERCISED = {
-  functions: ['alignmentOffset', 'check', 'extents', 'openStore'],
+  functions: ['alignmentOffset', 'check', 'extents', 'openStore', 'punchHole'],
   classes: { NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'] },
 }
 
@@ -90,3 +90,27 @@ function alignedPage(alignmentOffset: (v: Uint8Array, a: number) => number): Uin
   const off = alignmentOffset(backing, 4096)
   return backing.subarray(off, off + 4096)
 }
+
+test('punchHole: the range reads as zeroes, the size is kept; past the end is EOUT_OF_RANGE', async (t) => {
+  const b = binding()
+  const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-binding-'))
+  try {
+    const file = join(dir, 'member')
+    writeFileSync(file, Buffer.alloc(4 * 4096, 0x5a))
+    try {
+      await b.punchHole(file, 4096, 2 * 4096)
+    } catch (e) {
+      // A filesystem that cannot punch holes answers so (the member then writes zeroes).
+      t.is((e as { code?: string }).code, 'EOPNOTSUPP')
+      return
+    }
+    const bytes = readFileSync(file)
+    t.is(statSync(file).size, 4 * 4096)
+    t.true(bytes.subarray(0, 4096).every((x) => x === 0x5a))
+    t.true(bytes.subarray(4096, 3 * 4096).every((x) => x === 0))
+    t.true(bytes.subarray(3 * 4096).every((x) => x === 0x5a))
+    await t.throwsAsync(b.punchHole(file, 3 * 4096, 2 * 4096), { code: 'EOUT_OF_RANGE' })
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})

@@ -15,6 +15,9 @@ export { Bitmap } from './bitmap/bitmap'
 export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
+  CheckOptions,
+  CheckProgress,
+  CheckReport,
   MemberFaultyEvent,
   MemberInfo,
   MemberOptions,

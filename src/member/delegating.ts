@@ -6,6 +6,7 @@
  * @module
  */
 import type { Member } from './types'
+import { zeroFill } from './zero-fill'
 
 /** A {@link Member} that passes every call to `inner`; extend it and override what you change. */
 export class DelegatingMember implements Member {
@@ -30,6 +31,12 @@ export class DelegatingMember implements Member {
   }
   flush(): Promise<void> {
     return this.inner.flush()
+  }
+  discard(offset: number, length: number): Promise<void> {
+    return this.inner.discard ? this.inner.discard(offset, length) : zeroFill(this, offset, length)
+  }
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.inner.writeZeroes ? this.inner.writeZeroes(offset, length) : zeroFill(this, offset, length)
   }
   close(): Promise<void> {
     return this.inner.close()

@@ -7,11 +7,15 @@
 import type { MdBitmapError } from '../errors'
 import { createSparseFile } from '../io/files'
 import { PageStore } from '../io/page-store'
+import { punchHole } from '../io/punch-hole'
 import type { Member, OpenMember } from './types'
+import { zeroFill } from './zero-fill'
 
 /**
  * A member on a local regular file or a whole block device, through the native
  * direct-I/O store. The file may be sparse; a block device is opened exclusively.
+ * {@link discard} and {@link writeZeroes} punch a hole in a file and unmap (zeroing)
+ * on a block device; where the filesystem cannot punch holes they write zeroes.
  */
 export class FileMember implements Member {
   private constructor(
@@ -57,6 +61,23 @@ export class FileMember implements Member {
   }
   flush(): Promise<void> {
     return this.store.sync()
+  }
+  /** Punches a hole (a file) or unmaps with zeroing (a block device): the range reads as zeroes, its blocks are freed. */
+  discard(offset: number, length: number): Promise<void> {
+    return this.release(offset, length)
+  }
+  /** The same as {@link discard}: zeroes with no data written, the blocks freed. */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.release(offset, length)
+  }
+  private async release(offset: number, length: number): Promise<void> {
+    try {
+      await punchHole(this.path, offset, length)
+    } catch (e) {
+      // A filesystem that cannot punch holes: zeroes written the ordinary way.
+      if ((e as MdBitmapError).code !== 'EOPNOTSUPP') throw e
+      await zeroFill(this, offset, length)
+    }
   }
   close(): Promise<void> {
     return this.store.close()

@@ -1,7 +1,9 @@
 /**
  * Mirror members: where a mirror's copies of the data live. A member is anything that
  * reads, writes and flushes aligned blocks at offsets; the mirror never needs more, so
- * local files, block devices and remote disks (NBD) all plug in the same way.
+ * local files, block devices and remote disks (NBD) all plug in the same way. A member
+ * may also zero a range cheaply (`discard`, `writeZeroes`); one without them gets
+ * zeroes written through `write`.
  *
  * @module
  */
@@ -20,6 +22,19 @@ export interface Member {
   write(data: Uint8Array, offset: number): Promise<void>
   /** Makes every completed write durable (fdatasync, or a FLUSH on a remote disk). */
   flush(): Promise<void>
+  /**
+   * Optional: makes `length` bytes at `offset` read as zeroes and gives their storage
+   * back where it can (a hole punched in a file, an unmapping zeroing on a device, an
+   * NBD `WRITE_ZEROES` that may trim). Durable, like a write, after {@link flush}.
+   * Without it the mirror writes zeroes through {@link write}.
+   */
+  discard?(offset: number, length: number): Promise<void>
+  /**
+   * Optional: makes `length` bytes at `offset` read as zeroes, as cheaply as the medium
+   * allows (the storage may be given back). Durable, like a write, after {@link flush}.
+   * Without it the mirror writes zeroes through {@link write}.
+   */
+  writeZeroes?(offset: number, length: number): Promise<void>
   /** Waits for writes in flight and releases the member. */
   close(): Promise<void>
 }

@@ -8,10 +8,12 @@
  *   the flush contract);
  * - `membership.ts`: member failure, removal, re-add, addition (the member states);
  * - `resync.ts`: the resync engine (its run and its checkpoints);
+ * - `scrub.ts`: the check and repair of the members against each other;
+ * - `discard.ts`: discard and write-zeroes (a range made zeroes on every member);
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
- * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`:
- *   the small mechanisms under them.
+ * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`,
+ *   `progress.ts`: the small mechanisms under them.
  *
  * @module
  */
@@ -20,10 +22,12 @@ import type { Bitmap } from '../bitmap/bitmap'
 import type { MdBitmapError } from '../errors'
 import * as assembly from './assembly'
 import * as dataPath from './data-path'
+import { zeroRange } from './discard'
 import * as membership from './membership'
 import * as resyncEngine from './resync'
+import { startCheck } from './scrub'
 import { MirrorState, type MirrorParts } from './state'
-import type { MemberInfo, MemberOptions, MirrorCreateOptions, MirrorEvents, MirrorOpenOptions, MirrorStats, ResyncOptions, ResyncReport } from './types'
+import type { CheckOptions, CheckReport, MemberInfo, MemberOptions, MirrorCreateOptions, MirrorEvents, MirrorOpenOptions, MirrorStats, ResyncOptions, ResyncReport } from './types'
 
 /**
  * A mirror of one block range over several members, with a write-intent bitmap so that
@@ -208,6 +212,29 @@ export class Mirror extends EventEmitter {
     return dataPath.flush(this.state)
   }
 
+  /**
+   * Discards `length` bytes at `offset`: afterwards the range reads as zeroes on every
+   * member, and the members give its storage back where they can (a hole punched in a
+   * member file, an unmapping zeroing on a block device, an NBD `WRITE_ZEROES` that may
+   * trim). Marked in the bitmap like a write (the bits durable before any member is
+   * touched); a member that cannot discard gets zeroes written, so the members stay
+   * identical. Resolves and rejects as {@link Mirror.write} does; durable after
+   * {@link Mirror.flush}. Offset and length are multiples of {@link Mirror.alignment}.
+   */
+  discard(offset: number, length: number): Promise<void> {
+    return zeroRange(this.state, 'discard', offset, length)
+  }
+
+  /**
+   * Writes zeroes over `length` bytes at `offset` on every member, as cheaply as each
+   * member allows (the same operations as {@link Mirror.discard}: the storage may be
+   * given back; where a member has no cheaper way, zeroes are written). Marked in the
+   * bitmap like a write; resolves and rejects as {@link Mirror.write} does.
+   */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return zeroRange(this.state, 'writeZeroes', offset, length)
+  }
+
   // -- resync ---------------------------------------------------------------------------
 
   /**
@@ -218,6 +245,28 @@ export class Mirror extends EventEmitter {
    */
   resync(options: ResyncOptions = {}): Promise<ResyncReport> {
     return resyncEngine.startResync(this.state, options)
+  }
+
+  /**
+   * Checks that the members agree, as md's `check` sync action (and with `repair`, its
+   * `repair`): reads every chunk from every member in sync, write-mostly ones
+   * included, and compares it with the resync source's, counting the 512-byte sectors
+   * that differ (`mismatchSectors`, md's `mismatch_cnt`) and listing the chunks
+   * (`mismatchedChunks`, by index). With `repair`, each chunk that differs is copied
+   * from the source to the members that differ, and they are synced before it resolves.
+   *
+   * Writes go on meanwhile: a chunk being compared holds its writers back for that
+   * moment, and a write leaves its chunks only once every member (behind writes
+   * included) has it, so a write in flight is never a false mismatch. `maxRate`
+   * (bytes per second) throttles it; `signal` aborts it (`EABORTED`).
+   *
+   * Members not in sync (faulty, removed, recovering) are not read: a resync or
+   * {@link Mirror.reAdd} is what brings them back. With fewer than two members in sync
+   * it rejects `EMIRROR_MEMBER`. It is a sync action like {@link Mirror.resync}: one at a
+   * time (`EMIRROR_BUSY` while a resync, recovery or check runs).
+   */
+  check(options: CheckOptions = {}): Promise<CheckReport> {
+    return startCheck(this.state, options)
   }
 
   // -- membership -----------------------------------------------------------------------

@@ -181,6 +181,70 @@ export interface ResyncReport {
   recovery?: 'bitmap' | 'full'
 }
 
+/** A check's progress, given to {@link CheckOptions.onProgress}. */
+export interface CheckProgress {
+  /** Chunks compared so far. */
+  chunksDone: number
+  /** Chunks of the mirror in all. */
+  chunksTotal: number
+  /** Bytes of the mirror compared so far. */
+  bytesChecked: number
+  /** Bytes of the mirror (every one is compared). */
+  bytesTotal: number
+  /** Bytes read so far, from every member together. */
+  bytesRead: number
+  /** 512-byte sectors found different so far. */
+  mismatchSectors: number
+  /** Bytes of the mirror compared per second so far. */
+  rate: number
+  /** Milliseconds since the check started. */
+  elapsedMs: number
+}
+
+/** Options of {@link Mirror.check}. */
+export interface CheckOptions {
+  /** Copy every chunk that differs from the resync source to the members that differ (md's `repair`). Default false (md's `check`). */
+  repair?: boolean
+  /** Called with the progress as chunks are compared, at most every {@link CheckOptions.progressIntervalMs}, and once at the end. */
+  onProgress?: (p: CheckProgress) => void
+  /** Aborts the check: it rejects with `EABORTED` (what was repaired so far is kept, and synced). */
+  signal?: AbortSignal
+  /**
+   * Most bytes of the mirror compared per second (each is read from every member in
+   * sync), so that a check can run under production load. Default: no limit.
+   */
+  maxRate?: number
+  /** Least milliseconds between two progress calls (the last call always comes). Default 200. */
+  progressIntervalMs?: number
+}
+
+/** What a check found (and, with `repair`, did). */
+export interface CheckReport {
+  /**
+   * 512-byte sectors in which some member differs from the resync source, as md's
+   * `mismatch_cnt` counts them (a sector counts once however many members differ).
+   */
+  mismatchSectors: number
+  /** The indexes of the chunks that differ, ascending (chunk `i` covers bytes `i × chunkSize` up to the next chunk). */
+  mismatchedChunks: number[]
+  /** Chunks compared (all of them, unless the check was stopped). */
+  chunksChecked: number
+  /** Chunks of the mirror. */
+  chunksTotal: number
+  /** Bytes of the mirror compared. */
+  bytesChecked: number
+  /** Bytes read from every member together. */
+  bytesRead: number
+  /** Chunks copied from the source to the members that differed (0 without `repair`); written and synced before the check resolved. */
+  repaired: number
+  /** The slots of the members compared: those in sync when the check started. */
+  members: number[]
+  /** The slot of the member the others were compared with (the resync source). */
+  source: number
+  /** How long the check took, in milliseconds. */
+  durationMs: number
+}
+
 /** What a `'member-faulty'` listener receives. */
 export interface MemberFaultyEvent {
   /** The member's slot. */

@@ -118,6 +118,15 @@ export interface ProblemInfo {
   blocksDeviceMode: boolean
 }
 
+/**
+ * Makes `length` bytes at `offset` of the regular file or block device at `path` read
+ * as zeroes, giving the storage back where possible: a hole punched in a file
+ * (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), a zeroing that unmaps on a block device
+ * (`BLKZEROOUT` where the device cannot unmap). Rejects with `EOPNOTSUPP` where the
+ * filesystem cannot punch holes.
+ */
+export declare function punchHole(path: string, offset: number, length: number): Promise<void>
+
 /** The first write error a native store saw. */
 export interface StoreError {
   /** The error code (an errno name such as `EIO`, or one of the core's codes). */

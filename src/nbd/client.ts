@@ -9,9 +9,10 @@
  * then Node's `tls` on the socket; see `tls.ts`), with the `tls` option's CA, client
  * certificate or pre-shared key.
  *
- * Transmission: READ, WRITE (FUA on request), FLUSH, TRIM, and DISC on close. Many
- * requests are in flight at once, each matched to its reply by its 64-bit handle;
- * requests larger than the server's maximum block size are split. Each request has a
+ * Transmission: READ, WRITE (FUA on request), FLUSH, TRIM, WRITE_ZEROES (discard and
+ * writeZeroes), and DISC on close. Many requests are in flight at once, each matched
+ * to its reply by its 64-bit handle; requests larger than the server's maximum block
+ * size are split. Each request has a
  * timeout (`timeoutMs`); one that expires fails with `ENBD_TIMEOUT` and takes the
  * connection down with it, since what the server did with it is unknown.
  *
@@ -31,7 +32,7 @@
  */
 import { connect, type Socket } from 'node:net'
 import { toMdBitmapError } from '../errors'
-import { FileMember, type Member, type MemberSpec, type OpenMember } from '../member'
+import { FileMember, zeroFill, type Member, type MemberSpec, type OpenMember } from '../member'
 import {
   Cmd,
   CmdFlag,
@@ -114,6 +115,8 @@ interface Pending {
 const DEFAULT_TIMEOUT = 30_000
 const DEFAULT_CONNECT_TIMEOUT = 10_000
 const OPTION_DATA_LIMIT = 64 * 1024
+/** The largest WRITE_ZEROES request sent (it carries no payload; servers take up to 2^32 - 1). */
+const ZEROES_PIECE = 2 ** 30
 
 /** What the handshake learnt of the export. */
 export interface NbdExportInfo {
@@ -265,6 +268,29 @@ export class NbdMember implements Member {
     if (this.readOnly) throw new NbdError('EROFS', `${this.path}: the export is read-only`)
     if ((this.info.flags & TxFlag.SEND_TRIM) === 0) return
     await this.pieces(length, (o, n) => this.request(Cmd.TRIM, 0, offset + o, n), 2 ** 31)
+  }
+
+  /**
+   * Makes the range read as zeroes, giving the server's storage back where it can:
+   * `NBD_CMD_WRITE_ZEROES` without `NO_HOLE` (the server may trim, and must read back
+   * zeroes) where the export takes it, else zeroes written with `NBD_CMD_WRITE`.
+   * `NBD_CMD_TRIM` is never used for it: after a trim the protocol promises nothing
+   * about the contents, and a mirror's members must stay identical.
+   */
+  discard(offset: number, length: number): Promise<void> {
+    return this.zeroes('discard', offset, length)
+  }
+
+  /** Writes zeroes: `NBD_CMD_WRITE_ZEROES` where the export takes it (the server may trim), else `NBD_CMD_WRITE`s of zeroes. */
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return this.zeroes('write zeroes', offset, length)
+  }
+
+  private async zeroes(what: string, offset: number, length: number): Promise<void> {
+    this.checkRange(what, offset, length)
+    if (this.readOnly) throw new NbdError('EROFS', `${this.path}: the export is read-only`)
+    if ((this.info.flags & TxFlag.SEND_WRITE_ZEROES) === 0) return zeroFill(this, offset, length)
+    await this.pieces(length, (o, n) => this.request(Cmd.WRITE_ZEROES, 0, offset + o, n), ZEROES_PIECE - (ZEROES_PIECE % this.alignment))
   }
 
   /**

@@ -19,8 +19,10 @@
  * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
  * BLOCK_STATUS with one chunk per selected context. Requests are served
  * concurrently, replies go out as each completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
- * flush; TRIM is accepted and ignored unless the target has a `trim` (the protocol
- * lets a server ignore it); WRITE_ZEROES writes zeroes. Bad requests get error
+ * flush; TRIM → `target.discard` (a mirror's punches holes in its members and reads
+ * back zeroes), else `target.trim`, else accepted and ignored (the protocol lets a
+ * server ignore it); WRITE_ZEROES → `target.writeZeroes` unless the client set
+ * NO_HOLE, else zeroes written. Bad requests get error
  * replies: unaligned or out of range → EINVAL (writes past the end → ENOSPC, as the
  * protocol asks), unknown commands or flags → EINVAL, writes on a read-only export →
  * EPERM, a failed read or write → EIO (or the errno the target reported). A client
@@ -96,6 +98,10 @@ export interface NbdTarget {
   flush(): Promise<void>
   /** Optional: discard a range (NBD_CMD_TRIM); without it trims are accepted and ignored. */
   trim?(offset: number, length: number): Promise<void>
+  /** Optional: discard a range so that it reads as zeroes (NBD_CMD_TRIM); preferred to {@link NbdTarget.trim}. */
+  discard?(offset: number, length: number): Promise<void>
+  /** Optional: zero a range cheaply (NBD_CMD_WRITE_ZEROES without NO_HOLE); without it zeroes are written. */
+  writeZeroes?(offset: number, length: number): Promise<void>
 }
 
 /** Options of {@link serveNbd}: a TCP `port` (0 = any free one) or a Unix `socket`. */
@@ -629,6 +635,11 @@ class Connection {
       }
       case Cmd.WRITE_ZEROES: {
         const offset = check()
+        if (t.writeZeroes && (r.flags & CmdFlag.NO_HOLE) === 0) {
+          await t.writeZeroes(offset, r.length)
+          if (fua) await t.flush()
+          return undefined
+        }
         const piece = Math.min(ZERO_PIECE - (ZERO_PIECE % Math.max(1, t.alignment)), r.length)
         const zeroes = allocAligned(piece, Math.max(4096, t.alignment))
         const all: Promise<void>[] = []
@@ -641,7 +652,8 @@ class Connection {
       }
       case Cmd.TRIM: {
         const offset = check()
-        if (t.trim) await t.trim(offset, r.length)
+        if (t.discard) await t.discard(offset, r.length)
+        else if (t.trim) await t.trim(offset, r.length)
         if (fua) await t.flush()
         return undefined
       }
