@@ -22,6 +22,10 @@ NBD URLs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH); a member that
 cannot be reached is marked faulty and the mirror is served degraded. The export's
 minimum block size is the mirror's alignment: clients read-modify-write smaller I/O.
 
+While it runs, the mirror listens on its control socket (FILE.mirror.sock beside the
+metadata, owner-only): \`md-bitmap mirror detail|fail|remove|re-add|add|check\` act on
+the served mirror live through it. A second serve of the same mirror fails ELOCKED.
+
 The line "serving URL" goes to stdout once the export accepts connections. SIGINT or
 SIGTERM stops it: requests in flight are answered, clients are disconnected, and the
 mirror is closed cleanly (exit status 0).
@@ -38,6 +42,8 @@ Options:
   --timeout MS        per-request timeout of NBD members (default 30000; 0: none)
   --device-mode       write the bitmap in device mode (needs root)
   --allow-volatile    allow a bitmap on tmpfs
+  --no-control        no control socket (the mirror commands then fail ELOCKED
+                      while it is served)
   -h, --help          this help`
 
 export async function serve(argv: string[], io: Io): Promise<number> {
@@ -55,6 +61,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
       timeout: { type: 'string' },
       'device-mode': { type: 'boolean' },
       'allow-volatile': { type: 'boolean' },
+      'no-control': { type: 'boolean' },
     },
     { min: 0, max: 0, names: '' },
   )
@@ -74,6 +81,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
     openMember: nbdOpener({ timeoutMs }),
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
+    control: values['no-control'] !== true,
   })
   mirror.on('member-faulty', (e: { index: number; path: string; error: { code: string; message: string } }) => {
     io.err(`serve: member ${e.index} (${e.path}) is faulty: ${e.error.code}: ${e.error.message}; the mirror goes on degraded\n`)
@@ -96,6 +104,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
   for (const m of mirror.members) {
     if (m.state !== 'in-sync') io.err(`serve: member ${m.index} (${m.path}) is ${m.state}${m.error ? `: ${m.error.code}` : ''}; serving degraded\n`)
   }
+  if (mirror.controlSocket) io.err(`serve: control socket ${mirror.controlSocket}\n`)
   if (mirror.needsResync) io.err('serve: some chunks are marked for resync; run `md-bitmap resync` (reads are served from the in-sync members meanwhile)\n')
   io.out(`serving ${server.url} (${bytes(mirror.size)}, block size ${mirror.alignment}, ${mirror.members.length} members)\n`)
 
