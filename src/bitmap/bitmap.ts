@@ -126,7 +126,12 @@ export interface BitmapOpenReport {
    * pages) and was extended with zeros, written and synced, to whole pages before any
    * page write: `from` and `to` are its sizes in bytes. Null when it was whole pages.
    */
-  extended: { from: number; to: number } | null
+  extended: {
+    /** The file's size as found, in bytes. */
+    from: number
+    /** Its size now: whole pages. */
+    to: number
+  } | null
 }
 
 /** The events a {@link Bitmap} emits, with the arguments their listeners get. */
