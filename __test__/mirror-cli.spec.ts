@@ -12,6 +12,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
+import { Mirror, SlowMember, openFileMember } from '../src'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
 import { until } from './helpers/mirror'
@@ -199,6 +200,47 @@ withQemu('live control: detail, fail, remove, re-add, add act on the served mirr
   t.deepEqual(reopened.members.map((m: { state: string }) => m.state), ['in-sync', 'in-sync', 'in-sync'])
   t.false(existsSync(join(d, 'disk.bitmap.mirror.sock')), 'the stale socket was removed by the new owner')
   t.true(cmp(join(d, 'a.img'), join(d, 'c.img')), 'the added member holds the data')
+})
+
+test('an application holding a mirror with control: true: `mirror add` runs live, and `mirror detail` meanwhile shows recovering with progress, rate and ETA', async (t) => {
+  const d = join(dir, 'app')
+  mkdirSync(d)
+  // The new member's writes are slowed so the recovery lasts a few seconds.
+  const mirror = await Mirror.create({
+    bitmap: join(d, 'disk.bitmap'),
+    members: [{ path: join(d, 'a.img') }],
+    size: 8 * 1024 * KiB,
+    chunkSize: 64 * KiB,
+    control: true,
+    openMember: async (spec) => {
+      const m = await openFileMember(spec)
+      return spec.path.endsWith('slow.img') ? new SlowMember(m, 40) : m
+    },
+  })
+  t.teardown(() => mirror.close().catch(() => {}))
+  // A relative path is the command's (its working folder), not the holder's.
+  const adding = cli(d, ['mirror', 'add', '--bitmap', 'disk.bitmap', '--path', 'slow.img'])
+  let seen: any
+  for (const deadline = Date.now() + 30_000; !seen && Date.now() < deadline; ) {
+    const detail = await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])
+    if (detail.progress && detail.progress.chunksDone > 0) seen = detail
+  }
+  t.truthy(seen, 'detail showed the recovery in progress')
+  t.is(seen.state, 'recovering')
+  t.is(seen.members[1].state, 'recovering')
+  t.is(seen.progress.action, 'recovery')
+  t.is(seen.progress.chunksTotal, 128)
+  t.true(seen.progress.rate > 0)
+  t.true(Number.isInteger(seen.progress.etaSeconds) && seen.progress.etaSeconds >= 0)
+  const added = await adding
+  t.is(added.status, 0, added.stderr)
+  t.is(added.stdout, 'member 1 is in sync: full recovery copied 128 chunks (8 MiB)\n')
+  t.regex(added.stderr, /add: +100\.0%/, 'progress lines on stderr')
+  t.deepEqual(mirror.members.map((m) => m.state), ['in-sync', 'in-sync'])
+  const text = await cli(d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])
+  t.notRegex(text.stdout, /Status :/, 'no progress once it is done')
+  await mirror.close()
+  t.true(cmp(join(d, 'a.img'), join(d, 'slow.img')))
 })
 
 test('usage: --help for every subcommand, one-line errors with exit status 2 for bad arguments, ENOENT-style failures with 1', async (t) => {

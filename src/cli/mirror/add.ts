@@ -8,6 +8,7 @@
 import type { RecoveryResult } from '../../control/operations'
 import { usage } from '../errors'
 import type { Io } from '../io'
+import { memberPath } from '../../mirror/membership'
 import { recoveryLine } from './re-add'
 import { act, parseMirror, report, TARGET_HELP } from './target'
 
@@ -28,7 +29,7 @@ export async function add(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('add', HELP, argv, { path: { type: 'string' }, 'write-mostly': { type: 'boolean' } }, io)
   if (!values) return 0
   if (values.path === undefined) throw usage('mirror add needs --path PATH', 'mirror add')
-  const r = (await act(values, { op: 'add', path: values.path as string, writeMostly: values['write-mostly'] === true }, io, 'add:')) as RecoveryResult
+  const r = (await act(values, { op: 'add', path: memberPath(values.path as string), writeMostly: values['write-mostly'] === true }, io, 'add:')) as RecoveryResult
   report(values, io, r, () => recoveryLine(r))
   return 0
 }
