@@ -5,10 +5,8 @@
  * @module
  */
 import type { MemberResult } from '../../control/operations'
-import { parseInteger } from '../args'
-import { usage } from '../errors'
 import type { Io } from '../io'
-import { act, parseMirror, report, TARGET_HELP } from './target'
+import { act, memberOption, parseMirror, report, TARGET_HELP } from './target'
 
 export const HELP = `Usage: md-bitmap mirror fail --bitmap FILE --member N [--json]
 
@@ -25,8 +23,7 @@ ${TARGET_HELP}`
 export async function fail(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('fail', HELP, argv, { member: { type: 'string' } }, io)
   if (!values) return 0
-  if (values.member === undefined) throw usage('mirror fail needs --member N', 'mirror fail')
-  const member = parseInteger(values.member as string, '--member', 'mirror fail', 0, 1_000_000)
+  const member = memberOption(values, 'fail')
   const r = (await act(values, { op: 'fail', member }, io, 'fail:')) as MemberResult
   report(values, io, r, () => `member ${r.index} (${r.path}) is ${r.state}; the mirror is degraded`)
   return 0

@@ -6,12 +6,10 @@
  * @module
  */
 import type { RecoveryResult } from '../../control/operations'
-import { parseInteger } from '../args'
-import { usage } from '../errors'
 import { bytes } from '../format'
 import type { Io } from '../io'
 import { memberPath } from '../../mirror/membership'
-import { act, parseMirror, report, TARGET_HELP } from './target'
+import { act, memberOption, parseMirror, report, TARGET_HELP } from './target'
 
 export const HELP = `Usage: md-bitmap mirror re-add --bitmap FILE --member N [--path PATH] [--json]
 
@@ -30,8 +28,7 @@ ${TARGET_HELP}`
 export async function reAdd(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('re-add', HELP, argv, { member: { type: 'string' }, path: { type: 'string' } }, io)
   if (!values) return 0
-  if (values.member === undefined) throw usage('mirror re-add needs --member N', 'mirror re-add')
-  const member = parseInteger(values.member as string, '--member', 'mirror re-add', 0, 1_000_000)
+  const member = memberOption(values, 're-add')
   const r = (await act(values, { op: 're-add', member, path: values.path === undefined ? undefined : memberPath(values.path as string) }, io, 're-add:')) as RecoveryResult
   report(values, io, r, () => recoveryLine(r))
   return 0

@@ -5,10 +5,8 @@
  * @module
  */
 import type { MemberResult } from '../../control/operations'
-import { parseInteger } from '../args'
-import { usage } from '../errors'
 import type { Io } from '../io'
-import { act, parseMirror, report, TARGET_HELP } from './target'
+import { act, memberOption, parseMirror, report, TARGET_HELP } from './target'
 
 export const HELP = `Usage: md-bitmap mirror remove --bitmap FILE --member N [--forget] [--json]
 
@@ -27,8 +25,7 @@ ${TARGET_HELP}`
 export async function remove(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('remove', HELP, argv, { member: { type: 'string' }, forget: { type: 'boolean' } }, io)
   if (!values) return 0
-  if (values.member === undefined) throw usage('mirror remove needs --member N', 'mirror remove')
-  const member = parseInteger(values.member as string, '--member', 'mirror remove', 0, 1_000_000)
+  const member = memberOption(values, 'remove')
   const r = (await act(values, { op: 'remove', member, forget: values.forget === true }, io, 'remove:')) as MemberResult
   report(values, io, r, () => (r.forgotten ? `member ${r.index} (${r.path}) removed and its slot dropped` : `member ${r.index} (${r.path}) is ${r.state}; \`mirror re-add --member ${r.index}\` brings it back`))
   return 0

@@ -16,7 +16,7 @@ import { metadataPathFor } from '../../mirror/metadata'
 import { Mirror } from '../../mirror/mirror'
 import { controlSocketPathFor } from '../../mirror/owner'
 import { openNbdOrFileMember } from '../../nbd/client'
-import { parse, type OptionSpec, type Parsed } from '../args'
+import { parse, parseInteger, type OptionSpec, type Parsed } from '../args'
 import { usage } from '../errors'
 import type { Io } from '../io'
 import { progressReporter } from '../progress'
@@ -49,6 +49,12 @@ export function parseMirror(sub: string, help: string, argv: string[], options: 
   }
   if (!values.bitmap && !values.metadata) throw usage(`${command} needs --bitmap FILE (or --metadata FILE)`, command)
   return values
+}
+
+/** The `--member N` option of `mirror SUB`: required, a slot number. */
+export function memberOption(values: Parsed['values'], sub: string): number {
+  if (values.member === undefined) throw usage(`mirror ${sub} needs --member N`, `mirror ${sub}`)
+  return parseInteger(values.member as string, '--member', `mirror ${sub}`, 0, 1_000_000)
 }
 
 /** The metadata path the options name. */
