@@ -20,8 +20,9 @@
  * Every step from create or open to close holds the mirror's lock (`owner.ts`): one
  * owner at a time, and a second open fails `ELOCKED` at once, before reading anything.
  * Anything that fails before the mirror runs closes what was opened (releaseAll),
- * releases the lock and rejects; nothing half-open is left behind. Close goes through every step even after
- * one failed, and rejects with the first error.
+ * releases the lock and rejects; nothing half-open is left behind. Close goes through
+ * every step even after one failed, releases the lock last, and rejects with the
+ * first error.
  *
  * @module
  */
