@@ -23,7 +23,7 @@ export interface OperationProgress {
   /** Chunks visited so far, and in all. */
   chunksDone: number
   chunksTotal: number
-  /** Bytes handled so far (copied, or read by a check), and in all. */
+  /** Bytes handled so far (copied, or compared by a check), and in all. */
   bytesDone: number
   bytesTotal: number
   /** Bytes per second so far. */
@@ -78,12 +78,12 @@ export function operationProgress(action: OperationProgress['action'], p: Record
     for (const k of keys) if (typeof p[k] === 'number') return p[k] as number
     return 0
   }
-  const bytesDone = num('bytesCopied', 'bytesRead', 'bytesDone')
+  const bytesDone = num('bytesCopied', 'bytesChecked', 'bytesDone')
   const bytesTotal = num('bytesTotal')
   const rate = num('rate')
   return {
     action,
-    chunksDone: num('chunksDone', 'chunksChecked'),
+    chunksDone: num('chunksDone'),
     chunksTotal: num('chunksTotal'),
     bytesDone,
     bytesTotal,
