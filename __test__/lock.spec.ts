@@ -95,8 +95,10 @@ test('Mirror.open twice: ELOCKED names the holder and its control socket; after 
   t.is(m.controlSocket, join(d, 'disk.bitmap.mirror.sock'))
   const e = await lockedBy(t, Mirror.open({ bitmap }), process.pid)
   t.true(e.message.includes(`its control socket is ${m.controlSocket}`), e.message)
-  // The bitmap is locked on its own too.
+  // The bitmap is locked on its own too; a create over the held mirror is refused before it touches anything.
   await lockedBy(t, Bitmap.open(bitmap), process.pid)
+  await lockedBy(t, Mirror.create({ bitmap, members: [{ path: join(d, 'c.img') }], size: 4 * MiB, chunkSize: CS, overwrite: true }), process.pid)
+  t.false(existsSync(join(d, 'c.img')))
   await m.close()
   t.false(existsSync(join(d, 'disk.bitmap.mirror.sock')))
   t.false(existsSync(join(d, 'disk.bitmap.mirror.json.lock')))

@@ -9,6 +9,7 @@
  */
 import test, { type ExecutionContext } from 'ava'
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { connect } from 'node:net'
 import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
@@ -241,6 +242,53 @@ test('an application holding a mirror with control: true: `mirror add` runs live
   t.notRegex(text.stdout, /Status :/, 'no progress once it is done')
   await mirror.close()
   t.true(cmp(join(d, 'a.img'), join(d, 'slow.img')))
+})
+
+/** Sends raw bytes to a control socket; resolves with every line it answered before closing. */
+function raw(path: string, bytes: string): Promise<any[]> {
+  return new Promise((res, rej) => {
+    const s = connect(path, () => s.end(bytes))
+    let text = ''
+    s.setEncoding('utf8').on('data', (d: string) => (text += d))
+    s.on('error', rej)
+    s.on('close', () => res(text.split('\n').filter(Boolean).map((l) => JSON.parse(l))))
+  })
+}
+
+test('the control protocol to a raw client: one JSON line per request, malformed ones answered with EINVAL, the mirror unharmed', async (t) => {
+  const d = join(dir, 'protocol')
+  mkdirSync(d)
+  const mirror = await Mirror.create({ bitmap: join(d, 'disk.bitmap'), members: [{ path: join(d, 'a.img') }, { path: join(d, 'b.img') }], size: 4 * 1024 * KiB, chunkSize: 64 * KiB, control: true })
+  t.teardown(() => mirror.close().catch(() => {}))
+  const sock = mirror.controlSocket!
+  const detail = await raw(sock, JSON.stringify({ op: 'detail' }) + '\n')
+  t.is(detail.length, 1)
+  t.is(detail[0].type, 'result')
+  t.is(detail[0].result.uuid, mirror.uuid)
+  t.deepEqual(detail[0].result.members.map((m: { state: string }) => m.state), ['in-sync', 'in-sync'])
+  for (const [bytes, why] of [
+    ['not json\n', /a line of JSON/],
+    [JSON.stringify({ op: 'format-disk' }) + '\n', /op must be one of detail, fail, remove, re-add, add, check/],
+    [JSON.stringify({ op: 'fail' }) + '\n', /fail needs a member/],
+    [JSON.stringify({ op: 'fail', member: -1 }) + '\n', /member must be a slot number/],
+    ['x'.repeat(70 * 1024), /at most 65536 bytes/],
+  ] as const) {
+    const lines = await raw(sock, bytes)
+    t.is(lines.length, 1)
+    t.is(lines[0].type, 'error')
+    t.is(lines[0].error.code, 'EINVAL')
+    t.regex(lines[0].error.message, why)
+  }
+  // Half-closed right after the request, without a line end, as `printf … | nc -U` does: still answered.
+  t.is((await raw(sock, JSON.stringify({ op: 'detail' })))[0].result.uuid, mirror.uuid)
+  t.deepEqual(await raw(sock, ''), [], 'nothing asked, nothing answered, connection ended')
+  const fail = await raw(sock, JSON.stringify({ op: 'fail', member: 1 }) + '\n')
+  t.deepEqual(fail, [{ type: 'result', result: { index: 1, path: join(d, 'b.img'), state: 'faulty' } }])
+  t.true(mirror.degraded)
+  const last = await raw(sock, JSON.stringify({ op: 'fail', member: 0 }) + '\n')
+  t.is(last[0].error.code, 'EMIRROR_LAST_MEMBER')
+  await mirror.close()
+  t.false(existsSync(sock))
 })
 
 test('usage: --help for every subcommand, one-line errors with exit status 2 for bad arguments, ENOENT-style failures with 1', async (t) => {

@@ -64,4 +64,12 @@ export class LineSplitter {
     }
     return this.buffered.length
   }
+  /** At the end of the stream: the last line, if it had no line end; false if there was none. */
+  end(): boolean {
+    const line = this.buffered
+    this.buffered = ''
+    if (!line.trim()) return false
+    this.onLine(line)
+    return true
+  }
 }

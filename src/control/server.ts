@@ -6,8 +6,10 @@
  * A connection:
  *
  * ```
- *   accepted ── reading (a line, at most MAX_REQUEST_LINE bytes) ──┬─ malformed / too long ──► error line ─► ended
- *                                                                 └─ a request ──► running
+ *   accepted ── reading (a line, at most MAX_REQUEST_LINE bytes; the client may shut
+ *               its side after it) ──┬─ malformed / too long ──► error line ──► ended
+ *                                    ├─ nothing before the client's end ──► ended
+ *                                    └─ a request ──► running
  *   running ── progress lines (re-add, add, check) ── the result or error line ──► ended
  *   the client goes away while running: the operation goes on (a recovery is not
  *   abandoned halfway because its caller stopped watching); its lines are dropped
@@ -46,7 +48,7 @@ export class ControlServer {
   /** Listens on `path` for `mirror`. */
   static async listen(mirror: Mirror, path: string): Promise<ControlServer> {
     removeSocket(path)
-    const server = createServer()
+    const server = createServer({ allowHalfOpen: true })
     const control = new ControlServer(mirror, path, server)
     await listenOwnerOnly(server, path)
     server.unref()
@@ -73,6 +75,12 @@ export class ControlServer {
         send({ type: 'error', error: { code: 'EINVAL', message: `a control request is one line of at most ${MAX_REQUEST_LINE} bytes` } })
         socket.end()
       }
+    })
+    // A client may send its request and shut its side (echo … | nc -U): the answer
+    // still goes back (the server allows half-open connections); a request without a
+    // line end counts as a line; nothing at all ends the connection.
+    socket.on('end', () => {
+      if (!started && !splitter.end()) socket.end()
     })
   }
 
