@@ -291,23 +291,23 @@ export class Bitmap extends EventEmitter {
   /** {@link Bitmap.open}, with the file's lock taken here unless `held` is given; the lock is released if the open fails. */
   private static async openHeld(path: string, options: BitmapOpenOptions, held: FileLock | undefined): Promise<Bitmap> {
     const lock = held ?? FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)' })
-    let store: PageStore | undefined
     try {
-      const array = await mdArrayUsingBitmap(path)
-      if (array) {
-        throw new MdBitmapError('EBUSY', `${path} is the bitmap of the active md array ${array} (see /proc/mdstat): the kernel owns it; stop the array (mdadm --stop /dev/${array}) before opening it here`)
-      }
-      const mode = options.mode ?? 'file'
-      const opened: BitmapOpenReport = {
-        pin: liftImmutable(path) ? (mode === 'device' ? 'taken-over' : 'lifted') : null,
-        extended: await extendToPages(path),
-      }
-      const report = await check(path)
-      const fsType = volatileFilesystem(report)
-      if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
-      // dsync: a page write completes only once it is on stable storage, past any
-      // volatile device cache; only then may the data writes it guards be issued.
-      store = await PageStore.open(path, { mode, dsync: true })
+      return await Bitmap.openLocked(path, options, lock, await prepareLocked(path, options))
+    } catch (e) {
+      lock.release()
+      throw e
+    }
+  }
+
+  /** Opens the page store of a file whose lock is held, reads and loads the bitmap. */
+  private static async openLocked(path: string, options: BitmapOpenOptions, lock: FileLock, opened: BitmapOpenReport): Promise<Bitmap> {
+    const report = await check(path)
+    const fsType = volatileFilesystem(report)
+    if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
+    // dsync: a page write completes only once it is on stable storage, past any
+    // volatile device cache; only then may the data writes it guards be issued.
+    const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
+    try {
       if (store.size < SUPERBLOCK_SIZE || store.size % store.alignment !== 0) {
         throw new MdBitmapError(
           'ESHORTFILE',
@@ -322,8 +322,7 @@ export class Bitmap extends EventEmitter {
       await bitmap.load()
       return bitmap
     } catch (e) {
-      await store?.close().catch(() => {})
-      lock.release()
+      await store.close().catch(() => {})
       throw e
     }
   }
@@ -738,6 +737,23 @@ export class Bitmap extends EventEmitter {
       this.lock.release()
     }
     this.throwIfError()
+  }
+}
+
+/**
+ * What an open holding the file's lock does before opening its store: refuse a file
+ * the md driver uses, take over or lift a dead device-mode writer's pin, extend an
+ * mdadm-made file to whole pages.
+ */
+async function prepareLocked(path: string, options: BitmapOpenOptions): Promise<BitmapOpenReport> {
+  const array = await mdArrayUsingBitmap(path)
+  if (array) {
+    throw new MdBitmapError('EBUSY', `${path} is the bitmap of the active md array ${array} (see /proc/mdstat): the kernel owns it; stop the array (mdadm --stop /dev/${array}) before opening it here`)
+  }
+  const lifted = liftImmutable(path)
+  return {
+    pin: lifted ? (options.mode === 'device' ? 'taken-over' : 'lifted') : null,
+    extended: await extendToPages(path),
   }
 }
 

@@ -8,7 +8,6 @@ pub mod check;
 pub mod device;
 pub mod error;
 pub mod extents;
-pub mod lock;
 pub mod pending;
 pub mod pool;
 pub mod store;
@@ -17,6 +16,8 @@ pub use align::{dio_alignment, AlignSource, AlignedBuf, DioAlignment};
 pub use check::{check, CheckReport, Problem};
 pub use error::{IoError, Result};
 pub use extents::{extents, Extent, ExtentMap, MapSource};
-pub use lock::{clear_immutable, FileLock};
 pub use pending::Pending;
 pub use store::{Mode, PageStore, Requested};
+
+pub mod lock;
+pub use lock::{clear_immutable, FileLock};

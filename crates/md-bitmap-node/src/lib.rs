@@ -11,8 +11,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod lock;
-
 /// Builds the JS error for a core error, on the JS thread, so `code` is the core's.
 fn js_error(env: &Env, e: &IoError) -> Error {
     let made = env.create_error(Error::new(Status::GenericFailure, e.message.clone())).and_then(|mut obj| {
@@ -351,3 +349,5 @@ impl NativeStore {
         run(env, On::OwnThread, move || s.close(), |_, ()| Ok(()))
     }
 }
+
+mod lock;
