@@ -7,16 +7,16 @@
  * `md-bitmap serve` command (it runs the built CLI: `npm run build:ts` first).
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, readFileSync, truncateSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, serveNbd, type NbdServer } from '../src'
+import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, serveNbd } from '../src'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, until } from './helpers/mirror'
+import { KiB, MiB } from './helpers/mirror'
 import { QEMU_TOOLS, qemuIo, run, startQemuNbd } from './helpers/nbd'
+import { serveCli, servedMirror as served } from './helpers/served-mirror'
 
 const withQemu = requires(QEMU_TOOLS)
 
@@ -25,25 +25,8 @@ test.after.always(() => removeDir(dir))
 
 const SIZE = 16 * MiB
 
-async function servedMirror(t: { teardown(fn: () => unknown): void }, name: string, where: { socket?: string } = {}) {
-  const d = join(dir, name)
-  mkdirSync(d)
-  const members = [join(d, 'a.img'), join(d, 'b.img')]
-  const mirror = await Mirror.create({
-    bitmap: join(d, 'bitmap'),
-    members: [{ path: members[0] }, { path: members[1], writeMostly: true }],
-    size: SIZE,
-    chunkSize: 64 * KiB,
-    writeBehind: 256,
-    daemonSleep: IDLE,
-  })
-  t.teardown(() => mirror.close().catch(() => {}))
-  const server: NbdServer = await serveNbd(mirror, where.socket ? { socket: where.socket, exportName: 'md' } : { port: 0, host: '127.0.0.1', exportName: 'md' })
-  t.teardown(() => server.close())
-  /** Waits for the write-mostly member to have every behind write. */
-  const settled = () => until(() => mirror.stats().behindInFlight === 0 && mirror.members.every((m) => m.writesInFlight === 0), 20_000, 'behind writes to drain')
-  return { d, mirror, server, members, settled }
-}
+/** The served two-member mirror of helpers/served-mirror, SIZE bytes, in dir/name. */
+const servedMirror = (t: { teardown(fn: () => unknown): void }, name: string, where: { socket?: string } = {}) => served(t, join(dir, name), { size: SIZE, ...where })
 
 withQemu('qemu-io writes patterns into the served mirror and reads them back; qemu-img compare matches both members', async (t) => {
   const { mirror, server, members, settled } = await servedMirror(t, 'qemu-io')
@@ -159,21 +142,13 @@ withQemu('md-bitmap serve: a mirror with a remote qemu-nbd member served on a Un
   })
   await m.close()
   const sock = join(d, 'md.sock')
-  const child = spawn(process.execPath, [join(__dirname, '..', 'bin', 'md-bitmap.js'), 'serve', '--bitmap', bitmap, '--socket', sock, '--export', 'md'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => void child.kill('SIGKILL'))
-  let out = ''
-  let err = ''
-  child.stdout.setEncoding('utf8').on('data', (x: string) => (out += x))
-  child.stderr.setEncoding('utf8').on('data', (x: string) => (err += x))
-  const exited = new Promise<number | string | null>((r) => child.on('exit', (c, s) => r(s ?? c)))
-  await until(() => /^serving /m.test(out) || child.exitCode !== null, 20_000, 'md-bitmap serve to listen')
-  const url = /^serving (\S+)/m.exec(out)?.[1]
-  t.is(url, `nbd+unix:///md?socket=${sock}`, `stdout: ${out} stderr: ${err}`)
+  const { child, exited, printed, url } = await serveCli(t, ['--bitmap', bitmap, '--socket', sock, '--export', 'md'])
+  t.is(url, `nbd+unix:///md?socket=${sock}`, `stdout: ${printed.out} stderr: ${printed.err}`)
   await qemuIo(url!, ['write -P 0x3c 0 1M', 'write -P 0x3d 5M 64k', 'write -P 0x3e 7777 1234'])
   await qemuIo(url!, ['read -P 0x3c 0 7777', 'read -P 0x3e 7777 1234', 'read -P 0x3c 9011 1039565', 'read -P 0x3d 5M 64k'])
   child.kill('SIGTERM')
-  t.is(await exited, 0, `stderr: ${err}`)
-  t.regex(err, /SIGTERM: stopping/)
+  t.is(await exited, 0, `stderr: ${printed.err}`)
+  t.regex(printed.err, /SIGTERM: stopping/)
   t.true(JSON.parse(readFileSync(`${bitmap}.mirror.json`, 'utf8')).clean, 'closed cleanly')
   t.true(readFileSync(local).equals(readFileSync(remote)), 'the remote member has every write after the clean close')
   const again = await Mirror.open({ bitmap, openMember: openNbdOrFileMember })

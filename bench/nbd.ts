@@ -19,6 +19,18 @@
  *    qemu-img's final flush, MB/s, and the ratio (a)/(b). For (a) the time until the
  *    write-mostly member caught up is printed too ("drain"). The three run in rotated
  *    order round after round.
+ * 3. TLS against plain text, and several connections against one (certificates made
+ *    with certtool, as in the tests):
+ *    a. ack latency (p50/p99) of 4 KiB writes, 1 in flight, through a mirror whose
+ *       remote member is on qemu-nbd with synchronous mirroring (writeBehind 0, so
+ *       every ack waits for the remote): `nbd://` against `nbds://` (qemu-nbd
+ *       `--tls-creds`, X.509);
+ *    b. `qemu-img convert` of the source into a served mirror of one local member,
+ *       plain against `tls` (serveNbd with X.509 credentials; qemu-img through
+ *       `--object tls-creds-x509`): MB/s and the ratio TLS/plain;
+ *    c. `nbdcopy --connections=1` against `--connections=4` (and `--threads` the
+ *       same) of the source into that served mirror (NBD_FLAG_CAN_MULTI_CONN):
+ *       MB/s and the ratio 4/1.
  *
  * Options:
  *   --dir DIR        where the files go (a temp dir is made in it; default /var/tmp), removed at the end
@@ -35,7 +47,8 @@ import * as fs from 'node:fs'
 import { createServer, connect } from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, serveNbd, type Member, type MemberSpec } from '../src/index'
+import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, readServerTlsCredentials, serveNbd, type Member, type MemberSpec, type NbdServerTlsCredentials } from '../src/index'
+import { makePki } from '../__test__/helpers/certs'
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -129,9 +142,9 @@ async function waitPort(port: number, proc: ChildProcess): Promise<void> {
 }
 
 const children = new Set<ChildProcess>()
-async function qemuNbd(file: string, name: string): Promise<{ url: string; stop: () => Promise<void> }> {
+async function qemuNbd(file: string, name: string, extra: string[] = []): Promise<{ url: string; stop: () => Promise<void> }> {
   const port = await freePort()
-  const proc = spawn('qemu-nbd', ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-x', name, '--persistent', '--shared=8', '--cache=writeback', file], { stdio: 'ignore' })
+  const proc = spawn('qemu-nbd', ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-x', name, '--persistent', '--shared=8', '--cache=writeback', ...extra, file], { stdio: 'ignore' })
   children.add(proc)
   const exited = new Promise<void>((r) => proc.once('exit', () => r()))
   await waitPort(port, proc)
@@ -351,17 +364,100 @@ async function main(): Promise<void> {
     const convRatio = mbps(conv.mirror) / mbps(conv.plain)
     console.log(`\nRatio served mirror / plain qemu-nbd (MB/s): ${convRatio.toFixed(2)}; one-member served mirror / plain: ${(mbps(conv.single) / mbps(conv.plain)).toFixed(2)}`)
     console.log(`write-mostly member drained ${conv.drainMs.map((x) => fmt(x)).join(' / ')} ms after qemu-img exited`)
+    console.log(`at ${pressure()}`)
+
+    const tls = await tlsPart(o, dir, { local, remote, src, srcSize })
     console.log(`at end: ${pressure()}`)
     fs.mkdirSync(path.dirname(o.out), { recursive: true })
     fs.writeFileSync(
       o.out,
-      JSON.stringify({ date: new Date().toISOString(), options: o, latency: summary, ratios, convert: { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio } }, null, 2),
+      JSON.stringify({ date: new Date().toISOString(), options: o, latency: summary, ratios, convert: { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio }, tls }, null, 2),
     )
     await p.stop()
     await q.stop()
   } finally {
     cleanup()
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 3: TLS against plain, nbdcopy with 1 and 4 connections
+
+async function tlsPart(o: Options, dir: string, f: { local: string; remote: string; src: string; srcSize: number }) {
+  const pki = await makePki(path.join(dir, 'pki'))
+  const creds: NbdServerTlsCredentials = await readServerTlsCredentials({ dir: pki.server })
+  const mean = (a: number[]) => a.reduce((s, x) => s + x, 0) / a.length
+  const mbps = (secs: number[]) => f.srcSize / 1e6 / mean(secs)
+
+  // a. ack latency, synchronous mirroring to qemu-nbd, plain and TLS
+  const plainRemote = await qemuNbd(f.remote, 'remote')
+  const tlsRemote = await qemuNbd(f.remote, 'remote', ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.server},verify-peer=off`, '--tls-creds', 'tls0'])
+  const remotes = { plain: plainRemote.url, tls: `${tlsRemote.url.replace(/^nbd:/, 'nbds:')}?tls-certificates=${pki.anonymous}` }
+  const lat: Record<'plain' | 'tls', number[]> = { plain: [], tls: [] }
+  for (let round = 0; round < o.rounds; round++) {
+    for (const k of round % 2 ? (['tls', 'plain'] as const) : (['plain', 'tls'] as const)) {
+      const r = await latencyRun(o, { bitmap: path.join(dir, 'bitmap'), local: f.local }, remotes[k], 0, 0, 99 + round)
+      lat[k].push(...r.latenciesUs)
+    }
+  }
+  await plainRemote.stop()
+  await tlsRemote.stop()
+  const latency = Object.fromEntries(
+    (['plain', 'tls'] as const).map((k) => {
+      const s = [...lat[k]].sort((a, b) => a - b)
+      return [k, { writes: s.length, p50: pct(s, 50), p99: pct(s, 99) }]
+    }),
+  ) as Record<'plain' | 'tls', { writes: number; p50: number; p99: number }>
+  console.log('\nTLS: 4 KiB random writes, 1 in flight, synchronous mirror (local + remote qemu-nbd member)\n')
+  console.log(table([['remote', 'writes', 'p50 µs', 'p99 µs'], ...(['plain', 'tls'] as const).map((k) => [k === 'plain' ? 'nbd:// (plain)' : 'nbds:// (TLS 1.3, X.509)', fmt(latency[k].writes), fmt(latency[k].p50), fmt(latency[k].p99)])]))
+
+  // b, c. qemu-img convert (plain, TLS) and nbdcopy (1, 4 connections) into a served mirror of one local member
+  const served = async (tls: NbdServerTlsCredentials | undefined, work: (port: number, url: string) => Promise<void>) => {
+    const mirror = await Mirror.create({ bitmap: path.join(dir, 'bitmap'), members: [{ path: f.local }], size: f.srcSize, chunkSize: 4 * MiB, writeBehind: 0, daemonSleep: 5, assumeClean: true, overwrite: true })
+    const server = await serveNbd(mirror, { port: 0, exportName: 'mirror', tls })
+    try {
+      const t0 = performance.now()
+      await work((server.address as { port: number }).port, server.url)
+      return (performance.now() - t0) / 1000
+    } finally {
+      await server.close()
+      await mirror.close()
+    }
+  }
+  const runs: Record<'plain' | 'tls' | 'copy1' | 'copy4', number[]> = { plain: [], tls: [], copy1: [], copy4: [] }
+  const kinds = ['plain', 'tls', 'copy1', 'copy4'] as const
+  for (let round = 0; round < o.rounds; round++) {
+    for (const k of kinds.map((_, i) => kinds[(i + round) % kinds.length])) {
+      if (k === 'plain') runs.plain.push(await served(undefined, (_p, url) => run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', f.src, url])))
+      else if (k === 'tls') {
+        runs.tls.push(
+          await served(creds, (port) =>
+            run('qemu-img', ['convert', '-n', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.anonymous}`, '-f', 'raw', f.src, '--target-image-opts', `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=mirror,file.tls-creds=tls0`]),
+          ),
+        )
+      } else {
+        const n = k === 'copy1' ? 1 : 4
+        runs[k].push(await served(undefined, (_p, url) => run('nbdcopy', [`--connections=${n}`, `--threads=${n}`, f.src, url])))
+      }
+    }
+    process.stderr.write(`  TLS/nbdcopy round ${round + 1} done\n`)
+  }
+  const row = (label: string, a: number[]) => [label, fmt(mean(a), 2), fmt(mbps(a), 1), a.map((x) => x.toFixed(2)).join(' / ')]
+  console.log(`\nInto a served mirror of one local member, ${o.sourceMiB} MiB of random data\n`)
+  console.log(
+    table([
+      ['client', 'seconds (mean)', 'MB/s', 'per run (s)'],
+      row('qemu-img convert, plain', runs.plain),
+      row('qemu-img convert, TLS (X.509)', runs.tls),
+      row('nbdcopy --connections=1', runs.copy1),
+      row('nbdcopy --connections=4', runs.copy4),
+    ]),
+  )
+  const tlsRatio = mbps(runs.tls) / mbps(runs.plain)
+  const connRatio = mbps(runs.copy4) / mbps(runs.copy1)
+  console.log(`\nRatio TLS / plain (MB/s): ${tlsRatio.toFixed(2)} (goal ≥ 0.85); nbdcopy 4 / 1 connections: ${connRatio.toFixed(2)} (goal ≥ 1.5)`)
+  console.log(`TLS ack latency p50 ${(latency.tls.p50 / latency.plain.p50).toFixed(2)}×, p99 ${(latency.tls.p99 / latency.plain.p99).toFixed(2)}× plain`)
+  return { latency, runs, mbPlain: mbps(runs.plain), mbTls: mbps(runs.tls), mbCopy1: mbps(runs.copy1), mbCopy4: mbps(runs.copy4), tlsRatio, connRatio }
 }
 
 main().catch((e) => {

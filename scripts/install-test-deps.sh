@@ -10,6 +10,7 @@ need=()
 for pair in mkfs.ext4:e2fsprogs filefrag:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             mdadm:mdadm fio:fio losetup:mount fallocate:util-linux lsattr:e2fsprogs \
             qemu-nbd:qemu-utils qemu-io:qemu-utils qemu-img:qemu-utils nbd-server:nbd-server \
+            certtool:gnutls-bin psktool:gnutls-bin nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
             chromium:chromium; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/sbin:/usr/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")

@@ -131,6 +131,12 @@ export const LibraryErrorCode = {
   ENBD_PLATFORM: 'ENBD_PLATFORM',
   /** `NBD_REP_ERR_TLS_REQD`: the server wants TLS first. */
   ENBD_TLS_REQUIRED: 'ENBD_TLS_REQUIRED',
+  /** The NBD TLS handshake failed (no common suite, an unknown pre-shared key, the peer hung up). */
+  ENBD_TLS: 'ENBD_TLS',
+  /** The NBD peer's TLS certificate does not verify (unknown CA, wrong host name, expired, none given). */
+  ENBD_TLS_CERTIFICATE: 'ENBD_TLS_CERTIFICATE',
+  /** The NBD server will not start TLS (it has no TLS, or does not speak fixed newstyle). */
+  ENBD_TLS_REFUSED: 'ENBD_TLS_REFUSED',
   /** `NBD_REP_ERR_UNKNOWN`: no export of that name. */
   ENBD_UNKNOWN_EXPORT: 'ENBD_UNKNOWN_EXPORT',
   /** `NBD_REP_ERR_SHUTDOWN`: the server is shutting down. */

@@ -137,16 +137,16 @@ export interface NbdServerDaemon {
 
 /**
  * Starts Debian's `nbd-server` with a config file written in `dir` (127.0.0.1, a free
- * port, flush/fua/trim on). nbd-server forks into the background, so it is tracked
+ * port, flush/fua/trim on; `generic`: more `[generic]` lines, e.g. its TLS settings). nbd-server forks into the background, so it is tracked
  * by its pid file and stopped with SIGTERM (it takes its per-client children along).
  */
-export async function startNbdServer(on: Teardown, dir: string, file: string, exportName = 'remote'): Promise<NbdServerDaemon> {
+export async function startNbdServer(on: Teardown, dir: string, file: string, exportName = 'remote', generic: string[] = []): Promise<NbdServerDaemon> {
   const port = await freePort()
   const config = join(dir, `nbd-server-${port}.conf`)
   const pidFile = join(dir, `nbd-server-${port}.pid`)
   writeFileSync(
     config,
-    ['[generic]', '  listenaddr = 127.0.0.1', `  port = ${port}`, '  allowlist = true', `[${exportName}]`, `  exportname = ${file}`, '  flush = true', '  fua = true', '  trim = true', ''].join('\n'),
+    ['[generic]', '  listenaddr = 127.0.0.1', `  port = ${port}`, '  allowlist = true', ...generic.map((l) => `  ${l}`), `[${exportName}]`, `  exportname = ${file}`, '  flush = true', '  fua = true', '  trim = true', ''].join('\n'),
   )
   await run('nbd-server', ['-C', config, '-p', pidFile])
   let pid = 0

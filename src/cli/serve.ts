@@ -9,6 +9,7 @@
 import { Mirror } from '../mirror/mirror'
 import { nbdOpener } from '../nbd/client'
 import { serveNbd } from '../nbd/server'
+import { readServerTlsCredentials } from '../nbd/tls-credentials'
 import { parse, parseInteger } from './args'
 import { usage } from './errors'
 import { bytes } from './format'
@@ -40,6 +41,15 @@ Options:
                       clients also reach by any URL without a name)
   --read-only         refuse writes (EPERM)
   --timeout MS        per-request timeout of NBD members (default 30000; 0: none)
+  --tls-creds DIR     require TLS (NBD_OPT_STARTTLS) with the X.509 files in DIR, in
+                      qemu's layout: ca-cert.pem, server-cert.pem, server-key.pem
+  --tls-verify-peer   with --tls-creds: require client certificates signed by
+                      DIR/ca-cert.pem
+  --tls-psk FILE      require TLS with the pre-shared keys in FILE (psktool's
+                      IDENTITY:HEXKEY lines); may go with --tls-creds
+                      Clients that do not start TLS are refused; the URL printed
+                      is nbds://… (qemu: --object tls-creds-x509,…,endpoint=client;
+                      nbdinfo: nbds://HOST:PORT/NAME?tls-certificates=DIR)
   --device-mode       write the bitmap in device mode (needs root)
   --allow-volatile    allow a bitmap on tmpfs
   --no-control        no control socket (the mirror commands then fail ELOCKED
@@ -61,6 +71,9 @@ export async function serve(argv: string[], io: Io): Promise<number> {
       timeout: { type: 'string' },
       'device-mode': { type: 'boolean' },
       'allow-volatile': { type: 'boolean' },
+      'tls-creds': { type: 'string' },
+      'tls-verify-peer': { type: 'boolean' },
+      'tls-psk': { type: 'string' },
       'no-control': { type: 'boolean' },
     },
     { min: 0, max: 0, names: '' },
@@ -74,6 +87,11 @@ export async function serve(argv: string[], io: Io): Promise<number> {
   if (values.host !== undefined && values.port === undefined) throw usage('--host goes with --port', 'serve')
   const port = values.port === undefined ? undefined : parseInteger(values.port as string, '--port', 'serve', 0, 65535)
   const timeoutMs = values.timeout === undefined ? undefined : parseInteger(values.timeout as string, '--timeout', 'serve', 0, 3_600_000)
+  if (values['tls-verify-peer'] && values['tls-creds'] === undefined) throw usage('--tls-verify-peer goes with --tls-creds DIR', 'serve')
+  const tls =
+    values['tls-creds'] === undefined && values['tls-psk'] === undefined
+      ? undefined
+      : await readServerTlsCredentials({ dir: values['tls-creds'] as string | undefined, pskFile: values['tls-psk'] as string | undefined, verifyPeer: values['tls-verify-peer'] === true })
 
   const mirror = await Mirror.open({
     bitmap: values.bitmap as string | undefined,
@@ -95,6 +113,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
       socket: values.socket as string | undefined,
       exportName: (values.export as string | undefined) ?? '',
       readOnly: values['read-only'] === true,
+      tls,
       log: (m) => io.err(`serve: ${m}\n`),
     })
   } catch (e) {

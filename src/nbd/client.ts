@@ -5,7 +5,9 @@
  * Handshake: fixed newstyle, `NBD_OPT_GO` with the export name, asking for the block
  * size constraints (falling back to `NBD_OPT_EXPORT_NAME` where the server does not
  * know `NBD_OPT_GO`). Only simple replies are used: structured replies are never
- * asked for.
+ * asked for. `nbds://` and `nbds+unix://` URLs start TLS first (`NBD_OPT_STARTTLS`,
+ * then Node's `tls` on the socket; see `tls.ts`), with the `tls` option's CA, client
+ * certificate or pre-shared key.
  *
  * Transmission: READ, WRITE (FUA on request), FLUSH, TRIM, and DISC on close. Many
  * requests are in flight at once, each matched to its reply by its 64-bit handle;
@@ -60,13 +62,15 @@ import {
   isNbdUrl,
   isOptionError,
   optionError,
-  parseNbdUrl,
   protocolError,
   replyError,
   type BlockSize,
   type NbdAddress,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { connectTls, refusedAfterHandshake } from './tls'
+import type { NbdClientTlsOptions } from './tls-credentials'
+import { parseNbdUrlTls, readUrlTlsOptions } from './tls-url'
 
 /** Options of {@link NbdMember.open}. */
 export interface NbdMemberOptions {
@@ -78,6 +82,12 @@ export interface NbdMemberOptions {
   fua?: boolean
   /** Most requests in flight; more wait in a local queue (their timeout starts when sent). Default 64. */
   maxInFlight?: number
+  /**
+   * TLS for `nbds://` and `nbds+unix://` URLs (merged over the settings in the URL's
+   * query: `tls-certificates`, `tls-psk-file`, `tls-username`, `tls-hostname`).
+   * Ignored for plain `nbd://` URLs.
+   */
+  tls?: NbdClientTlsOptions
 }
 
 /** Options of one {@link NbdMember.write}. */
@@ -137,7 +147,7 @@ export class NbdMember implements Member {
     private readonly socket: Socket,
     /** What the handshake learnt of the export. */
     readonly info: NbdExportInfo,
-    private readonly options: Required<NbdMemberOptions>,
+    private readonly options: Required<Omit<NbdMemberOptions, 'tls'>>,
     leftover: Uint8Array[],
   ) {
     this.closed = new Promise((r) => socket.once('close', () => r()))
@@ -166,26 +176,32 @@ export class NbdMember implements Member {
    * option errors, `ENBD_OLDSTYLE`, `ENBD_PROTOCOL`, `ENBD_DISCONNECTED`.
    */
   static async open(url: string, options: NbdMemberOptions = {}): Promise<NbdMember> {
-    const address = parseNbdUrl(url)
-    const o: Required<NbdMemberOptions> = {
+    const { address, tls } = parseNbdUrlTls(url)
+    const tlsOptions = tls ? { ...(await readUrlTlsOptions(url)), ...options.tls } : undefined
+    const o: Required<Omit<NbdMemberOptions, 'tls'>> = {
       timeoutMs: options.timeoutMs ?? DEFAULT_TIMEOUT,
       connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT,
       fua: options.fua ?? false,
       maxInFlight: Math.max(1, options.maxInFlight ?? 64),
     }
     const deadline = Date.now() + o.connectTimeoutMs
-    const socket = await openSocket(address, url, o.connectTimeoutMs)
-    const reader = new SocketReader(socket, url)
+    const conn = { socket: await openSocket(address, url, o.connectTimeoutMs), reader: null as SocketReader | null }
+    conn.reader = new SocketReader(conn.socket, url)
+    const raw = conn.socket
     try {
-      const info = await negotiate(socket, reader, address.exportName, url, () => Math.max(1, deadline - Date.now()))
-      const leftover = reader.detach()
-      socket.setKeepAlive(true, 10_000)
-      return new NbdMember(url, address, socket, info, o, leftover)
+      const timeout = () => Math.max(1, deadline - Date.now())
+      const startTls = tlsOptions && (() => startTlsOption(conn, tlsOptions, address.kind === 'tcp' ? address.host : undefined, url, timeout))
+      const info = await negotiate(conn, address.exportName, url, timeout, startTls)
+      const leftover = conn.reader.detach()
+      conn.socket.setKeepAlive(true, 10_000)
+      return new NbdMember(url, address, conn.socket, info, o, leftover)
     } catch (e) {
-      reader.detach()
-      socket.on('error', () => {})
-      socket.destroy()
-      throw e
+      conn.reader?.detach()
+      for (const s of [raw, conn.socket]) {
+        s.on('error', () => {})
+        s.destroy()
+      }
+      throw conn.socket !== raw && e instanceof NbdError && e.code === 'ENBD_DISCONNECTED' ? refusedAfterHandshake(e, url) : e
     }
   }
 
@@ -419,13 +435,42 @@ async function readOptionReply(reader: SocketReader, option: number, timeout: ()
   return { type: h.type, data }
 }
 
-/** The client's fixed newstyle handshake up to transmission. */
-async function negotiate(socket: Socket, reader: SocketReader, exportName: string, url: string, timeout: () => number): Promise<NbdExportInfo> {
+/** A connection during the handshake: STARTTLS replaces both. */
+interface Handshaking {
+  socket: Socket
+  reader: SocketReader | null
+}
+
+/**
+ * NBD_OPT_STARTTLS, then the TLS handshake: the connection goes on over TLS. A server
+ * that answers with an error is ENBD_TLS_REFUSED (and nothing is sent in the clear).
+ */
+async function startTlsOption(conn: Handshaking, tls: NbdClientTlsOptions, host: string | undefined, url: string, timeout: () => number): Promise<void> {
+  conn.socket.write(encodeOption(Opt.STARTTLS))
+  const { type, data } = await readOptionReply(conn.reader!, Opt.STARTTLS, timeout)
+  if (type !== Rep.ACK) {
+    const why = isOptionError(type) ? optionError(Opt.STARTTLS, type, data).message : `reply type ${type}`
+    throw new NbdError('ENBD_TLS_REFUSED', `${url}: the server will not start TLS (${why})`, { optionReply: type })
+  }
+  if (conn.reader!.detach().length) throw protocolError('the server sent data after its NBD_OPT_STARTTLS reply, before the TLS handshake')
+  conn.reader = null
+  conn.socket = await connectTls(conn.socket, tls, host, timeout(), url)
+  conn.reader = new SocketReader(conn.socket, url)
+}
+
+/** The client's fixed newstyle handshake up to transmission (after STARTTLS, when `startTls` is given). */
+async function negotiate(conn: Handshaking, exportName: string, url: string, timeout: () => number, startTls?: () => Promise<void>): Promise<NbdExportInfo> {
   const name = encodeString(exportName, 'export name')
-  const { flags: hsFlags } = decodeGreeting(await reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
+  const { flags: hsFlags } = decodeGreeting(await conn.reader!.read(GREETING_LENGTH, timeout(), 'the server greeting'))
   const noZeroes = (hsFlags & FLAG_NO_ZEROES) !== 0
   const fixed = (hsFlags & FLAG_FIXED_NEWSTYLE) !== 0
-  socket.write(encodeClientFlags((fixed ? FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? FLAG_C_NO_ZEROES : 0)))
+  conn.socket.write(encodeClientFlags((fixed ? FLAG_C_FIXED_NEWSTYLE : 0) | (noZeroes ? FLAG_C_NO_ZEROES : 0)))
+  if (startTls) {
+    if (!fixed) throw new NbdError('ENBD_TLS_REFUSED', `${url}: the server does not speak fixed newstyle, so it cannot start TLS`)
+    await startTls()
+  }
+  const socket = conn.socket
+  const reader = conn.reader!
 
   const exportNameOption = async (): Promise<NbdExportInfo> => {
     socket.write(encodeOption(Opt.EXPORT_NAME, name))
@@ -468,11 +513,12 @@ async function negotiate(socket: Socket, reader: SocketReader, exportName: strin
 
 /**
  * Lists the exports of a server (NBD_OPT_LIST), then leaves (NBD_OPT_ABORT). `url`
- * names the server; its export part is ignored.
+ * names the server; its export part is ignored. `nbds://` URLs list over TLS (`tls`
+ * as for {@link NbdMember.open}).
  */
 export async function listNbdExports(
   url: string,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; tls?: NbdClientTlsOptions } = {},
 ): Promise<
   {
     /** The export's name. */
@@ -481,16 +527,20 @@ export async function listNbdExports(
     description: string
   }[]
 > {
-  const address = parseNbdUrl(url)
+  const { address, tls } = parseNbdUrlTls(url)
+  const tlsOptions = tls ? { ...(await readUrlTlsOptions(url)), ...options.tls } : undefined
   const t = options.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT
   const deadline = Date.now() + t
   const timeout = () => Math.max(1, deadline - Date.now())
-  const socket = await openSocket(address, url, t)
-  const reader = new SocketReader(socket, url)
+  const conn: Handshaking = { socket: await openSocket(address, url, t), reader: null }
+  const raw = conn.socket
+  conn.reader = new SocketReader(raw, url)
   try {
-    const { flags } = decodeGreeting(await reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
+    const { flags } = decodeGreeting(await conn.reader.read(GREETING_LENGTH, timeout(), 'the server greeting'))
     if ((flags & FLAG_FIXED_NEWSTYLE) === 0) throw new NbdError('ENBD_UNSUP', `${url}: the server does not speak fixed newstyle, so it cannot list exports`)
-    socket.write(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES ? FLAG_C_NO_ZEROES : 0)))
+    raw.write(encodeClientFlags(FLAG_C_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES ? FLAG_C_NO_ZEROES : 0)))
+    if (tlsOptions) await startTlsOption(conn, tlsOptions, address.kind === 'tcp' ? address.host : undefined, url, timeout)
+    const { socket, reader } = { socket: conn.socket, reader: conn.reader! }
     socket.write(encodeOption(Opt.LIST))
     const out: { name: string; description: string }[] = []
     for (;;) {
@@ -505,10 +555,12 @@ export async function listNbdExports(
     await readOptionReply(reader, Opt.ABORT, timeout).catch(() => undefined)
     return out
   } finally {
-    reader.detach()
-    socket.on('error', () => {})
-    socket.end()
-    setTimeout(() => socket.destroy(), 1000).unref()
+    conn.reader?.detach()
+    for (const s of new Set([raw, conn.socket])) {
+      s.on('error', () => {})
+      s.end()
+      setTimeout(() => s.destroy(), 1000).unref()
+    }
   }
 }
 

@@ -5,15 +5,20 @@
  * as a disk.
  *
  * Handshake: fixed newstyle (non-fixed clients are served too), with `NBD_OPT_GO`,
- * `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST` and `NBD_OPT_ABORT`; every
- * other option (structured replies, meta contexts, TLS, extended headers) is answered
- * `NBD_REP_ERR_UNSUP`, so clients fall back to simple replies. The export advertises
+ * `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`,
+ * `NBD_OPT_STARTTLS` (with `tls` credentials TLS is required: see `tls.ts`),
+ * `NBD_OPT_STRUCTURED_REPLY` and `NBD_OPT_LIST_META_CONTEXT`/`SET_META_CONTEXT` (see
+ * `meta-context.ts`, `block-status.ts`); extended headers are answered
+ * `NBD_REP_ERR_UNSUP`. The export advertises
  * `NBD_INFO_BLOCK_SIZE` with the minimum set to the target's alignment, so clients do
  * their own read-modify-write for smaller I/O; the empty name selects the export too.
  *
- * Transmission: flags HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES (and
- * READ_ONLY when asked). Requests are served concurrently, replies go out as each
- * completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
+ * Transmission: flags HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES,
+ * CAN_MULTI_CONN (unless `multiConn: false`), SEND_DF with structured replies (and
+ * READ_ONLY when asked). With structured replies, reads answer with OFFSET_DATA and
+ * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
+ * BLOCK_STATUS with one chunk per selected context. Requests are served
+ * concurrently, replies go out as each completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
  * flush; TRIM is accepted and ignored unless the target has a `trim` (the protocol
  * lets a server ignore it); WRITE_ZEROES writes zeroes. Bad requests get error
  * replies: unaligned or out of range → EINVAL (writes past the end → ENOSPC, as the
@@ -64,12 +69,18 @@ import {
   encodeServerReply,
   encodeSimpleReply,
   encodeString,
+  errnoName,
   errnoValue,
-  formatNbdUrl,
   type NbdAddress,
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
+import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
+import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
+import { acceptTls, checkServerTls } from './tls'
+import type { NbdServerTlsCredentials } from './tls-credentials'
+import { formatNbdUrlTls } from './tls-url'
 
 /** What an export serves: a {@link Mirror}, a member, anything with these. */
 export interface NbdTarget {
@@ -109,13 +120,31 @@ export interface ServeNbdOptions {
   handshakeTimeoutMs?: number
   /** Called with connection-level events worth a log line (disconnects for protocol errors, …). */
   log?: (message: string) => void
+  /**
+   * Require TLS (NBD_OPT_STARTTLS) with these credentials: X.509, pre-shared keys, or
+   * both (see `readServerTlsCredentials`). Clients that do not start TLS are answered
+   * NBD_REP_ERR_TLS_REQD and never see the export.
+   */
+  tls?: NbdServerTlsCredentials
+  /**
+   * The metadata contexts NBD_CMD_BLOCK_STATUS answers (after NBD_OPT_STRUCTURED_REPLY
+   * and NBD_OPT_SET_META_CONTEXT). Default: for a mirror, `base:allocation` and
+   * `md-bitmap:write-intent` (see `mirrorMetaContexts`); for other targets, none.
+   */
+  metaContexts?: MetaContext[]
+  /**
+   * Advertise NBD_FLAG_CAN_MULTI_CONN: every connection reaches the same target and a
+   * flush on one makes the writes completed on all durable, so clients may open
+   * several. Default true (a mirror's flush is the mirror's, not a connection's).
+   */
+  multiConn?: boolean
 }
 
 /** A running NBD server, from {@link serveNbd}. */
 export interface NbdServer {
   /** Where it listens: host and (bound) port, or the socket path; with the export name. */
   readonly address: NbdAddress
-  /** The export's URL: `nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH`. */
+  /** The export's URL: `nbd://127.0.0.1:PORT/NAME` or `nbd+unix:///NAME?socket=PATH` (`nbds…` with TLS). */
   readonly url: string
   /** Clients connected now. */
   readonly connections: number
@@ -131,7 +160,7 @@ export interface NbdServer {
 const OPTION_DATA_LIMIT = 64 * 1024
 const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
-const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO
+const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
 
 /** Serves `target` as an NBD export. See the module comment. */
 export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Promise<NbdServer> {
@@ -141,6 +170,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
   if ((options.port === undefined) === (options.socket === undefined)) {
     throw new MdBitmapError('EINVAL', 'serveNbd needs either a TCP port or a Unix socket path (one of them)')
   }
+  if (options.tls !== undefined) checkServerTls(options.tls)
   const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD
   if (!Number.isSafeInteger(maxPayload) || maxPayload < 4096 || maxPayload > 2 ** 31) throw new MdBitmapError('EINVAL', `maxPayload must be 4 KiB to 2 GiB, got ${maxPayload}`)
   const ctx: Context = {
@@ -154,6 +184,9 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     log: options.log ?? (() => {}),
     shuttingDown: false,
     requests: 0,
+    tls: options.tls,
+    metaContexts: options.metaContexts ?? (isBlockStatusMirror(target) ? mirrorMetaContexts(target) : []),
+    multiConn: options.multiConn ?? true,
   }
   const conns = new Set<Connection>()
   const server = createServer({ noDelay: true }, (socket) => {
@@ -177,7 +210,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     await listen(server, () => server.listen(options.port, host))
     address = { kind: 'tcp', host, port: (server.address() as AddressInfo).port, exportName }
   }
-  const url = formatNbdUrl(address)
+  const url = formatNbdUrlTls(address, options.tls !== undefined)
   let closing: Promise<void> | undefined
   return {
     address,
@@ -248,6 +281,10 @@ interface Context {
   log: (m: string) => void
   shuttingDown: boolean
   requests: number
+  /** TLS credentials: TLS is required. */
+  tls: NbdServerTlsCredentials | undefined
+  metaContexts: MetaContext[]
+  multiConn: boolean
 }
 
 /** One client: its handshake, then its requests. */
@@ -260,9 +297,15 @@ class Connection {
   private disconnecting = false
   private readonly inFlight = new Set<Promise<void>>()
   private paused = false
+  /** TLS is on (after NBD_OPT_STARTTLS). */
+  private secure = false
+  /** Structured replies were negotiated (NBD_OPT_STRUCTURED_REPLY). */
+  private structured = false
+  /** The metadata contexts chosen by NBD_OPT_SET_META_CONTEXT. */
+  private selected: SelectedContext[] = []
 
   constructor(
-    private readonly socket: Socket,
+    private socket: Socket,
     private readonly ctx: Context,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r))
@@ -296,11 +339,11 @@ class Connection {
   // -- handshake ----------------------------------------------------------------------
 
   private async handshake(): Promise<void> {
-    const reader = this.reader!
+    let reader = this.reader!
     const ctx = this.ctx
     const deadline = Date.now() + ctx.handshakeTimeoutMs
     const t = () => Math.max(1, deadline - Date.now())
-    const s = this.socket
+    let s = this.socket
     s.write(encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
     const cflags = decodeClientFlags(await reader.read(4, t(), 'client flags'))
     if (cflags & ~(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)) throw new NbdError('ENBD_PROTOCOL', `unknown client flags 0x${cflags.toString(16)}`)
@@ -313,6 +356,12 @@ class Connection {
       const error = (type: number, message: string) => reply(type, new TextEncoder().encode(message))
       if (ctx.shuttingDown && option !== Opt.ABORT) {
         error(Rep.ERR_SHUTDOWN, 'the server is shutting down')
+        continue
+      }
+      if (ctx.tls && !this.secure && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+        // Nothing in the clear; NBD_OPT_EXPORT_NAME has no error reply.
+        if (option === Opt.EXPORT_NAME) throw new NbdError('ENBD_TLS_REQUIRED', 'NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS; TLS is required')
+        error(Rep.ERR_TLS_REQD, 'TLS is required: start it with NBD_OPT_STARTTLS')
         continue
       }
       switch (option) {
@@ -332,6 +381,16 @@ class Connection {
           reply(Rep.ACK)
           s.end()
           return
+        case Opt.STARTTLS:
+          if (!ctx.tls) error(Rep.ERR_UNSUP, 'this server has no TLS credentials')
+          else if (this.secure) error(Rep.ERR_INVALID, 'TLS is already on')
+          else if (length !== 0) error(Rep.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data')
+          else {
+            await this.startTls(ctx.tls, () => reply(Rep.ACK), t())
+            reader = this.reader!
+            s = this.socket
+          }
+          break
         case Opt.LIST:
           if (length !== 0) {
             error(Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data')
@@ -363,12 +422,57 @@ class Connection {
           if (option === Opt.GO) return this.startTransmission()
           break
         }
+        case Opt.STRUCTURED_REPLY:
+          if (length !== 0) error(Rep.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data')
+          else {
+            this.structured = true
+            reply(Rep.ACK)
+          }
+          break
+        case Opt.LIST_META_CONTEXT:
+        case Opt.SET_META_CONTEXT: {
+          const set = option === Opt.SET_META_CONTEXT
+          let req: { exportName: string; queries: string[] }
+          try {
+            req = decodeMetaContextRequest(data)
+          } catch (e) {
+            error(Rep.ERR_INVALID, (e as Error).message)
+            break
+          }
+          if (set && !this.structured) {
+            error(Rep.ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first')
+            break
+          }
+          if (!this.matches(req.exportName)) {
+            error(Rep.ERR_UNKNOWN, `no export named "${req.exportName}"`)
+            break
+          }
+          const chosen = selectContexts(ctx.metaContexts, req.queries, !set)
+          if (set) this.selected = chosen
+          for (const c of chosen) reply(Rep.META_CONTEXT, encodeMetaContextReply(c.id, c.context.name))
+          reply(Rep.ACK)
+          break
+        }
         default:
-          // Structured replies, meta contexts, TLS, extended headers, …: not here.
+          // Extended headers, …: not here.
           error(Rep.ERR_UNSUP, `option ${option} is not supported by this server`)
       }
     }
     throw new NbdError('ENBD_PROTOCOL', `more than ${MAX_OPTIONS} options`)
+  }
+
+  /** NBD_OPT_STARTTLS: ACK, then the TLS handshake; the options go on over TLS. */
+  private async startTls(creds: NbdServerTlsCredentials, ack: () => void, timeoutMs: number): Promise<void> {
+    // Nothing may follow STARTTLS before the client has our ACK.
+    if (this.reader!.detach().length) throw new NbdError('ENBD_PROTOCOL', 'the client sent data after NBD_OPT_STARTTLS before its TLS handshake')
+    this.reader = null
+    ack()
+    const secure = await acceptTls(this.socket, creds, timeoutMs, this.peer)
+    secure.on('error', () => {})
+    secure.on('close', () => this.resolveDone())
+    this.socket = secure
+    this.reader = new SocketReader(secure, this.peer)
+    this.secure = true
   }
 
   private matches(name: string): boolean {
@@ -378,6 +482,8 @@ class Connection {
   private txFlags(): number {
     let f = TxFlag.HAS_FLAGS | TxFlag.SEND_FLUSH | TxFlag.SEND_FUA | TxFlag.SEND_TRIM | TxFlag.SEND_WRITE_ZEROES
     if (this.ctx.readOnly) f |= TxFlag.READ_ONLY
+    if (this.structured) f |= TxFlag.SEND_DF
+    if (this.ctx.multiConn) f |= TxFlag.CAN_MULTI_CONN
     return f
   }
 
@@ -440,8 +546,14 @@ class Connection {
     this.ctx.requests++
     const p = this.serve(r)
       .then(
-        (data) => this.reply(r.cookie, 0, data),
-        (e) => this.reply(r.cookie, typeof e === 'number' ? e : errnoValue((e as { code?: string })?.code, r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES)),
+        (data) => this.reply(r, 0, data),
+        (e) =>
+          this.reply(
+            r,
+            typeof e === 'number' ? e : errnoValue((e as { code?: string })?.code, r.type === Cmd.WRITE || r.type === Cmd.WRITE_ZEROES),
+            undefined,
+            typeof e === 'number' ? undefined : (e as Error)?.message,
+          ),
       )
       .finally(() => {
         this.inFlight.delete(p)
@@ -450,17 +562,41 @@ class Connection {
     this.inFlight.add(p)
   }
 
-  private reply(cookie: bigint, error: number, data?: Uint8Array): void {
+  /**
+   * Answers `r`: a simple reply, or with structured replies a read's data/hole chunks,
+   * block status chunks (`data` is then the chunks), an error chunk with `message`.
+   */
+  private reply(r: Request, error: number, data?: Uint8Array | Uint8Array[], message?: string): void {
     const s = this.socket
     if (s.destroyed || !s.writable) return
+    const cookie = r.cookie
+    let out: Uint8Array[]
+    if (this.structured && error !== 0) out = [encodeErrorChunk(cookie, error, message ?? errnoName(error))]
+    else if (Array.isArray(data)) out = data
+    else if (this.structured && r.type === Cmd.READ && data) out = readChunks(cookie, Number(r.offset), data, (r.flags & CmdFlag.DF) !== 0)
+    else out = error === 0 && data ? [encodeSimpleReply(0, cookie), data] : [encodeSimpleReply(error, cookie)]
     s.cork()
-    s.write(encodeSimpleReply(error, cookie))
-    if (data && error === 0) s.write(data)
+    for (const b of out) s.write(b)
     s.uncork()
   }
 
+  /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE. */
+  private async blockStatus(r: Request): Promise<Uint8Array[]> {
+    const t = this.ctx.target
+    if (!this.structured || this.selected.length === 0 || r.length === 0) throw NbdErrno.EINVAL
+    const a = Math.max(1, t.alignment)
+    if (r.offset >= BigInt(t.size) || r.offset % BigInt(a) !== 0n) throw NbdErrno.EINVAL
+    const offset = Number(r.offset)
+    // Whole blocks of the minimum size, never past the end.
+    const length = Math.min(Math.ceil(r.length / a) * a, t.size - offset)
+    const all = await Promise.all(this.selected.map((c) => c.context.extents(offset, length)))
+    return all.map((extents, i) =>
+      encodeBlockStatusChunk(r.cookie, this.selected[i].id, (r.flags & CmdFlag.REQ_ONE) !== 0 ? extents.slice(0, 1) : extents, i === all.length - 1),
+    )
+  }
+
   /** Serves one request; resolves with a read's data, or rejects with an NBD error value or an error. */
-  private async serve(r: Request): Promise<Uint8Array | undefined> {
+  private async serve(r: Request): Promise<Uint8Array | Uint8Array[] | undefined> {
     const ctx = this.ctx
     const t = ctx.target
     if (ctx.shuttingDown) throw NbdErrno.ESHUTDOWN
@@ -512,6 +648,8 @@ class Connection {
       case Cmd.FLUSH:
         await t.flush()
         return undefined
+      case Cmd.BLOCK_STATUS:
+        return this.blockStatus(r)
       default:
         throw NbdErrno.EINVAL
     }

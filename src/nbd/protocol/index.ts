@@ -3,7 +3,8 @@
  * (`constants`), the errors and their mapping to error values (`errors`), the
  * handshake and transmission codecs (`handshake`, `transmission`, over the helpers in
  * `wire`), the incremental parsers of the transmission phase (`parsers`, over
- * `byte-queue`) and NBD URLs (`url`). Pure functions over bytes, with no socket in
+ * `byte-queue`), NBD URLs (`url`) and the chunks of structured replies
+ * (`structured-reply`). Pure functions over bytes, with no socket in
  * sight: every decoder either returns a value or throws an {@link NbdError}, whatever
  * the bytes.
  *
@@ -18,3 +19,4 @@ export * from './transmission'
 export * from './byte-queue'
 export * from './parsers'
 export * from './url'
+export * from './structured-reply'

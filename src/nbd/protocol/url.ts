@@ -28,7 +28,7 @@ export type NbdAddress =
       exportName: string
     }
 
-/** Whether `s` is an NBD URL (`nbd://`, `nbd+unix://`, or the TLS forms, which are refused later). */
+/** Whether `s` is an NBD URL (`nbd://`, `nbd+unix://`, or the TLS forms `nbds://`, `nbds+unix://`). */
 export function isNbdUrl(s: string): boolean {
   return /^nbds?(\+(tcp|unix))?:\/\//i.test(s)
 }
@@ -43,7 +43,7 @@ export function parseNbdUrl(url: string): NbdAddress {
   const m = /^([a-z+]+):\/\/([^/?#]*)(\/[^?#]*)?(\?[^#]*)?$/i.exec(url)
   if (!m) throw bad('not a URL')
   const scheme = m[1].toLowerCase()
-  if (scheme === 'nbds' || scheme === 'nbds+unix' || scheme === 'nbds+tcp') throw bad('TLS (nbds) is not supported')
+  if (scheme === 'nbds' || scheme === 'nbds+unix' || scheme === 'nbds+tcp') throw bad('a TLS URL; NbdMember.open and listNbdExports take it (parseNbdUrlTls reads it)')
   let exportName: string
   try {
     exportName = decodeURIComponent((m[3] ?? '').slice(1))

@@ -1,0 +1,124 @@
+/**
+ * The block status a served mirror answers (`NBD_CMD_BLOCK_STATUS`), one
+ * {@link MetaContext} per kind:
+ *
+ * - `base:allocation` (the NBD standard's): holes and zeroes of the resync source
+ *   member — the first in-sync member that is not write-mostly and is a local file —,
+ *   from its extent map (FIEMAP, through the I/O layer): a gap between extents is
+ *   `NBD_STATE_HOLE | NBD_STATE_ZERO`, an unwritten (preallocated) extent
+ *   `NBD_STATE_ZERO`, anything else data (0). Where that is unknown (no such member, a
+ *   remote one, a filesystem that cannot map its blocks), everything is data: never
+ *   a hole over data.
+ * - `md-bitmap:write-intent`: the write-intent map, `MD_STATE_DIRTY` (1) on the chunks
+ *   whose bits are set — what a resync would copy, the same ranges `md-bitmap dirty`
+ *   lists from the bitmap file —, 0 elsewhere.
+ *
+ * @module
+ */
+import type { ByteRange } from '../bitmap/bitmap'
+import { isNbdUrl } from './protocol'
+import { extents as fileExtents } from '../io/file-check'
+import type { MetaContext } from './meta-context'
+import type { StatusExtent } from './protocol/structured-reply'
+
+/** `base:allocation`: the range is not allocated. */
+export const NBD_STATE_HOLE = 1
+/** `base:allocation`: the range reads as zeroes. */
+export const NBD_STATE_ZERO = 2
+/** `md-bitmap:write-intent`: the range's chunk has its bit set. */
+export const MD_STATE_DIRTY = 1
+
+/** The name of the NBD standard's allocation context. */
+export const BASE_ALLOCATION = 'base:allocation'
+/** The name of the write-intent map's context. */
+export const WRITE_INTENT = 'md-bitmap:write-intent'
+
+/** One member as {@link BlockStatusMirror} shows it. */
+export interface BlockStatusMember {
+  /** Its path (or URL). */
+  readonly path: string
+  /** `'in-sync'` for a member whose data is the mirror's. */
+  readonly state: string
+  /** Write-mostly members may lag behind acknowledged writes: never a source. */
+  readonly writeMostly: boolean
+}
+
+/** What the contexts need of a mirror (a `Mirror` has it). */
+export interface BlockStatusMirror {
+  /** The members, in slot order. */
+  readonly members: readonly BlockStatusMember[]
+  /** The write-intent bitmap, or null for a mirror without one. */
+  readonly bitmap: {
+    /** The byte ranges whose bits are set. */
+    dirtyChunks(): ByteRange[]
+  } | null
+}
+
+/** Whether `target` offers what {@link mirrorMetaContexts} needs. */
+export function isBlockStatusMirror(target: object): target is BlockStatusMirror {
+  return 'members' in target && 'bitmap' in target && Array.isArray((target as BlockStatusMirror).members)
+}
+
+/** Cuts `ranges` (sorted, disjoint) to [offset, offset + length) as descriptors: `flags` inside, `outside` between. */
+function describe(offset: number, length: number, ranges: Iterable<{ offset: number; length: number; flags: number }>, between: number): StatusExtent[] {
+  const out: StatusExtent[] = []
+  const push = (len: number, flags: number) => {
+    if (len <= 0) return
+    const last = out[out.length - 1]
+    if (last && last.flags === flags) last.length += len
+    else out.push({ length: len, flags })
+  }
+  const end = offset + length
+  let at = offset
+  for (const r of ranges) {
+    if (r.offset + r.length <= at) continue
+    if (r.offset >= end) break
+    push(Math.min(r.offset, end) - at, between)
+    at = Math.max(at, r.offset)
+    const stop = Math.min(end, r.offset + r.length)
+    push(stop - at, r.flags)
+    at = stop
+    if (at >= end) break
+  }
+  push(end - at, between)
+  return out
+}
+
+/** `base:allocation` of the file `path()` names (null: unknown, all data). */
+export function allocationContext(path: () => string | null): MetaContext {
+  return {
+    name: BASE_ALLOCATION,
+    async extents(offset, length) {
+      const p = path()
+      const allData = [{ length, flags: 0 }]
+      if (p === null) return allData
+      let map
+      try {
+        map = await fileExtents(p)
+      } catch {
+        return allData
+      }
+      // FIBMAP cannot tell unwritten blocks from written ones.
+      if (map.source !== 'fiemap') return allData
+      const allocated = map.extents.map((e) => ({ offset: e.logical, length: e.length, flags: e.flags.includes('unwritten') ? NBD_STATE_ZERO : 0 }))
+      return describe(offset, length, allocated, NBD_STATE_HOLE | NBD_STATE_ZERO)
+    },
+  }
+}
+
+/** `md-bitmap:write-intent` of `bitmap()` (null: no bitmap, nothing dirty). */
+export function writeIntentContext(bitmap: () => BlockStatusMirror['bitmap']): MetaContext {
+  return {
+    name: WRITE_INTENT,
+    async extents(offset, length) {
+      const dirty = bitmap()?.dirtyChunks() ?? []
+      return describe(offset, length, dirty.map((r) => ({ ...r, flags: MD_STATE_DIRTY })), 0)
+    },
+  }
+}
+
+/** The contexts a served mirror offers: `base:allocation` and `md-bitmap:write-intent`. */
+export function mirrorMetaContexts(mirror: BlockStatusMirror): MetaContext[] {
+  const source = () => mirror.members.find((m) => m.state === 'in-sync' && !m.writeMostly && !isNbdUrl(m.path))?.path ?? null
+  return [allocationContext(source), writeIntentContext(() => mirror.bitmap)]
+}
