@@ -38,13 +38,13 @@ export async function check(argv: string[], io: Io): Promise<number> {
   const chunks = Array.isArray(r.mismatchedChunks) ? r.mismatchedChunks : []
   report(values, io, r, () =>
     [
-      `checked ${r.chunksChecked} chunks (${bytes(r.bytesRead)} read): ${r.mismatchSectors} sector${r.mismatchSectors === 1 ? '' : 's'} differ` +
+      `checked ${r.chunksChecked} chunks (${bytes(r.bytesRead)} read): ${r.mismatchSectors === 1 ? '1 sector differs' : `${r.mismatchSectors} sectors differ`}` +
         (chunks.length ? ` in chunk${chunks.length === 1 ? '' : 's'} ${chunks.join(', ')}` : ''),
       ...(r.repaired && r.mismatchSectors > 0 ? ['repaired: the differing chunks were copied from the resync source'] : []),
     ].join('\n'),
   )
   if (r.mismatchSectors > 0 && !r.repaired) {
-    throw new CliError('EVERIFY', `the members differ in ${r.mismatchSectors} sectors; run \`md-bitmap mirror check --repair\` to copy the resync source over the others`, EXIT_VERIFY)
+    throw new CliError('EVERIFY', `the members differ in ${r.mismatchSectors} sector${r.mismatchSectors === 1 ? '' : 's'}; run \`md-bitmap mirror check --repair\` to copy the resync source over the others`, EXIT_VERIFY)
   }
   return 0
 }
