@@ -5,19 +5,20 @@
  * write more, detail shows degraded and the dirty count, re-add copies only the dirty
  * chunks, the members compare equal with cmp); the commands acting live through the
  * control socket; a second serve failing ELOCKED; after kill -9 of the holder, the
- * commands open the mirror at once. Every server is killed in teardown.
+ * commands open the mirror at once. Every server is killed in teardown. It runs the
+ * built CLI (`npm run build:ts` first, as `npm install` does).
  */
 import test, { type ExecutionContext } from 'ava'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { connect } from 'node:net'
-import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs'
+import { existsSync, mkdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 import { Mirror, SlowMember, openFileMember } from '../src'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/mdadm'
-import { until } from './helpers/mirror'
 import { QEMU_TOOLS, qemuIo } from './helpers/nbd'
+import { serveCli } from './helpers/served-mirror'
 
 const ROOT = resolve(__dirname, '..')
 const BIN = join(ROOT, 'bin', 'md-bitmap.js')
@@ -25,18 +26,6 @@ const withQemu = requires([...QEMU_TOOLS, 'cmp'])
 
 const dir = diskTempDir('md-bitmap-mirror-cli-')
 test.after.always(() => removeDir(dir))
-
-function newestMtime(path: string): number {
-  const st = statSync(path)
-  return st.isDirectory() ? Math.max(0, ...readdirSync(path).map((n) => newestMtime(join(path, n)))) : st.mtimeMs
-}
-
-test.before(() => {
-  const built = join(ROOT, 'dist', 'cli', 'main.js')
-  if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(ROOT, 'src'))) return
-  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'pipe' })
-  execFileSync(process.execPath, [join(ROOT, 'scripts', 'postbuild-ts.js')], { cwd: ROOT, stdio: 'pipe' })
-})
 
 interface Run {
   status: number | null
@@ -73,25 +62,11 @@ function failsWith(t: ExecutionContext, r: Run, code: string, status: number): v
   t.regex(r.stderr, new RegExp(`^md-bitmap: ${code}: \\S[^\\n]{10,}\\n$`))
 }
 
-interface Served {
-  child: ChildProcess
-  url: string
-  out: () => string
-  err: () => string
-  exited: Promise<number | string | null>
-}
-
-async function serve(t: ExecutionContext, cwd: string, name: string, extra: string[] = []): Promise<Served> {
-  const sock = join(cwd, `${name}.nbd`)
-  const child = spawn(process.execPath, [BIN, 'serve', '--bitmap', 'disk.bitmap', '--socket', sock, ...extra], { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => void child.kill('SIGKILL'))
-  let out = ''
-  let err = ''
-  child.stdout!.setEncoding('utf8').on('data', (x: string) => (out += x))
-  child.stderr!.setEncoding('utf8').on('data', (x: string) => (err += x))
-  const exited = new Promise<number | string | null>((r) => child.on('exit', (c, s) => r(s ?? c)))
-  await until(() => /^serving /m.test(out) || child.exitCode !== null, 30_000, 'md-bitmap serve to listen')
-  return { child, url: /^serving (\S+)/m.exec(out)?.[1] ?? '', out: () => out, err: () => err, exited }
+/** `md-bitmap serve` of the mirror in `cwd`, on a Unix socket named after `name` (killed at teardown). */
+async function serve(t: ExecutionContext, cwd: string, name: string) {
+  const s = await serveCli(t, ['--bitmap', join(cwd, 'disk.bitmap'), '--socket', join(cwd, `${name}.nbd`)])
+  t.truthy(s.url, s.printed.err)
+  return { ...s, url: s.url!, err: () => s.printed.err }
 }
 
 function cmp(a: string, b: string): boolean {
