@@ -124,7 +124,9 @@ withQemu('the life cycle through the CLI alone: create, serve + qemu-io, fail 1,
   t.false(existsSync(join(d, 'disk.bitmap.mirror.sock')), 'the control socket is removed at close')
   t.true(cmp(join(d, 'a.img'), join(d, 'b.img')), 'cmp: the members are byte-identical')
   const closed = await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])
-  t.is(closed.state === 'clean' || closed.state === 'active', true, closed.state)
+  t.is(closed.state, 'clean')
+  t.is(closed.dirtyChunks, 0, 'a clean close cleared every bit')
+  t.deepEqual(await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap']), closed, 'detail of a mirror nobody holds changes nothing (events included)')
 })
 
 withQemu('live control: detail, fail, remove, re-add, add act on the served mirror; a second serve fails ELOCKED; after kill -9 the commands open it at once', async (t) => {
@@ -175,6 +177,10 @@ withQemu('live control: detail, fail, remove, re-add, add act on the served mirr
   t.is(reopened.uuid, live.uuid)
   t.deepEqual(reopened.members.map((m: { state: string }) => m.state), ['in-sync', 'in-sync', 'in-sync'])
   t.false(existsSync(join(d, 'disk.bitmap.mirror.sock')), 'the stale socket was removed by the new owner')
+  t.deepEqual(await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap']), reopened, 'nothing changed by reading it')
+  const resynced = await cli(d, ['resync', '--bitmap', 'disk.bitmap', '--json'])
+  t.is(resynced.status, 0, resynced.stderr)
+  t.is((await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])).state, 'clean', 'after the resync the killed mirror is clean')
   t.true(cmp(join(d, 'a.img'), join(d, 'c.img')), 'the added member holds the data')
 })
 

@@ -7,9 +7,14 @@
  * recovering), `resyncing` (a resync is running), `degraded` (some member is not in
  * sync), `active` (some chunk is dirty or a write is in flight), `clean`.
  *
+ * A mirror held open is described live ({@link describeMirror}); one nobody holds,
+ * from its files, without opening it ({@link describeStored}): `mirror detail` changes
+ * nothing, as `mdadm --detail` and `--examine` change nothing.
+ *
  * @internal
  * @module
  */
+import type { MirrorMetadata } from '../mirror/metadata'
 import type { Mirror } from '../mirror/mirror'
 import type { MemberState } from '../mirror/types'
 
@@ -44,32 +49,46 @@ export interface MirrorDetail {
   progress?: OperationProgress
 }
 
+/** The state, by the rules at the top of this file. */
+function stateOf(o: { running: boolean; members: { state: MemberState }[]; dirtyChunks: number; busy: boolean }): MirrorDetailState {
+  if (o.running) return o.members.some((m) => m.state === 'recovering') ? 'recovering' : 'resyncing'
+  if (o.members.some((m) => m.state !== 'in-sync')) return 'degraded'
+  return o.dirtyChunks > 0 || o.busy ? 'active' : 'clean'
+}
+
 /** The detail of an open mirror; `progress` is the long operation running on it, if any. */
 export function describeMirror(mirror: Mirror, progress?: OperationProgress): MirrorDetail {
   const members = mirror.members
   const dirtyChunks = mirror.bitmap ? mirror.bitmap.stats().dirty : mirror.needsResync ? Math.ceil(mirror.size / mirror.chunkSize) : 0
-  const running = mirror.resyncRunning
-  const state: MirrorDetailState =
-    running && members.some((m) => m.state === 'recovering')
-      ? 'recovering'
-      : running
-        ? 'resyncing'
-        : mirror.degraded
-          ? 'degraded'
-          : dirtyChunks > 0 || members.some((m) => m.writesInFlight > 0)
-            ? 'active'
-            : 'clean'
   const detail: MirrorDetail = {
     uuid: mirror.uuid,
     size: mirror.size,
     chunkSize: mirror.chunkSize,
     events: Number(mirror.events),
-    state,
+    state: stateOf({ running: mirror.resyncRunning, members, dirtyChunks, busy: members.some((m) => m.writesInFlight > 0) }),
     dirtyChunks,
     members: members.map((m) => ({ index: m.index, path: m.path, state: m.state, writeMostly: m.writeMostly, events: Number(m.events) })),
   }
   if (progress) detail.progress = progress
   return detail
+}
+
+/**
+ * The detail of a mirror nobody holds, from its files alone (as `mdadm --examine`
+ * reads superblocks): its metadata, and `dirtyChunks` as its bitmap says (every chunk
+ * when the bitmap is stale, or when a mirror without one needs a resync). Nothing
+ * runs on it, so the state is degraded, active (some chunk to resync) or clean.
+ */
+export function describeStored(meta: MirrorMetadata, dirtyChunks: number): MirrorDetail {
+  return {
+    uuid: meta.uuid,
+    size: meta.size,
+    chunkSize: meta.chunkSize,
+    events: Number(meta.events),
+    state: stateOf({ running: false, members: meta.members, dirtyChunks, busy: false }),
+    dirtyChunks,
+    members: meta.members.map((m, index) => ({ index, path: m.path, state: m.state, writeMostly: m.writeMostly, events: Number(m.events) })),
+  }
 }
 
 /** Progress in the shape of {@link OperationProgress}, from a resync's or a check's progress report. */

@@ -7,6 +7,8 @@
 import type { MirrorDetail } from '../../control/detail'
 import { bytes, percent, rate, table } from '../format'
 import type { Io } from '../io'
+import { resolve } from 'node:path'
+import { storedDetail } from './stored'
 import { act, metadataPathOf, parseMirror, report, TARGET_HELP } from './target'
 
 export const HELP = `Usage: md-bitmap mirror detail --bitmap FILE [--json]
@@ -15,8 +17,8 @@ Shows the mirror whose bitmap is FILE as \`mdadm --detail\` shows an array: uuid
 chunk size, event count, state (clean, active, degraded, resyncing, recovering), dirty
 chunks, the progress of a recovery or check with its rate and ETA, and each member's
 index, state, write-mostly flag, event count and path. A mirror held open by
-\`md-bitmap serve\` (or an application with a control socket) is asked live; otherwise
-it is opened here and closed again.
+\`md-bitmap serve\` (or an application with a control socket) is asked live; one that
+nobody holds is read from its metadata and bitmap files, changing nothing.
 
 JSON: { uuid, size, chunkSize, events, state, dirtyChunks,
         members: [{ index, path, state, writeMostly, events }], progress? }
@@ -27,8 +29,10 @@ ${TARGET_HELP}`
 export async function detail(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('detail', HELP, argv, {}, io)
   if (!values) return 0
-  const d = (await act(values, { op: 'detail' }, io, 'detail:')) as MirrorDetail
-  report(values, io, d, () => formatDetail(metadataPathOf(values), d))
+  const metadataPath = metadataPathOf(values)
+  const bitmap = values.bitmap === undefined ? undefined : resolve(values.bitmap as string)
+  const d = (await act(values, { op: 'detail' }, io, 'detail:', () => storedDetail(metadataPath, bitmap))) as MirrorDetail
+  report(values, io, d, () => formatDetail(metadataPath, d))
   return 0
 }
 

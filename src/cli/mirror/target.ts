@@ -64,10 +64,10 @@ export function metadataPathOf(values: Parsed['values']): string {
 
 /**
  * Runs `req` on the mirror: through its control socket when a process holds it open
- * and listens there, else on the mirror opened here. Progress goes to stderr unless
- * `--json`. Resolves with the operation's result.
+ * and listens there, else by `unheld` if given, else on the mirror opened here.
+ * Progress goes to stderr unless `--json`. Resolves with the operation's result.
  */
-export async function act(values: Parsed['values'], req: ControlRequest, io: Io, label: string): Promise<unknown> {
+export async function act(values: Parsed['values'], req: ControlRequest, io: Io, label: string, unheld?: () => Promise<unknown>): Promise<unknown> {
   const metadataPath = metadataPathOf(values)
   const reporter = values.json ? undefined : progressReporter(io, label)
   const onProgress = (p: OperationProgress) =>
@@ -80,6 +80,7 @@ export async function act(values: Parsed['values'], req: ControlRequest, io: Io,
       // Nobody listens (no holder, or one killed): open the mirror here.
       if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw e
     }
+    if (unheld) return await unheld()
     const mirror = await Mirror.open({
       bitmap: values.bitmap as string | undefined,
       metadata: values.metadata as string | undefined,
