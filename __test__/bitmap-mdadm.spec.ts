@@ -13,7 +13,8 @@ import { Bitmap } from '../src'
 import { chunkCounter, daemonPass } from '../src/bitmap/testing'
 import { encode } from '../src/bitmap/superblock'
 import { requires } from './helpers/env'
-import { diskTempDir, examineBitmap, mdadmState, readDisk, removeDir } from './helpers/mdadm'
+import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const gated = requires(['mdadm'])
 

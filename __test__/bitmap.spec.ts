@@ -15,7 +15,8 @@ import { join } from 'node:path'
 import { Bitmap, COUNTER_MAX, MdBitmapError, NEEDED, RESYNC } from '../src'
 import { chunkCounter, daemonPass } from '../src/bitmap/testing'
 import { inCI, missing } from './helpers/env'
-import { diskTempDir, examineBitmap, readDisk, removeDir } from './helpers/mdadm'
+import { examineBitmap, readDisk } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const dir = diskTempDir('md-bitmap-spec-')
 test.after.always(() => removeDir(dir))

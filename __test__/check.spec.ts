@@ -6,21 +6,16 @@ import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { MdBitmapError, PageStore, allocAligned, check, extents, type CheckInfo } from '../src'
+import { PageStore, allocAligned, check, extents, type CheckInfo } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { rejectsWith } from './helpers/errors'
 
 const MiB = 1 << 20
 const SIZE = 1 * MiB
 
 const codes = (c: CheckInfo) => c.problems.map((p) => p.code).sort()
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: string): Promise<MdBitmapError> {
-  const e = await t.throwsAsync(p, { instanceOf: MdBitmapError })
-  t.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-  return e as MdBitmapError
-}
 
 /** The map covers [0, size) exactly once, in order, with no gap. */
 function assertCovers(t: ExecutionContext, c: CheckInfo, size: number) {
@@ -83,7 +78,7 @@ for (const fsType of ['ext4', 'xfs'] as const) {
       t.is(c.problems[0].offset, 0)
       t.true(c.problems.every((p) => p.blocksFileMode && p.blocksDeviceMode))
       await rejectsWith(t, PageStore.open(f), 'EFILE_MODE_UNSUPPORTED')
-      await rejectsWith(t, PageStore.open(f, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+      await rejectsWith(t, PageStore.open(f, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
       // A refused device-mode open must not leave the file pinned.
       t.false(sh('lsattr', [f]).split(' ')[0].includes('i'), 'not left immutable')
 
@@ -151,7 +146,7 @@ txfs('xfs: a reflinked copy has shared extents and is refused in both modes', as
     }
     const e = await rejectsWith(t, PageStore.open(copy), 'EFILE_MODE_UNSUPPORTED')
     t.regex(e.message, /EEXTENT_SHARED/)
-    await rejectsWith(t, PageStore.open(copy, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+    await rejectsWith(t, PageStore.open(copy, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
     t.false(sh('lsattr', [copy]).split(' ')[0].includes('i'), 'not left immutable')
     // A private copy is fine again.
     const priv = join(dir, 'private')
@@ -175,7 +170,7 @@ tbtrfs('btrfs: device mode is refused (not physical), file mode works', async (t
     t.deepEqual(codes(c), ['EDEVICE_NOT_PHYSICAL'])
     t.false(c.problems[0].blocksFileMode)
     t.true(c.problems[0].blocksDeviceMode)
-    const e = await rejectsWith(t, PageStore.open(f, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+    const e = await rejectsWith(t, PageStore.open(f, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
     t.regex(e.message, /EDEVICE_NOT_PHYSICAL/)
     t.false(sh('lsattr', [f]).split(' ')[0].includes('i'), 'a refused device-mode open leaves the file unpinned')
 
@@ -212,7 +207,7 @@ ttmpfs('tmpfs: no extent map; file mode works buffered and says why', async (t) 
     t.true(c.fileModeOk)
     t.false(c.deviceModeOk)
     t.is(c.map ?? null, null)
-    await rejectsWith(t, PageStore.open(f, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+    await rejectsWith(t, PageStore.open(f, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
 
     const s = await PageStore.open(f)
     try {

@@ -17,17 +17,18 @@
  */
 import test, { type ExecutionContext } from 'ava'
 import fc from 'fast-check'
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 import { Bitmap, FileMember, Mirror, allocAligned } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
 import { progressReporter } from '../src/cli/progress'
 import { SUPERBLOCK_SIZE, STATE_HOSTENDIAN, STATE_STALE, bitmapBytes, chunkCount, encode, minFileSize, pagedFileSize, type Superblock } from '../src/bitmap/superblock'
+import { ensureBuilt } from './helpers/built'
 import { requires, which } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const ROOT = resolve(__dirname, '..')
 const BIN = join(ROOT, 'bin', 'md-bitmap.js')
@@ -47,18 +48,7 @@ test.after.always(() => {
 // ---------------------------------------------------------------------------------
 // Build and run
 
-function newestMtime(path: string): number {
-  const st = statSync(path)
-  if (!st.isDirectory()) return st.mtimeMs
-  return Math.max(0, ...readdirSync(path).map((n) => newestMtime(join(path, n))))
-}
-
-test.before(() => {
-  const built = join(ROOT, 'dist', 'cli', 'main.js')
-  if (existsSync(built) && statSync(built).mtimeMs >= newestMtime(join(ROOT, 'src'))) return
-  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json'], { cwd: ROOT, stdio: 'pipe' })
-  execFileSync(process.execPath, [join(ROOT, 'scripts', 'postbuild-ts.js')], { cwd: ROOT, stdio: 'pipe' })
-})
+test.before(ensureBuilt)
 
 interface Run {
   status: number | null

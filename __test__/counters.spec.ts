@@ -260,8 +260,7 @@ test('COUNTER_MAX: startWrite returns full at 0x3fff and never wraps', (t) => {
     const c = new Counters(1)
     if (flags) c.loadDirty(0)
     let n = 0
-    let r
-    while ((r = c.startWrite(0)) !== 'full') {
+    while (c.startWrite(0) !== 'full') {
       n++
       if (n > COUNTER_MAX + 10) break
     }

@@ -3,21 +3,16 @@
  * file's physical offsets must land exactly there (read back through the filesystem with
  * O_DIRECT) and nowhere else (the device compared byte for byte before and after).
  */
-import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { join } from 'node:path'
-import { MdBitmapError, PageStore, allocAligned, extents, type ExtentInfo } from '../src'
+import { PageStore, allocAligned, extents, type ExtentInfo } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, changedBlocks, deviceSize, findAligned, newMarker, patternPage, readBuffered, readDirect, sha } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { rejectsWith } from './helpers/errors'
 
 const t = requires([...fsCaps('ext4'), 'lsattr', 'chattr', 'sync'])
-
-async function rejectsWith(tt: ExecutionContext, p: Promise<unknown>, code: string) {
-  const e = await tt.throwsAsync(p, { instanceOf: MdBitmapError })
-  tt.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-}
 
 const immutable = (f: string) => sh('lsattr', [f]).split(' ')[0].includes('i')
 
@@ -73,7 +68,7 @@ t('device mode: pages land at the file\'s physical offsets and nowhere else on t
     const map = (await extents(file)).extents
     tt.true(map.length >= 2, `the file is fragmented (${map.length} extents), so writes cross extents`)
 
-    const s = await PageStore.open(file, { mode: 'device' })
+    const s = await PageStore.open(file, { mode: 'on-device' })
     let closed = false
     try {
       tt.is(s.mode, 'device')
@@ -161,7 +156,7 @@ t('device mode: I/O at or past the end of the file is refused and changes nothin
   await withFs('ext4', 32, async (dir, dev) => {
     const file = join(dir, 'bitmap')
     const { data } = writeFragmented(dir, file, 8)
-    const s = await PageStore.open(file, { mode: 'device' })
+    const s = await PageStore.open(file, { mode: 'on-device' })
     try {
       tt.is(s.mode, 'device')
       quiesce(dir)
@@ -192,7 +187,7 @@ t('device mode: a file already immutable stays immutable after close; refusals l
     sh('sync', ['-f', dir])
     sh('chattr', ['+i', file])
     try {
-      const s = await PageStore.open(file, { mode: 'device' })
+      const s = await PageStore.open(file, { mode: 'on-device' })
       tt.true(immutable(file))
       const p = allocAligned(PAGE, s.alignment).fill(0x42)
       await s.write(p, PAGE)
@@ -205,7 +200,7 @@ t('device mode: a file already immutable stays immutable after close; refusals l
     // A file device mode refuses (a hole) is not left pinned.
     const sparse = join(dir, 'sparse')
     sh('truncate', ['-s', String(4 * PAGE), sparse])
-    await rejectsWith(tt, PageStore.open(sparse, { mode: 'device' }), 'EDEVICE_MODE_UNSUPPORTED')
+    await rejectsWith(tt, PageStore.open(sparse, { mode: 'on-device' }), 'EDEVICE_MODE_UNSUPPORTED')
     tt.false(immutable(sparse))
   }, { mkfsArgs: ['-b', '4096'] })
 })

@@ -1,15 +1,19 @@
 /**
  * The test harness itself: capability gating (skip outside CI, fail in CI, never a silent
- * skip) and loop-mounted filesystems that are always cleaned up, even when the test
- * throws or the process exits or is killed in the middle.
+ * skip), loop-mounted filesystems that are always cleaned up, even when the test
+ * throws or the process exits or is killed in the middle, and the crash-test child
+ * (helpers/crash-child.ts): no line announcing I/O is lost to a SIGKILL.
  */
 import test from 'ava'
 import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join, relative, resolve } from 'node:path'
+import { startCrashChild } from './helpers/crash-child'
 import { fsCaps, missing, requires } from './helpers/env'
 import { isMounted, loopBacking, withFs } from './helpers/loopfs'
+import { diskTempDir, removeDir } from './helpers/tmp'
+import { sleep } from './helpers/wait'
 
 const ROOT = resolve(__dirname, '..')
 const AVA = join(ROOT, 'node_modules', 'ava', 'entrypoints', 'cli.mjs')
@@ -116,3 +120,37 @@ for (const how of ['exit', 'SIGTERM'] as const) {
     t.false(fs.existsSync(seen.dir))
   })
 }
+
+test('crash child: with the parent not reading, the child stops at the line it cannot print; after SIGKILL every write done has its line', async (t) => {
+  const dir = diskTempDir('md-bitmap-harness-')
+  t.teardown(() => removeDir(dir))
+  const file = join(dir, 'writes')
+  const COUNT = 200_000 // about 22 MB of lines: far more than the pipe and the reader's buffer hold
+  const c = startCrashChild('line-printer.ts', [file, String(COUNT)])
+  t.teardown(() => c.kill())
+  await c.waitFor('I 1 ', 30_000)
+  c.child.stdout.pause()
+  // Until the child stopped writing (held at a full pipe), however slow the machine.
+  const writes = () => fs.readFileSync(file, 'utf8').length
+  for (let last = -1, now = writes(); now !== last; last = now, now = writes()) await sleep(300)
+  t.is(await c.kill(), 'SIGKILL', c.stderr)
+  const done = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map(Number)
+  const printed = c.lines.map((l) => Number(l.split(' ')[1]))
+  t.true(done.length > 0, 'the child wrote')
+  t.true(done.length < COUNT, 'the pipe filled: the child was held at a line (else the test proves nothing)')
+  t.deepEqual(printed.slice(0, done.length), done, 'every write done was announced by a line the parent read, in order')
+  t.true(printed.length - done.length <= 1, 'at most the line of a write not yet done was read past the last write')
+})
+
+test('crash child: a last line cut by the kill is dropped; ended waits for stdout to close', async (t) => {
+  const dir = diskTempDir('md-bitmap-harness-')
+  t.teardown(() => removeDir(dir))
+  const fixture = join(dir, 'cut.ts')
+  // A fixture outside __test__/fixtures: pass the path relative to that folder.
+  fs.writeFileSync(fixture, "process.stdout.write('one\\ntwo\\nthr')\nsetInterval(() => {}, 1 << 30)\n")
+  const c = startCrashChild(relative(join(__dirname, 'fixtures'), fixture), [])
+  await c.waitFor('two', 20_000)
+  await sleep(200)
+  t.is(await c.kill(), 'SIGKILL')
+  t.deepEqual(c.lines, ['one', 'two'])
+})

@@ -16,8 +16,9 @@ import { replaceFile } from '../src/io/replace'
 import { readFileStart } from '../src/io/uncached-read'
 import { volatileFilesystem } from '../src/io/volatile'
 import { fsCaps, requires } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import { sh, withFs } from './helpers/loopfs'
+import { rejectsWith, throwsWith } from './helpers/errors'
 
 const MiB = 2 ** 20
 const dir = diskTempDir('md-bitmap-io-files-')
@@ -29,18 +30,6 @@ function freshFolder(): string {
   const d = join(dir, `case-${n++}`)
   fs.mkdirSync(d)
   return d
-}
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: string): Promise<MdBitmapError> {
-  const e = await t.throwsAsync(p, { instanceOf: MdBitmapError })
-  t.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-  return e as MdBitmapError
-}
-
-function throwsWith(t: ExecutionContext, f: () => unknown, code: string): MdBitmapError {
-  const e = t.throws(f, { instanceOf: MdBitmapError })
-  t.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-  return e as MdBitmapError
 }
 
 /** The names in a folder, sorted: what a failed operation must not have added to. */
@@ -300,6 +289,6 @@ test('fileError: keeps the code and errno, says what was attempted, and adds the
   t.is(e.cause, err)
   t.regex(e.message, /^cannot open \/x: EACCES: permission denied, open '\/x'; permission denied; check the file mode/)
   const odd = fileError(Object.assign(new Error('strange'), { code: 'ESTRANGE' }), 'cannot read /y')
-  t.is(odd.code, 'ESTRANGE')
+  t.is(odd.code as string, 'ESTRANGE')
   t.is(odd.message, 'cannot read /y: strange', 'no hint where none is known')
 })

@@ -2,7 +2,7 @@
  * Member failures and recovery: real errors where the kernel can produce them (a
  * member on a small loop-mounted ext4 that fills up: ENOSPC; a member that is a loop
  * device shrunk under the mirror with `losetup -c`: writes and reads past its new end
- * fail), and a fault-injecting member wrapper (helpers/mirror.ts ProbeMember) for what
+ * fail), and a fault-injecting member wrapper (helpers/members.ts ProbeMember) for what
  * a device cannot be made to do on demand: fail one chosen read, or fail the writes
  * of the only member that is not write-mostly.
  *
@@ -20,8 +20,11 @@ import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
 import { fsCaps, requires } from './helpers/env'
-import { readDisk, removeDir } from './helpers/mdadm'
-import { KiB, MemberControl, MiB, codeOf, makeRig, onDisk, pattern, rigParent, until, sameBytes } from './helpers/mirror'
+import { readDisk } from './helpers/mdadm'
+import { MemberControl } from './helpers/members'
+import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { until } from './helpers/wait'
 import { attachLoop, detach, sh, withFs } from './helpers/loopfs'
 import { deviceSize } from './helpers/io'
 

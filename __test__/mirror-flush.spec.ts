@@ -16,8 +16,9 @@ import test, { type ExecutionContext } from 'ava'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { DelegatingMember, FileMember, Mirror, type Member, type MemberSpec, type OpenMember } from '../src'
-import { removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, pattern, rigParent, sleep, until } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { IDLE, KiB, MiB, pattern, rigParent } from './helpers/mirror'
+import { sleep, until } from './helpers/wait'
 
 const parent = rigParent('md-mirror-flush-spec-')
 test.after.always(() => removeDir(parent))

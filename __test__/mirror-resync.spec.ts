@@ -9,8 +9,10 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
-import { readDisk, removeDir } from './helpers/mdadm'
-import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes, sleep, until } from './helpers/mirror'
+import { readDisk } from './helpers/mdadm'
+import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { sleep, until } from './helpers/wait'
 
 const parent = rigParent('md-mirror-resync-')
 test.after.always(() => removeDir(parent))

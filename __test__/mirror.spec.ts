@@ -5,7 +5,7 @@
  * in flight, balancing).
  *
  * Members are files in a temporary directory on a disk filesystem, each wrapped in a
- * ProbeMember (helpers/mirror.ts) that counts I/O and can delay write completions
+ * ProbeMember (helpers/members.ts) that counts I/O and can delay write completions
  * (SlowMember). Everything a test claims about the disk is read back with O_DIRECT,
  * not through the library.
  */
@@ -14,8 +14,10 @@ import { mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFile
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
-import { readDisk, removeDir } from './helpers/mdadm'
-import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, until, sameBytes } from './helpers/mirror'
+import { readDisk } from './helpers/mdadm'
+import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { until } from './helpers/wait'
 
 const parent = rigParent('md-mirror-spec-')
 test.after.always(() => removeDir(parent))

@@ -26,7 +26,7 @@ import { Cmd, CmdFlag, Opt, Rep, encodeInfoRequest, encodeOption, encodeRequest 
 import { encodeMetaContextRequest } from '../src/nbd/meta-context'
 import { ReplyType } from '../src/nbd/protocol/structured-reply'
 import { requires } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import { KiB, MiB } from './helpers/mirror'
 import { qemuIo, run } from './helpers/nbd'
 import { RawNbdClient } from './helpers/nbd-raw'

@@ -3,20 +3,24 @@
  * 127.0.0.1: qemu-nbd and nbd-server serving a file. Writes, reads, write-behind
  * acknowledging before the remote has the data, the remote server killed mid-workload
  * (the mirror keeps going degraded; reconnect + reAdd copies only the dirty chunks),
- * and crash consistency with a SIGKILLed writer process.
- *
- * The crash test's writer runs the built package (dist/): `npm run build:ts` first.
+ * and crash consistency with a SIGKILLed writer process (fixtures/nbd-writer.ts).
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, openNbdOrFileMember, type Member, type MemberSpec } from '../src'
+import { Prng } from '../src/cli/demo/prng'
+import { SECTOR } from '../src/cli/demo/tagged-data'
+import { killRunning, replaySeed, startCrashChild } from './helpers/crash-child'
 import { requires } from './helpers/env'
-import { diskTempDir, readDisk, removeDir } from './helpers/mdadm'
-import { IDLE, KiB, MiB, pattern, sleep, until } from './helpers/mirror'
+import { changedBlocks } from './helpers/io'
+import { readDisk } from './helpers/mdadm'
+import { IDLE, KiB, MiB, pattern } from './helpers/mirror'
 import { startNbdServer, startQemuNbd, type QemuNbd } from './helpers/nbd'
+import { checkSectors, readWriteLog } from './helpers/tagged-writes'
+import { diskTempDir, removeDir } from './helpers/tmp'
+import { sleep, until } from './helpers/wait'
 
 const withQemu = requires(['qemu-nbd'])
 const withNbdServer = requires(['nbd-server'])
@@ -55,14 +59,13 @@ function opener() {
 
 /** Random non-overlapping batches of writes; `model` follows. Returns the chunks written. */
 async function workload(mirror: Mirror, model: Uint8Array, n: number, seed: number, region: [number, number] = [0, SIZE]): Promise<Set<number>> {
-  let x = seed
-  const rnd = () => ((x = (x * 1103515245 + 12345) % 2 ** 31), x / 2 ** 31)
+  const prng = new Prng(seed)
   const chunks = new Set<number>()
   for (let done = 0; done < n; ) {
     const batch: { offset: number; data: Uint8Array }[] = []
     for (let k = 0; k < 8 && done < n; k++, done++) {
-      const len = Math.min(64, 1 + Math.floor(rnd() * 64)) * 4 * KiB
-      const offset = region[0] + Math.floor(rnd() * ((region[1] - region[0] - len) / 4096 + 1)) * 4096
+      const len = Math.min(64, 1 + prng.below(64)) * 4 * KiB
+      const offset = region[0] + prng.below((region[1] - region[0] - len) / 4096 + 1) * 4096
       if (batch.some((w) => w.offset < offset + len && offset < w.offset + w.data.length)) continue
       batch.push({ offset, data: pattern(len, seed * 10_000 + done) })
     }
@@ -263,23 +266,11 @@ withQemu('qemu-nbd killed mid-workload: the mirror keeps serving degraded; recon
 // ---------------------------------------------------------------------------------
 // Crash consistency
 
-const FIXTURE = join(__dirname, 'fixtures', 'nbd-writer.mjs')
 const CRASH_ITERATIONS = Number(process.env.MD_BITMAP_NBD_CRASH_ITERATIONS) || 4
-const SECTOR = 512
-const MAGIC = 0x4e424457
-
-/** The write id a sector holds: 0 for zeros, -1 for anything not a whole tagged sector. */
-function sectorId(w: Uint32Array, s: number): number {
-  const base = (s * SECTOR) / 4
-  if (w[base] === 0) return w.subarray(base, base + SECTOR / 4).every((x) => x === 0) ? 0 : -1
-  const id = w[base + 1]
-  if (w[base] !== MAGIC || w[base + 2] !== s || w[base + 3] !== (id ^ s ^ 0x13572468) >>> 0) return -1
-  for (let i = 4; i < SECTOR / 4; i++) if (w[base + i] !== w[base + (i & 3)]) return -1
-  return id
-}
 
 withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the members identical with every acknowledged write (${CRASH_ITERATIONS} iterations)`, async (t) => {
   t.timeout(120_000)
+  t.teardown(killRunning)
   const f = setup('crash')
   let q: QemuNbd = await startQemuNbd(t, f.remote)
   const port = q.port
@@ -295,54 +286,31 @@ withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the me
   })
   await m.close()
   const chunks = SIZE / CHUNK
-  const sectors = SIZE / SECTOR
-  const model = new Uint32Array(sectors)
+  const model = new Uint32Array(SIZE / SECTOR)
   let lagging = 0
   let unacked = 0
   let copied = 0
-  let seed = (Date.now() & 0xffff) + 1
-  t.log(`seed ${seed}`)
+  // MD_BITMAP_NBD_CRASH_SEED replays a run's choices (the timing is the machine's).
+  const seed0 = replaySeed(t, 'MD_BITMAP_NBD_CRASH_SEED')
+  const prng = new Prng(seed0)
   for (let it = 1; it <= CRASH_ITERATIONS; it++) {
     const idBase = it * 2 ** 20
-    const child = spawn(process.execPath, [FIXTURE, f.bitmap, String(seed++), String(idBase)], { stdio: ['ignore', 'pipe', 'pipe'] })
-    // 'close', not 'exit': only then has everything the child printed been read.
-    const exited = new Promise<string | number | null>((r) => child.on('close', (c, s) => r(s ?? c)))
-    t.teardown(() => void child.kill('SIGKILL'))
-    let outText = ''
-    let errText = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (outText += d))
-    child.stderr.on('data', (d) => (errText += d))
-    await until(() => outText.includes('ready') || child.exitCode !== null, 20_000, 'the writer to open the mirror')
-    if (!outText.includes('ready')) return t.fail(`writer died: ${errText}`)
-    await sleep(100 + Math.floor(Math.random() * 300))
-    child.kill('SIGKILL')
-    t.is(await exited, 'SIGKILL', `writer stderr: ${errText}`)
+    const w = startCrashChild('nbd-writer.ts', [f.bitmap, String(seed0 + it), String(idBase)])
+    await w.waitFor('ready', 20_000)
+    await sleep(100 + prng.below(300))
+    t.is(await w.kill(), 'SIGKILL', `writer stderr: ${w.stderr}`)
     // The remote dies too (as in a power cut of both ends): the file is then stable.
     q.kill('SIGKILL')
     await q.exited
 
-    // A line cut by the kill has no newline: its write was not issued yet (the line is printed first).
-    const lines = outText.split('\n').slice(0, -1)
-    const writes = new Map<number, { offset: number; length: number; acked: boolean }>()
-    const order: number[] = []
-    for (const l of lines) {
-      const [k, a, b, c] = l.split(' ')
-      if (k === 'I') {
-        writes.set(Number(a), { offset: Number(b), length: Number(c), acked: false })
-        order.push(Number(a))
-      } else if (k === 'A') writes.get(Number(a))!.acked = true
-      else if (k === 'X') t.fail(`a write was rejected: ${l}`)
-    }
-    t.true(order.length > 0, 'the writer wrote')
-    if ([...writes.values()].some((w) => !w.acked)) unacked++
+    const log = readWriteLog(w.lines)
+    for (const l of log.rejected) t.fail(`a write was rejected: ${l}`)
+    t.true(log.order.length > 0, 'the writer wrote')
+    if (log.order.some((x) => !x.acked)) unacked++
 
     // The invariant on the files as the crash left them.
-    const disk = readDisk(f.bitmap)
-    const dirty = new Set(disk.dirtyList(chunks))
-    const local = readFileSync(f.local)
-    const remote = readFileSync(f.remote)
-    const differ: number[] = []
-    for (let c = 0; c < chunks; c++) if (!local.subarray(c * CHUNK, (c + 1) * CHUNK).equals(remote.subarray(c * CHUNK, (c + 1) * CHUNK))) differ.push(c)
+    const dirty = new Set(readDisk(f.bitmap).dirtyList(chunks))
+    const differ = changedBlocks(readFileSync(f.local), readFileSync(f.remote), CHUNK).map((o) => o / CHUNK)
     if (differ.length) lagging++
     t.deepEqual(differ.filter((c) => !dirty.has(c)), [], 'members differ only in chunks whose bit is set on disk')
 
@@ -360,26 +328,9 @@ withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the me
     t.true(l2.equals(readFileSync(f.remote)), `iteration ${it}: members byte-identical after resync`)
 
     // Each sector: the last acknowledged write over it, or a write in flight over it.
-    const acked = model.slice()
-    const pending = new Map<number, number>()
-    for (const id of order) {
-      const w = writes.get(id)!
-      for (let s = w.offset / SECTOR; s < (w.offset + w.length) / SECTOR; s++) {
-        if (w.acked) acked[s] = id
-        else pending.set(s, id)
-      }
-    }
-    const words = new Uint32Array(l2.buffer, l2.byteOffset, l2.length / 4)
-    let bad = 0
-    for (let s = 0; s < sectors; s++) {
-      const id = sectorId(words, s)
-      if (id === acked[s] || id === pending.get(s)) {
-        model[s] = id
-        continue
-      }
-      if (bad++ < 5) t.fail(`iteration ${it}: sector ${s} holds ${id}, expected ${acked[s]}${pending.has(s) ? ` or ${pending.get(s)}` : ''}`)
-    }
-    if (bad) return
+    const problems: string[] = []
+    checkSectors(problems, l2, log, CHUNK, idBase, model)
+    if (problems.length) return t.fail(`iteration ${it} (replay with MD_BITMAP_NBD_CRASH_SEED=${seed0}):\n${problems.join('\n')}`)
   }
   t.log(`${CRASH_ITERATIONS} iterations: ${unacked} kills with writes in flight, ${lagging} with the remote lagging, ${copied} chunks copied`)
   t.true(unacked > 0, 'some kill caught writes in flight')

@@ -13,7 +13,7 @@ import { join } from 'node:path'
 
 import { MdBitmapError, NbdError, NbdMember, allocAligned, listNbdExports, serveNbd, type NbdTarget } from '../src'
 import * as P from '../src/nbd/protocol'
-import { removeDir } from './helpers/mdadm'
+import { removeDir } from './helpers/tmp'
 
 const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-nbd-proto-'))
 test.after.always(() => removeDir(dir))

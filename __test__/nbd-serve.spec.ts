@@ -4,7 +4,7 @@
  * (qemu-io's `read -P` verifies every byte), unaligned writes (the client does the
  * read-modify-write at the advertised minimum block size), `qemu-img convert` into
  * the export, and `qemu-img compare` of the export against each member file; and the
- * `md-bitmap serve` command (it runs the built CLI: `npm run build:ts` first).
+ * `md-bitmap serve` command (the built CLI, rebuilt first when src/ is newer: helpers/built.ts).
  */
 import test from 'ava'
 import { randomFillSync } from 'node:crypto'
@@ -12,9 +12,10 @@ import { closeSync, mkdirSync, openSync, readFileSync, truncateSync, writeFileSy
 import { join } from 'node:path'
 
 import { FileMember, Mirror, NbdMember, allocAligned, openNbdOrFileMember, serveNbd } from '../src'
+import { ensureBuilt } from './helpers/built'
 import { requires } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
 import { KiB, MiB } from './helpers/mirror'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import { QEMU_TOOLS, qemuIo, run, startQemuNbd } from './helpers/nbd'
 import { serveCli, servedMirror as served } from './helpers/served-mirror'
 
@@ -22,6 +23,7 @@ const withQemu = requires(QEMU_TOOLS)
 
 const dir = diskTempDir('md-bitmap-nbd-serve-')
 test.after.always(() => removeDir(dir))
+test.before(ensureBuilt)
 
 const SIZE = 16 * MiB
 

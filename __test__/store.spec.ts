@@ -4,26 +4,21 @@
  * closing, aligned buffers, and the package as users load it (ESM, CommonJS, and the
  * error when the native addon cannot be loaded).
  */
-import test, { type ExecutionContext } from 'ava'
-import { execFileSync, spawnSync } from 'node:child_process'
+import test from 'ava'
+import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { MdBitmapError, PageStore, allocAligned } from '../src'
 import { binding } from '../src/native/load'
+import { ensureBuilt } from './helpers/built'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, newMarker, patternPage, readDirect, writeWhole } from './helpers/io'
 import { freeze, openFdsOn, thaw, withFs } from './helpers/loopfs'
+import { rejectsWith } from './helpers/errors'
 
 const ROOT = resolve(__dirname, '..')
-
-async function rejectsWith(t: ExecutionContext, p: Promise<unknown>, code: string): Promise<MdBitmapError> {
-  const e = await t.throwsAsync(p, { instanceOf: MdBitmapError })
-  t.is(e?.code, code, `expected ${code}, got ${e?.code}: ${e?.message}`)
-  t.is(e?.name, 'MdBitmapError')
-  return e as MdBitmapError
-}
 
 /** An ext4 (4 KiB blocks) on a loop device with a zeroed file of `pages` pages in it. */
 async function withStoreFile<T>(
@@ -236,9 +231,9 @@ tfs('I/O past the end of the file rejects with EOUT_OF_RANGE; bad numbers with E
 
 tfs('after close: ECLOSED, close() again resolves, and no descriptor is left open', async (t) => {
   await withStoreFile(4, async (file, dir, dev) => {
-    for (const mode of ['file', 'device'] as const) {
+    for (const mode of ['in-place', 'on-device'] as const) {
       const s = await PageStore.open(file, { mode })
-      const page = allocAligned(PAGE, s.alignment).fill(mode === 'file' ? 1 : 2)
+      const page = allocAligned(PAGE, s.alignment).fill(mode === 'in-place' ? 1 : 2)
       await s.write(page, 0)
       await s.close()
       await rejectsWith(t, s.write(page, 0), 'ECLOSED')
@@ -313,19 +308,6 @@ test('MdBitmapError carries a code, a name and an optional errno', (t) => {
 // ---------------------------------------------------------------------------------
 // The package as users load it: dist/ (CommonJS and its ESM face), in fresh processes.
 
-let distReady: string | null = null
-function ensureDist(): void {
-  if (distReady === 'ok') return
-  const dist = join(ROOT, 'dist')
-  const built = ['index.js', 'index.mjs', 'native.js', 'store.js'].map((f) => join(dist, f))
-  const newest = Math.max(
-    ...fs.readdirSync(join(ROOT, 'src')).map((f) => fs.statSync(join(ROOT, 'src', f)).mtimeMs),
-  )
-  const stale = built.some((f) => !fs.existsSync(f) || fs.statSync(f).mtimeMs < newest)
-  if (stale) execFileSync('npm', ['run', 'build:ts'], { cwd: ROOT, stdio: 'pipe' })
-  distReady = 'ok'
-}
-
 function node(args: string[], opts: { env?: Record<string, string>; cwd?: string } = {}) {
   const r = spawnSync(process.execPath, args, {
     cwd: opts.cwd ?? ROOT,
@@ -356,7 +338,7 @@ const PROBE = `
 `
 
 test.serial('CommonJS: require() of the package (by path and by name) works', (t) => {
-  ensureDist()
+  ensureBuilt()
   for (const spec of [join(ROOT, 'dist'), 'md-bitmap']) {
     const r = node(['-e', `const m = require(${JSON.stringify(spec)}); ${PROBE}`])
     t.is(r.status, 0, r.stderr)
@@ -370,7 +352,7 @@ test.serial('CommonJS: require() of the package (by path and by name) works', (t
 })
 
 test.serial('ESM: import of the package (by path and by name) works', (t) => {
-  ensureDist()
+  ensureBuilt()
   for (const spec of [join(ROOT, 'dist', 'index.mjs'), 'md-bitmap']) {
     const src = `import * as m from ${JSON.stringify(spec)}; import def from ${JSON.stringify(spec)};
       import { createRequire } from 'node:module'; const require = createRequire(import.meta.url);
@@ -385,7 +367,7 @@ test.serial('ESM: import of the package (by path and by name) works', (t) => {
 })
 
 test.serial('a native addon that cannot be loaded gives ENATIVE_LOAD naming every attempt', (t) => {
-  ensureDist()
+  ensureBuilt()
   const probe = `
     const m = require(${JSON.stringify(join(ROOT, 'dist'))})
     const out = {}

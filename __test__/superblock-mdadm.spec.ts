@@ -25,7 +25,7 @@ import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { requires, which } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import {
   SUPERBLOCK_SIZE,
   STATE_HOSTENDIAN,

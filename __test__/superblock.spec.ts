@@ -323,7 +323,7 @@ test('every error carries a message saying what to do', (t) => {
   ]
   for (const [c, fn] of cases) {
     const e = t.throws(fn, { instanceOf: MdBitmapError }, c)
-    t.is(e?.code, c)
+    t.is(e?.code as string, c)
     t.is(e?.name, 'MdBitmapError')
     t.regex(e?.message ?? '', /(use|check|recreate|read|restore|clear|create)/i, `${c}: ${e?.message}`)
   }

@@ -10,29 +10,22 @@
  * 3. Latency of a startWrite that must write a page, against a bare page write of
  *    the native store with the same durability (O_DSYNC), alternating in one loop.
  *
- * Options: --quick (fewer iterations), --dir DIR (default a temp dir under /var/tmp),
- * --out FILE (default bench/out/bitmap.json).
+ * Options: --quick (fewer iterations), --dir DIR (a temp dir is made in it, default
+ * /var/tmp), --out FILE (default bench/out/bitmap.json).
  */
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { Bitmap, PageStore, allocAligned, check } from '../src/index'
+import { loadChange, machine, parseOptions, percentile, readLoad, workDir } from './common'
 
-const args = process.argv.slice(2)
-const quick = args.includes('--quick')
-const argValue = (name: string): string | undefined => {
-  const i = args.indexOf(name)
-  return i >= 0 ? args[i + 1] : undefined
-}
-const dir = fs.mkdtempSync(path.join(argValue('--dir') ?? '/var/tmp', 'md-bitmap-bench-'))
-const out = argValue('--out') ?? path.join(__dirname, 'out', 'bitmap.json')
+const opts = parseOptions(process.argv.slice(2), { quick: 'flag', dir: 'value', out: 'value' }, 'usage: npm run bench:bitmap -- [--quick] [--dir DIR] [--out FILE]')
+const quick = opts.flag('quick')
+const dir = workDir(opts.value('dir') ?? '/var/tmp', 'md-bitmap-bench-')
+const out = opts.value('out') ?? path.join(__dirname, 'out', 'bitmap.json')
 
 const CHUNK = 64 * 1024
 const SIZE = 64 * 2 ** 30 // 64 GiB of data: 1M chunks, a 128 KiB bitmap (32 pages)
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]
-}
 
 async function hotPath(bitmap: Bitmap): Promise<{ pairsPerSec: number; pairs: number }> {
   // Dirty 64 chunks first, so the loop below never needs I/O.
@@ -82,14 +75,12 @@ async function latency(bitmap: Bitmap, store: PageStore): Promise<Record<string,
     await store.write(page, (i % 32) * 4096)
     lat.bare.push(Number(process.hrtime.bigint() - t) / 1e3)
   }
-  const b = lat.bitmap.sort((x, y) => x - y)
-  const r = lat.bare.sort((x, y) => x - y)
   return {
     samples: n,
-    bitmapP50us: percentile(b, 50),
-    bitmapP99us: percentile(b, 99),
-    bareP50us: percentile(r, 50),
-    bareP99us: percentile(r, 99),
+    bitmapP50us: percentile(lat.bitmap, 50),
+    bitmapP99us: percentile(lat.bitmap, 99),
+    bareP50us: percentile(lat.bare, 50),
+    bareP99us: percentile(lat.bare, 99),
   }
 }
 
@@ -102,8 +93,9 @@ async function main(): Promise<void> {
   // The bare baseline has the bitmap's durability: O_DSYNC page writes.
   const store = await PageStore.open(bare, { dsync: true })
   const fsType = (await check(file)).fsType
+  const load0 = readLoad()
   try {
-    console.log(`md-bitmap bench:bitmap  ${os.cpus().length} cpus, ${os.release()}, ${fsType}, mode ${bitmap.stats().mode}, chunk ${CHUNK} B, ${bitmap.chunks} chunks${quick ? ', quick' : ''}`)
+    console.log(`md-bitmap bench:bitmap  ${os.availableParallelism()} cpus, ${os.release()}, ${fsType}, mode ${bitmap.stats().mode}, chunk ${CHUNK} B, ${bitmap.chunks} chunks${quick ? ', quick' : ''}`)
     const hot = await hotPath(bitmap)
     console.log(`\n1. startWrite+endWrite on dirty chunks: ${Math.round(hot.pairsPerSec).toLocaleString('en')} pairs/s (${hot.pairs} pairs)`)
     console.log('\n2. page writes per 1000 startWrites into clean chunks')
@@ -121,12 +113,14 @@ async function main(): Promise<void> {
     console.log(`   startWrite p50 ${lat.bitmapP50us.toFixed(0)} us, p99 ${lat.bitmapP99us.toFixed(0)} us`)
     console.log(`   bare write p50 ${lat.bareP50us.toFixed(0)} us, p99 ${lat.bareP99us.toFixed(0)} us`)
     console.log(`   ratio p50 ${(lat.bitmapP50us / lat.bareP50us).toFixed(2)}x, p99 ${(lat.bitmapP99us / lat.bareP99us).toFixed(2)}x`)
+    const load1 = readLoad()
+    console.log(`\n${loadChange(load0, load1)}`)
     fs.mkdirSync(path.dirname(out), { recursive: true })
-    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), quick, fsType, cpus: os.cpus().length, kernel: os.release(), hot, batch, latency: lat }, null, 2))
+    const m = machine()
+    fs.writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), quick, fsType, cpus: m.nproc, kernel: m.kernel, machine: m, loadBefore: load0, loadAfter: load1, hot, batch, latency: lat }, null, 2))
   } finally {
     await bitmap.close()
     await store.close()
-    fs.rmSync(dir, { recursive: true, force: true })
   }
 }
 

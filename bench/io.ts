@@ -1,11 +1,16 @@
 /**
  * Page store I/O benchmark (`npm run bench:io`).
  *
- * 4 KiB page writes made durable batch by batch: a "batch" is N writes issued at once
- * (N = 1 or 32, the depth), all awaited, then one fdatasync. Measured, on the same
- * preallocated, fully written file and in the same run:
+ * 4 KiB page writes, in two patterns (`--syncs`):
+ * - `fdatasync`: made durable batch by batch: a "batch" is N writes issued at once
+ *   (N = 1 or 32, the depth), all awaited, then one fdatasync;
+ * - `none`: no fdatasync; N writes kept in flight at all times (each completion issues
+ *   the next write), as fio's `--iodepth=N` does.
+ * Measured, on the same preallocated, fully written file and in the same run:
  *
- * - `native`:          md-bitmap's PageStore (O_DIRECT where the filesystem allows it)
+ * - `native uring`, `native aio`, `native threads`: md-bitmap's PageStore (O_DIRECT
+ *                      where the filesystem allows it), each in a Node process of its
+ *                      own with MD_BITMAP_IO_ENGINE forcing that I/O engine
  * - `fio`:             fio running the same pattern (see {@link fioArgs} for the job)
  * - `fs.promises`:     Node's FileHandle.write + datasync, buffered (page cache)
  * - `node O_DIRECT`:   the same, the file opened with fs.constants.O_DIRECT and the
@@ -20,6 +25,9 @@
  *   --size MIB         test file size (default 64)
  *   --pattern P        rand (default) or seq
  *   --depths A,B       default 1,32
+ *   --syncs A,B        fdatasync,none (default both)
+ *   --engines A,B      uring,aio,threads (default all three)
+ *   --no-node          skip the fs.promises and node O_DIRECT rows
  *   --no-fio           skip fio
  *   --out FILE         default bench/out/io.json
  *
@@ -33,6 +41,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { promisify } from 'node:util'
 import { PageStore, allocAligned, check } from '../src/index'
+import { Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
 
 const execFileP = promisify(execFile)
 const PAGE = 4096
@@ -48,64 +57,54 @@ interface Options {
   sizeMiB: number
   pattern: 'rand' | 'seq'
   depths: number[]
+  syncs: SyncMode[]
+  engines: Engine[]
+  node: boolean
   fio: boolean
   out: string
 }
 
+/** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight. */
+type SyncMode = 'fdatasync' | 'none'
+type Engine = 'uring' | 'aio' | 'threads'
+
 function parseArgs(argv: string[]): Options {
+  const a = parseOptions(
+    argv,
+    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', size: 'value', pattern: 'value', depths: 'value', syncs: 'value', engines: 'value', 'no-node': 'flag', 'no-fio': 'flag', out: 'value' },
+    'usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--syncs fdatasync,none] [--engines uring,aio,threads] [--no-node] [--no-fio] [--out FILE]',
+  )
+  const quick = a.flag('quick')
+  const pattern = a.value('pattern') ?? 'rand'
+  if (pattern !== 'rand' && pattern !== 'seq') throw new Error(`--pattern must be rand or seq, got ${pattern}`)
   const o: Options = {
-    quick: false,
-    dir: null,
-    durationS: NaN,
-    rounds: NaN,
-    sizeMiB: 64,
-    pattern: 'rand',
-    depths: [1, 32],
-    fio: true,
-    out: path.join(__dirname, 'out', 'io.json'),
+    quick,
+    dir: a.value('dir') === undefined ? null : path.resolve(a.value('dir')!),
+    durationS: a.number('duration', quick ? 1.25 : 10),
+    rounds: a.number('rounds', quick ? 1 : 2),
+    sizeMiB: a.number('size', 64),
+    pattern,
+    depths: (a.value('depths') ?? '1,32').split(',').map(Number),
+    syncs: (a.value('syncs') ?? 'fdatasync,none').split(',') as SyncMode[],
+    engines: (a.value('engines') ?? 'uring,aio,threads').split(',') as Engine[],
+    node: !a.flag('no-node'),
+    fio: !a.flag('no-fio'),
+    out: path.resolve(a.value('out') ?? path.join(__dirname, 'out', 'io.json')),
   }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const val = (): string => {
-      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
-    }
-    const name = a.split('=')[0]
-    switch (name) {
-      case '--quick': o.quick = true; break
-      case '--dir': o.dir = path.resolve(val()); break
-      case '--duration': o.durationS = Number(val()); break
-      case '--rounds': o.rounds = Number(val()); break
-      case '--size': o.sizeMiB = Number(val()); break
-      case '--pattern': {
-        const p = val()
-        if (p !== 'rand' && p !== 'seq') throw new Error(`--pattern must be rand or seq, got ${p}`)
-        o.pattern = p
-        break
-      }
-      case '--depths': o.depths = val().split(',').map(Number); break
-      case '--no-fio': o.fio = false; break
-      case '--out': o.out = path.resolve(val()); break
-      case '--help': case '-h':
-        console.log('usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--no-fio] [--out FILE]')
-        return process.exit(0)
-      default: throw new Error(`unknown option ${a}`)
-    }
-  }
-  if (Number.isNaN(o.durationS)) o.durationS = o.quick ? 1.25 : 10
-  if (Number.isNaN(o.rounds)) o.rounds = o.quick ? 1 : 2
   if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
+  if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none')) throw new Error('bad --syncs')
+  if (!o.engines.every((e) => ['uring', 'aio', 'threads'].includes(e))) throw new Error('bad --engines')
   return o
 }
 
 // ---------------------------------------------------------------------------------------
 // Measurements
 
-type Impl = 'fio' | 'native' | 'fs.promises' | 'node O_DIRECT'
-const IMPLS: Impl[] = ['fio', 'native', 'fs.promises', 'node O_DIRECT']
+type Impl = 'fio' | `native ${Engine}` | 'fs.promises' | 'node O_DIRECT'
+const NODE_IMPLS: Impl[] = ['fs.promises', 'node O_DIRECT']
+const nativeEngine = (impl: Impl): Engine | null => (impl.startsWith('native ') ? (impl.slice(7) as Engine) : null)
 
 /** One run of one configuration. */
 interface Sample {
@@ -126,6 +125,7 @@ interface Sample {
 
 interface Result {
   impl: Impl
+  sync: SyncMode
   depth: number
   pattern: 'rand' | 'seq'
   detail: string
@@ -144,13 +144,7 @@ interface Result {
   roundIops: number[]
 }
 
-function pct(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))
-  return sorted[i]
-}
-
-function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: string, samples: Sample[]): Result {
+function summarize(impl: Impl, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', detail: string, samples: Sample[]): Result {
   const writes = samples.reduce((s, x) => s + x.writes, 0)
   const batches = samples.reduce((s, x) => s + x.batches, 0)
   const seconds = samples.reduce((s, x) => s + x.seconds, 0)
@@ -158,12 +152,12 @@ function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: s
   let syncMean: number, syncP50: number, syncP99: number
   let batchP99: number | null = null
   if (samples.every((s) => Array.isArray(s.syncUs))) {
-    const all = samples.flatMap((s) => s.syncUs as number[]).sort((a, b) => a - b)
-    syncMean = all.reduce((s, x) => s + x, 0) / all.length
-    syncP50 = pct(all, 50)
-    syncP99 = pct(all, 99)
-    const b = samples.flatMap((s) => s.batchUs ?? []).sort((a, b) => a - b)
-    batchP99 = b.length ? pct(b, 99) : null
+    const all = samples.flatMap((s) => s.syncUs as number[])
+    syncMean = all.length ? all.reduce((s, x) => s + x, 0) / all.length : NaN
+    syncP50 = percentile(all, 50)
+    syncP99 = percentile(all, 99)
+    const b = samples.flatMap((s) => s.batchUs ?? [])
+    batchP99 = b.length ? percentile(b, 99) : null
   } else {
     // fio reports percentiles per run; across rounds they are averaged weighted by count
     // (an approximation of the pooled percentile, close when the rounds agree).
@@ -175,6 +169,7 @@ function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: s
   }
   return {
     impl,
+    sync,
     depth,
     pattern,
     detail,
@@ -196,10 +191,10 @@ function summarize(impl: Impl, depth: number, pattern: 'rand' | 'seq', detail: s
 // Offsets: the same generator for every Node-side implementation
 
 class Offsets {
-  private state: number
+  private readonly prng: Prng
   private cursor = 0
   constructor(private readonly pages: number, private readonly pattern: 'rand' | 'seq', seed: number) {
-    this.state = seed >>> 0 || 1
+    this.prng = new Prng(seed)
   }
   /** `n` page offsets for one batch: distinct within the batch. */
   batch(n: number): number[] {
@@ -212,13 +207,7 @@ class Offsets {
       return out
     }
     while (out.length < n) {
-      // xorshift32
-      let x = this.state
-      x ^= x << 13
-      x ^= x >>> 17
-      x ^= x << 5
-      this.state = x >>> 0
-      const off = (this.state % this.pages) * PAGE
+      const off = (this.prng.next() % this.pages) * PAGE
       if (n <= this.pages && out.includes(off)) continue
       out.push(off)
     }
@@ -290,25 +279,75 @@ function randomBufs(depth: number, aligned: boolean): Uint8Array[] {
   })
 }
 
-async function runNative(file: string, depth: number, offsets: Offsets, seconds: number): Promise<{ sample: Sample; detail: string }> {
-  const store = await PageStore.open(file)
-  const threads = process.env.MD_BITMAP_IO_THREADS ?? '64 (default)'
-  const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}`
+/** `depth` writes always in flight, no fdatasync: each completion issues the next write. */
+async function runSteady(t: Target, bufs: Uint8Array[], depth: number, offsets: Offsets, seconds: number): Promise<Sample> {
+  for (let i = 0; i < 3; i++) await Promise.all(offsets.batch(depth).map((o, j) => t.write(bufs[j], o)))
+  let writes = 0
+  const cpu0 = process.cpuUsage()
+  const t0 = performance.now()
+  const end = t0 + seconds * 1000
+  const lane = async (j: number): Promise<void> => {
+    while (performance.now() < end) {
+      await t.write(bufs[j], offsets.batch(1)[0])
+      writes++
+    }
+  }
+  await Promise.all(Array.from({ length: depth }, (_, j) => lane(j)))
+  const now = performance.now()
+  const cpu = process.cpuUsage(cpu0)
+  return { writes, batches: writes, seconds: (now - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, syncUs: [] }
+}
+
+const runPattern = (sync: SyncMode): typeof runLoop => (sync === 'fdatasync' ? runLoop : runSteady)
+
+/** What the parent asks a `--child` process to run: one native configuration. */
+interface ChildJob {
+  file: string
+  sync: SyncMode
+  depth: number
+  pages: number
+  pattern: 'rand' | 'seq'
+  seed: number
+  seconds: number
+  /** Where the child writes its `{ sample, detail }`. */
+  result: string
+}
+
+/**
+ * One native configuration in a Node process of its own: the I/O engine is chosen per
+ * JavaScript thread at the first open, so each engine needs a process.
+ */
+async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
+  await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
+    env: { ...process.env, MD_BITMAP_IO_ENGINE: engine },
+    maxBuffer: 64 << 20,
+  })
+  const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
+  fs.rmSync(job.result)
+  return result
+}
+
+async function childMain(job: ChildJob): Promise<void> {
+  const store = await PageStore.open(job.file)
+  const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
+  const submit = process.env.MD_BITMAP_IO_SUBMIT ?? 'tick (default)'
+  const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, engine=${store.engine}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
   try {
-    const bufs = randomBufs(depth, true)
-    const sample = await runLoop({ write: (b, o) => store.write(b, o), sync: () => store.sync() }, bufs, depth, offsets, seconds)
-    return { sample, detail }
+    const bufs = randomBufs(job.depth, true)
+    const offsets = new Offsets(job.pages, job.pattern, job.seed)
+    const sample = await runPattern(job.sync)({ write: (b, o) => store.write(b, o), sync: () => store.sync() }, bufs, job.depth, offsets, job.seconds)
+    fs.writeFileSync(job.result, JSON.stringify({ sample, detail }))
   } finally {
     await store.close()
   }
 }
 
-async function runNode(file: string, depth: number, offsets: Offsets, seconds: number, direct: boolean): Promise<{ sample: Sample; detail: string }> {
+async function runNode(file: string, sync: SyncMode, depth: number, offsets: Offsets, seconds: number, direct: boolean): Promise<{ sample: Sample; detail: string }> {
   const flags = fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0)
   const fh = await fs.promises.open(file, flags)
   try {
     const bufs = randomBufs(depth, direct)
-    const sample = await runLoop(
+    const sample = await runPattern(sync)(
       { write: (b, o) => fh.write(b, 0, b.length, o), sync: () => fh.datasync() },
       bufs,
       depth,
@@ -398,7 +437,7 @@ async function roundTrips(file: string, depths: number[], seconds: number): Prom
  * file as it is. `--norandommap` makes the random offsets uniform with repetition, like
  * the Node side's generator.
  */
-function fioArgs(file: string, sizeBytes: number, depth: number, pattern: 'rand' | 'seq', ms: number): string[] {
+function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', ms: number): string[] {
   return [
     '--name=pagestore',
     `--filename=${file}`,
@@ -410,9 +449,8 @@ function fioArgs(file: string, sizeBytes: number, depth: number, pattern: 'rand'
     '--direct=1',
     '--ioengine=libaio',
     `--iodepth=${depth}`,
-    `--iodepth_batch_submit=${depth}`,
-    `--iodepth_batch_complete_min=${depth}`,
-    `--fdatasync=${depth}`,
+    // Without fdatasync: N writes kept in flight, each completion replaced at once.
+    ...(sync === 'fdatasync' ? [`--iodepth_batch_submit=${depth}`, `--iodepth_batch_complete_min=${depth}`, `--fdatasync=${depth}`] : []),
     '--time_based',
     `--runtime=${Math.max(1, Math.round(ms))}ms`,
     '--output-format=json',
@@ -425,18 +463,18 @@ interface FioPct {
   N?: number
 }
 
-async function runFio(file: string, sizeBytes: number, depth: number, pattern: 'rand' | 'seq', seconds: number): Promise<{ sample: Sample; detail: string }> {
-  const args = fioArgs(file, sizeBytes, depth, pattern, seconds * 1000)
+async function runFio(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', seconds: number): Promise<{ sample: Sample; detail: string }> {
+  const args = fioArgs(file, sizeBytes, sync, depth, pattern, seconds * 1000)
   const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20 })
   const json = JSON.parse(stdout.slice(stdout.indexOf('{')))
   const job = json.jobs[0]
   if (job.error) throw new Error(`fio job error ${job.error}`)
   const w = job.write
-  const s = job.sync.lat_ns as FioPct
+  const s = (sync === 'fdatasync' ? job.sync.lat_ns : { mean: NaN, N: 0 }) as FioPct
   const cl = w.clat_ns as FioPct
   const p = (x: FioPct, q: string): number => (x.percentile?.[q] ?? NaN) / 1000
   const runtimeS = w.runtime / 1000 // ms, the job's measured run
-  const batches = s.N ?? Math.floor(w.total_ios / depth)
+  const batches = sync === 'fdatasync' ? (s.N ?? Math.floor(w.total_ios / depth)) : w.total_ios
   return {
     sample: {
       writes: w.total_ios,
@@ -496,12 +534,9 @@ function machineInfo(dir: string): Record<string, unknown> {
     }
   })()
   return {
-    nproc: os.availableParallelism(),
-    cpuModel: os.cpus()[0]?.model ?? null,
+    ...machine(),
     memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
     os: osRelease,
-    kernel: os.release(),
-    node: process.version,
     fio: sh('fio', ['--version']),
     uvThreadpoolSize: process.env.UV_THREADPOOL_SIZE ?? null,
     mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
@@ -511,19 +546,6 @@ function machineInfo(dir: string): Record<string, unknown> {
     fsOptions: mnt[2] ?? null,
     blockDevice,
   }
-}
-
-/** Pressure stall information: the share of time something waited for CPU or I/O (avg10, %). */
-function pressure(): { cpuSome10: number | null; ioSome10: number | null; ioFull10: number | null } {
-  const read = (k: string, kind: string): number | null => {
-    try {
-      const m = new RegExp(`^${kind} avg10=([\\d.]+)`, 'm').exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))
-      return m ? Number(m[1]) : null
-    } catch {
-      return null
-    }
-  }
-  return { cpuSome10: read('cpu', 'some'), ioSome10: read('io', 'some'), ioFull10: read('io', 'full') }
 }
 
 async function prepareFile(file: string, size: number): Promise<void> {
@@ -561,16 +583,6 @@ async function probeODirect(file: string): Promise<string | null> {
 // ---------------------------------------------------------------------------------------
 // Output
 
-function fmt(n: number | null, digits = 0): string {
-  if (n === null || !Number.isFinite(n)) return '–'
-  return n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
-}
-
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
-  const line = (r: string[]): string => r.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')
-  return [line(rows[0]), w.map((n) => '-'.repeat(n)).join('  '), ...rows.slice(1).map(line)].join('\n')
-}
 
 // ---------------------------------------------------------------------------------------
 
@@ -583,17 +595,21 @@ async function main(): Promise<void> {
   const size = opt.sizeMiB << 20
   const pages = size / PAGE
   const startedAt = new Date()
-  const load0 = os.loadavg()
-  const psi0 = pressure()
-  const machine = machineInfo(dir)
+  const load0 = readLoad()
+  const host = machineInfo(dir)
 
   const fioOk = opt.fio && sh('fio', ['--version']) !== null
-  const impls = IMPLS.filter((i) => i !== 'fio' || fioOk)
+  const impls: Impl[] = [
+    ...(fioOk ? (['fio'] as Impl[]) : []),
+    ...opt.engines.map((e): Impl => `native ${e}`),
+    ...(opt.node ? NODE_IMPLS : []),
+  ]
   const perRound = opt.durationS / opt.rounds
-  const estimate = Math.round(impls.length * opt.depths.length * opt.durationS + impls.length * opt.depths.length * opt.rounds * 0.4)
+  const configs = impls.length * opt.depths.length * opt.syncs.length
+  const estimate = Math.round(configs * opt.durationS + configs * opt.rounds * 1.2)
   console.log(
-    `bench:io: ${opt.sizeMiB} MiB file in ${dir} (${machine.fsType} on ${machine.fsSource}), ${opt.pattern} 4 KiB writes, depths ${opt.depths.join(', ')}, ` +
-      `${opt.durationS} s per configuration in ${opt.rounds} round(s), about ${estimate} s`,
+    `bench:io: ${opt.sizeMiB} MiB file in ${dir} (${host.fsType} on ${host.fsSource}), ${opt.pattern} 4 KiB writes, depths ${opt.depths.join(', ')}, ` +
+      `fdatasync: ${opt.syncs.join(', ')}, ${opt.durationS} s per configuration in ${opt.rounds} round(s), about ${estimate} s; load average ${load0.loadavg.map((x) => x.toFixed(2)).join(' ')}`,
   )
 
   try {
@@ -602,29 +618,32 @@ async function main(): Promise<void> {
     if (odirectProblem) console.log(`node O_DIRECT: skipped: ${odirectProblem}`)
 
     const samples = new Map<string, { detail: string; samples: Sample[]; skipped?: string }>()
-    const key = (impl: Impl, depth: number): string => `${impl}@${depth}`
+    const key = (impl: Impl, sync: SyncMode, depth: number): string => `${impl}@${sync}@${depth}`
     let seed = 0x9e3779b9
     for (let round = 0; round < opt.rounds; round++) {
-      for (const depth of opt.depths) {
+      for (const sync of opt.syncs) for (const depth of opt.depths) {
         // Rotate the order each round, so none always runs first or after the same one.
         const order = impls.map((_, i) => impls[(i + round) % impls.length])
         for (const impl of order) {
-          const k = key(impl, depth)
+          const k = key(impl, sync, depth)
           const entry = samples.get(k) ?? { detail: '', samples: [] }
           samples.set(k, entry)
           if (impl === 'node O_DIRECT' && odirectProblem) {
             entry.skipped = odirectProblem
             continue
           }
-          const offsets = new Offsets(pages, opt.pattern, (seed = (seed * 1103515245 + 12345) >>> 0))
+          seed = (seed * 1103515245 + 12345) >>> 0
+          const offsets = new Offsets(pages, opt.pattern, seed)
+          const engine = nativeEngine(impl)
           let r: { sample: Sample; detail: string }
-          if (impl === 'fio') r = await runFio(file, size, depth, opt.pattern, perRound)
-          else if (impl === 'native') r = await runNative(file, depth, offsets, perRound)
-          else r = await runNode(file, depth, offsets, perRound, impl === 'node O_DIRECT')
+          if (impl === 'fio') r = await runFio(file, size, sync, depth, opt.pattern, perRound)
+          else if (engine) r = await runNative(engine, { file, sync, depth, pages, pattern: opt.pattern, seed, seconds: perRound, result: path.join(dir, 'child.json') })
+          else r = await runNode(file, sync, depth, offsets, perRound, impl === 'node O_DIRECT')
           entry.detail = r.detail
           entry.samples.push(r.sample)
           process.stdout.write(
-            `  round ${round + 1}/${opt.rounds} depth ${String(depth).padStart(2)} ${impl.padEnd(13)} ${fmt(r.sample.writes / r.sample.seconds).padStart(7)} writes/s\n`,
+            `  round ${round + 1}/${opt.rounds} ${sync.padEnd(9)} depth ${String(depth).padStart(2)} ${impl.padEnd(14)} ${fmt(r.sample.writes / r.sample.seconds).padStart(7)} writes/s ` +
+              `${fmt((r.sample.cpuSeconds * 1e6) / r.sample.writes, 1).padStart(6)} CPU µs/write, load ${os.loadavg()[0].toFixed(2)}\n`,
           )
         }
       }
@@ -633,26 +652,27 @@ async function main(): Promise<void> {
     const trips = await roundTrips(file, opt.depths, opt.quick ? 0.25 : 0.5)
 
     const results: Result[] = []
-    for (const depth of opt.depths) {
+    for (const sync of opt.syncs) for (const depth of opt.depths) {
       for (const impl of impls) {
-        const e = samples.get(key(impl, depth))!
+        const e = samples.get(key(impl, sync, depth))!
         if (e.skipped || e.samples.length === 0) {
-          results.push({ ...summarize(impl, depth, opt.pattern, e.detail, []), skipped: e.skipped ?? 'not run' })
+          results.push({ ...summarize(impl, sync, depth, opt.pattern, e.detail, []), skipped: e.skipped ?? 'not run' })
         } else {
-          results.push(summarize(impl, depth, opt.pattern, e.detail, e.samples))
+          results.push(summarize(impl, sync, depth, opt.pattern, e.detail, e.samples))
         }
       }
     }
 
     const rows: string[][] = [
-      ['depth', 'implementation', 'writes/s', 'batches/s', 'batch µs', 'writes µs', 'sync µs mean', 'sync p50', 'sync p99', 'CPU µs/write', 'rounds (writes/s)'],
+      ['fdatasync', 'depth', 'implementation', 'writes/s', 'batches/s', 'batch µs', 'writes µs', 'sync µs mean', 'sync p50', 'sync p99', 'CPU µs/write', 'rounds (writes/s)'],
     ]
     for (const r of results) {
       if (r.skipped) {
-        rows.push([String(r.depth), r.impl, 'skipped', '', '', '', '', '', '', '', ''])
+        rows.push([r.sync, String(r.depth), r.impl, 'skipped', '', '', '', '', '', '', '', ''])
         continue
       }
       rows.push([
+        r.sync,
         String(r.depth),
         r.impl,
         fmt(r.iops),
@@ -666,56 +686,64 @@ async function main(): Promise<void> {
         r.roundIops.map((x) => fmt(x)).join(' / '),
       ])
     }
+    // Per fdatasync pattern and depth: each native engine against fio (writes/s, and CPU
+    // per write, fio's ÷ ours inverted so that lower is better) and against Node's own.
     const ratios: Record<string, Record<string, number | null>> = {}
-    const ratioRows: string[][] = [['depth', 'ratio (writes/s)', 'value']]
-    for (const depth of opt.depths) {
-      const get = (impl: Impl): Result | undefined => results.find((r) => r.impl === impl && r.depth === depth && !r.skipped)
-      const n = get('native')
+    const ratioRows: string[][] = [['fdatasync', 'depth', 'ratio', 'writes/s', 'CPU/write']]
+    for (const sync of opt.syncs) for (const depth of opt.depths) {
+      const get = (impl: Impl): Result | undefined => results.find((r) => r.impl === impl && r.sync === sync && r.depth === depth && !r.skipped)
       const d: Record<string, number | null> = {}
-      for (const other of ['fio', 'fs.promises', 'node O_DIRECT'] as Impl[]) {
-        const o = get(other)
-        const v = n && o ? n.iops / o.iops : null
-        d[`native/${other}`] = v
-        ratioRows.push([String(depth), `native / ${other}`, v === null ? '–' : v.toFixed(2)])
+      for (const engine of opt.engines) {
+        const n = get(`native ${engine}`)
+        for (const other of ['fio', ...NODE_IMPLS] as Impl[]) {
+          const o = get(other)
+          const v = n && o ? n.iops / o.iops : null
+          const c = n && o ? n.cpuUsPerWrite / o.cpuUsPerWrite : null
+          d[`native ${engine}/${other}`] = v
+          d[`native ${engine}/${other} cpu`] = c
+          if (o) ratioRows.push([sync, String(depth), `native ${engine} / ${other}`, v === null ? '–' : v.toFixed(2), c === null ? '–' : c.toFixed(2)])
+        }
       }
-      ratios[String(depth)] = d
+      ratios[`${sync}@${depth}`] = d
     }
 
     console.log()
-    console.log(table(rows))
+    console.log(table(rows, 2, true))
     console.log()
-    console.log(table(ratioRows))
+    console.log(table(ratioRows, 2, true))
     console.log()
     console.log(
       table([
         ['depth', 'round trip, no I/O', 'µs/op', 'CPU µs/op'],
         ...trips.map((t) => [String(t.depth), t.what, fmt(t.usPerOp, 1), fmt(t.cpuUsPerOp, 1)]),
-      ]),
+      ], 2, true),
     )
     console.log()
+    console.log('fdatasync=none: N writes always in flight, no fdatasync (batches = writes); fdatasync=fdatasync:')
     console.log('batch µs = wall time / batches (N writes issued together, all awaited, then one fdatasync);')
     console.log('writes µs = batch µs - sync µs mean: the N writes, from issue to the last completion seen.')
     console.log('sync = the fdatasync after each batch. CPU µs/write: the whole process (Node rows) or fio\'s own.')
     const details = new Map<string, string>()
-    for (const r of results) if (r.detail) details.set(r.impl, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
+    for (const r of results) if (r.detail) details.set(`${r.impl} (${r.sync})`, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
     for (const [impl, d] of details) console.log(`  ${impl}: ${d}`)
 
-    const load1 = os.loadavg()
-    const psi1 = pressure()
+    const load1 = readLoad()
     const out = {
       benchmark: 'bench:io',
       command: `npm run bench:io${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      machine: { ...machine, loadavgBefore: load0, loadavgAfter: load1, pressureBefore: psi0, pressureAfter: psi1 },
+      machine: { ...host, loadavgBefore: load0.loadavg, loadavgAfter: load1.loadavg, pressureBefore: load0.pressure, pressureAfter: load1.pressure },
       params: {
         fileBytes: size,
         pageBytes: PAGE,
         pattern: opt.pattern,
         depths: opt.depths,
+        syncs: opt.syncs,
+        engines: opt.engines,
         secondsPerConfig: opt.durationS,
         rounds: opt.rounds,
-        batch: 'N writes issued concurrently, all awaited, then one fdatasync',
+        batch: 'fdatasync: N writes issued concurrently, all awaited, then one fdatasync; none: N writes always in flight',
       },
       results: results.map((r) => ({
         ...r,
@@ -733,15 +761,15 @@ async function main(): Promise<void> {
     }
     fs.mkdirSync(path.dirname(opt.out), { recursive: true })
     fs.writeFileSync(opt.out, JSON.stringify(out, null, 2) + '\n')
-    console.log(`\nwrote ${path.relative(process.cwd(), opt.out) || opt.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
-        `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`)
+    console.log(`\nwrote ${path.relative(process.cwd(), opt.out) || opt.out}; ${loadChange(load0, load1)}`)
   } finally {
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true })
     else fs.rmSync(file, { force: true })
   }
 }
 
-main().catch((e) => {
+const childAt = process.argv.indexOf('--child')
+;(childAt >= 0 ? childMain(JSON.parse(process.argv[childAt + 1]) as ChildJob) : main()).catch((e) => {
   console.error(e)
   process.exit(1)
 })

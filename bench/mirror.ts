@@ -54,10 +54,8 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { barChart } from './chart'
-import { FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
-
-const KiB = 1024
-const MiB = 1024 * KiB
+import { KiB, MiB, Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
+import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
 // ---------------------------------------------------------------------------------------
 // Options
@@ -75,44 +73,29 @@ interface Options {
   chart: string
 }
 
+const USAGE =
+  'usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--out FILE] [--chart FILE]'
+
 function parseArgs(argv: string[]): Options {
   const env = process.env
-  const quick = argv.includes('--quick') || (env.MD_BITMAP_BENCH_QUICK !== undefined && env.MD_BITMAP_BENCH_QUICK !== '' && env.MD_BITMAP_BENCH_QUICK !== '0')
+  const a = parseOptions(
+    argv,
+    { quick: 'flag', dir: 'value', size: 'value', region: 'value', 'resync-chunk': 'value', duration: 'value', rounds: 'value', 'slow-ms': 'value', out: 'value', chart: 'value' },
+    USAGE,
+  )
+  const quick = a.flag('quick') || (env.MD_BITMAP_BENCH_QUICK !== undefined && env.MD_BITMAP_BENCH_QUICK !== '' && env.MD_BITMAP_BENCH_QUICK !== '0')
+  const resolved = (v: string | undefined) => (v === undefined ? undefined : path.resolve(v))
   const o: Options = {
     quick,
-    dir: env.MD_BITMAP_BENCH_DIR || '/var/tmp',
-    size: (env.MD_BITMAP_BENCH_SIZE_MIB ? Number(env.MD_BITMAP_BENCH_SIZE_MIB) : quick ? 256 : 4096) * MiB,
-    region: (quick ? 64 : 1024) * MiB,
-    resyncChunk: (quick ? 256 : 4096) * KiB,
-    durationS: env.MD_BITMAP_BENCH_SECONDS ? Number(env.MD_BITMAP_BENCH_SECONDS) : quick ? 0.4 : 3,
-    rounds: quick ? 1 : 3,
-    slowMs: 10,
-    out: path.join(__dirname, 'out', 'mirror.json'),
-    chart: quick ? path.join(__dirname, 'out', 'mirror.svg') : path.join(__dirname, '..', 'docs', 'bench-mirror.svg'),
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const val = (): string => {
-      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
-    }
-    switch (a.split('=')[0]) {
-      case '--quick': break
-      case '--dir': o.dir = path.resolve(val()); break
-      case '--size': o.size = Number(val()) * MiB; break
-      case '--region': o.region = Number(val()) * MiB; break
-      case '--resync-chunk': o.resyncChunk = Number(val()) * KiB; break
-      case '--duration': o.durationS = Number(val()); break
-      case '--rounds': o.rounds = Number(val()); break
-      case '--slow-ms': o.slowMs = Number(val()); break
-      case '--out': o.out = path.resolve(val()); break
-      case '--chart': o.chart = path.resolve(val()); break
-      case '--help': case '-h':
-        console.log('usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--out FILE]')
-        return process.exit(0)
-      default: throw new Error(`unknown option ${a}`)
-    }
+    dir: resolved(a.value('dir')) ?? (env.MD_BITMAP_BENCH_DIR || '/var/tmp'),
+    size: a.number('size', env.MD_BITMAP_BENCH_SIZE_MIB ? Number(env.MD_BITMAP_BENCH_SIZE_MIB) : quick ? 256 : 4096) * MiB,
+    region: a.number('region', quick ? 64 : 1024) * MiB,
+    resyncChunk: a.number('resync-chunk', quick ? 256 : 4096) * KiB,
+    durationS: a.number('duration', env.MD_BITMAP_BENCH_SECONDS ? Number(env.MD_BITMAP_BENCH_SECONDS) : quick ? 0.4 : 3),
+    rounds: a.number('rounds', quick ? 1 : 3),
+    slowMs: a.number('slow-ms', 10),
+    out: resolved(a.value('out')) ?? path.join(__dirname, 'out', 'mirror.json'),
+    chart: resolved(a.value('chart')) ?? (quick ? path.join(__dirname, 'out', 'mirror.svg') : path.join(__dirname, '..', 'docs', 'bench-mirror.svg')),
   }
   if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % MiB !== 0) throw new Error('bad --size')
   if (!Number.isSafeInteger(o.region) || o.region < MiB || o.region > o.size || o.region % MiB !== 0) throw new Error('bad --region (1 MiB .. --size)')
@@ -122,58 +105,7 @@ function parseArgs(argv: string[]): Options {
   return o
 }
 
-// ---------------------------------------------------------------------------------------
-// Helpers
-
-function pct(sorted: ArrayLike<number>, p: number): number {
-  if (sorted.length === 0) return NaN
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]
-}
-
-const fmt = (x: number, digits = 0): string =>
-  Number.isFinite(x) ? x.toLocaleString('en', { minimumFractionDigits: digits, maximumFractionDigits: digits }) : '–'
-
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
-  return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')).join('\n')
-}
-
-/** xorshift32: the same offsets for every configuration of a round. */
-class Rng {
-  constructor(private state: number) {
-    this.state = state >>> 0 || 1
-  }
-  next(): number {
-    let x = this.state
-    x ^= x << 13
-    x ^= x >>> 17
-    x ^= x << 5
-    this.state = x >>> 0
-    return this.state
-  }
-  /** Uniform in [0, 1), 53 bits from two draws (exact in a double). */
-  random(): number {
-    return (this.next() * 2 ** 21 + (this.next() >>> 11)) / 2 ** 53
-  }
-  below(n: number): number {
-    return Math.floor(this.random() * n)
-  }
-}
-
 const now = (): number => Number(process.hrtime.bigint()) / 1e3 // µs
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-function pressure(): { cpuSome10: number | null; ioSome10: number | null } {
-  const read = (k: string): number | null => {
-    try {
-      const m = /^some avg10=([\d.]+)/m.exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))
-      return m ? Number(m[1]) : null
-    } catch {
-      return null
-    }
-  }
-  return { cpuSome10: read('cpu'), ioSome10: read('io') }
-}
 
 // ---------------------------------------------------------------------------------------
 // Write tests
@@ -227,7 +159,7 @@ interface Sample {
 }
 
 async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number): Promise<Sample> {
-  const rng = new Rng(seed)
+  const prng = new Prng(seed)
   const pages = o.region / w.size
   let cursor = 0
   const lat: number[] = []
@@ -247,7 +179,7 @@ async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number
       const buf = allocAligned(w.size, mirror.alignment)
       randomFillSync(buf)
       while (now() < deadline) {
-        const off = w.seq ? (cursor++ % pages) * w.size : rng.below(pages) * w.size
+        const off = w.seq ? (cursor++ % pages) * w.size : prng.below(pages) * w.size
         buf[0] = cursor & 0xff // every write carries a little new data
         const t = now()
         await mirror.write(buf, off)
@@ -283,36 +215,22 @@ async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number
 /** Member flushes (fdatasync) the mirror asked for, over all members, and their time. */
 const flushes = { count: 0, us: 0 }
 
-/** Counts and times flush(); reads and writes go straight through. */
-function counted(m: Member): Member {
-  return {
-    get path() {
-      return m.path
-    },
-    get size() {
-      return m.size
-    },
-    get alignment() {
-      return m.alignment
-    },
-    read: (t, o) => m.read(t, o),
-    write: (d, o) => m.write(d, o),
-    flush: async () => {
-      const t = now()
-      try {
-        await m.flush()
-      } finally {
-        flushes.count++
-        flushes.us += now() - t
-      }
-    },
-    close: () => m.close(),
+/** Counts and times flush() in {@link flushes}; everything else goes straight through. */
+class CountedMember extends DelegatingMember {
+  override async flush(): Promise<void> {
+    const t = now()
+    try {
+      await this.inner.flush()
+    } finally {
+      flushes.count++
+      flushes.us += now() - t
+    }
   }
 }
 
 function openerFor(slowMs: number): OpenMember {
   return async (spec) => {
-    const f = counted(await FileMember.open(spec.path))
+    const f: Member = new CountedMember(await FileMember.open(spec.path))
     return spec.writeMostly ? new SlowMember(f, slowMs) : f
   }
 }
@@ -358,15 +276,15 @@ function summarize(config: ConfigKey, workload: WorkloadKey, samples: Sample[]):
   const bytes = samples.reduce((s, x) => s + x.bytes, 0)
   const seconds = samples.reduce((s, x) => s + x.seconds, 0)
   const cpu = samples.reduce((s, x) => s + x.cpuSeconds, 0)
-  const lat = Float64Array.from(samples.flatMap((s) => s.latUs)).sort()
+  const lat = samples.flatMap((s) => s.latUs)
   return {
     config,
     workload,
     writes,
     mbPerSec: bytes / seconds / 1e6,
     iops: writes / seconds,
-    p50Us: pct(lat, 50),
-    p99Us: pct(lat, 99),
+    p50Us: percentile(lat, 50),
+    p99Us: percentile(lat, 99),
     meanUs: lat.reduce((s, x) => s + x, 0) / lat.length,
     cpuUsPerWrite: (cpu * 1e6) / writes,
     bitmapPagesPer1000: (samples.reduce((s, x) => s + x.bitmapPages, 0) * 1000) / writes,
@@ -446,23 +364,23 @@ interface ResyncRun {
 async function waitClean(mirror: Mirror): Promise<void> {
   const bm = mirror.bitmap!
   for (let i = 0; i < 10; i++) {
-    await bm.flush()
+    await bm.settle()
     if (bm.stats().dirty === 0 && bm.neededChunks().length === 0) return
   }
   throw new Error(`bitmap still has ${bm.stats().dirty} dirty chunks (${bm.neededChunks().length} needed) after flushing`)
 }
 
 /** While a member is out: dirties `count` distinct random chunks (a 64 KiB write in each) through the mirror. */
-async function dirty(mirror: Mirror, count: number, rng: Rng): Promise<number[]> {
+async function dirty(mirror: Mirror, count: number, prng: Prng): Promise<number[]> {
   const cs = mirror.chunkSize
   const chunks = new Set<number>()
   const total = mirror.size / cs
-  while (chunks.size < count) chunks.add(rng.below(total))
+  while (chunks.size < count) chunks.add(prng.below(total))
   const len = Math.min(64 * KiB, cs)
   const buf = allocAligned(len, mirror.alignment)
   for (const c of chunks) {
     randomFillSync(buf)
-    await mirror.write(buf, c * cs + rng.below(cs / len) * len)
+    await mirror.write(buf, c * cs + prng.below(cs / len) * len)
   }
   return [...chunks].sort((x, y) => x - y)
 }
@@ -478,7 +396,7 @@ async function resyncTest(dir: string, m0: string, m1: string, o: Options): Prom
   })
   const chunks = mirror.size / mirror.chunkSize
   const dirtyCount = Math.max(1, Math.round(chunks / 100))
-  const rng = new Rng(0x5eed)
+  const prng = new Prng(0x5eed)
   const runs: ResyncRun[] = []
   try {
     for (const kind of ['bitmap', 'full', 'bitmap'] as const) {
@@ -486,7 +404,7 @@ async function resyncTest(dir: string, m0: string, m1: string, o: Options): Prom
       // Member 1 leaves (for good, for the full case: it comes back as a new member)...
       await mirror.removeMember(1, kind === 'full' ? { forget: true } : {})
       // ...misses 1 % of the chunks...
-      const dirtied = await dirty(mirror, dirtyCount, rng)
+      const dirtied = await dirty(mirror, dirtyCount, prng)
       // ...and comes back.
       const t0 = now()
       const report = kind === 'bitmap' ? await mirror.reAdd(1) : await mirror.addMember({ path: m1 })
@@ -513,171 +431,150 @@ async function resyncTest(dir: string, m0: string, m1: string, o: Options): Prom
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2))
-  fs.mkdirSync(o.dir, { recursive: true })
-  const dir = fs.mkdtempSync(path.join(o.dir, 'md-bitmap-bench-mirror-'))
-  const cleanup = () => fs.rmSync(dir, { recursive: true, force: true })
-  process.on('exit', cleanup) // also after an uncaught error (a closed stdout pipe, say)
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      cleanup()
-      process.exit(130)
-    })
-  }
+  const dir = workDir(o.dir, 'md-bitmap-bench-mirror-')
   const started = new Date()
   const tStart = now()
-  const load0 = os.loadavg()
-  const psi0 = pressure()
-  try {
-    const files = { m0: path.join(dir, 'm0.img'), m1: path.join(dir, 'm1.img'), slow: path.join(dir, 'slow.img') }
-    await FileMember.ensure(files.m0, o.size)
-    const info = await check(files.m0)
-    console.log(
-      `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
-        `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
-    )
-    let t = now()
-    await prefill([files.m0, files.m1], o.size, o.size)
-    await prefill([files.slow], o.region, o.size)
-    console.log(`prefill: ${((2 * o.size + o.region) / MiB).toFixed(0)} MiB written in ${((now() - t) / 1e6).toFixed(1)} s`)
+  const load0 = readLoad()
+  const files = { m0: path.join(dir, 'm0.img'), m1: path.join(dir, 'm1.img'), slow: path.join(dir, 'slow.img') }
+  await FileMember.ensure(files.m0, o.size)
+  const info = await check(files.m0)
+  console.log(
+    `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
+      `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
+  )
+  let t = now()
+  await prefill([files.m0, files.m1], o.size, o.size)
+  await prefill([files.slow], o.region, o.size)
+  console.log(`prefill: ${((2 * o.size + o.region) / MiB).toFixed(0)} MiB written in ${((now() - t) / 1e6).toFixed(1)} s`)
 
-    // -- 1. writes ------------------------------------------------------------------
-    console.log('\n1. writes (MB/s per round)')
-    const samples = new Map<string, Sample[]>()
-    const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
-    for (let round = 0; round < o.rounds; round++) {
-      for (let i = 0; i < CONFIGS.length; i++) {
-        const c = CONFIGS[(i + round) % CONFIGS.length]
-        const mirror = await openConfig(c, dir, files, o)
-        try {
-          for (const [wi, w] of WORKLOADS.entries()) {
-            const s = await runWorkload(mirror, w, o, 1 + round * 100 + wi)
-            const k = key(c.key, w.key)
-            samples.set(k, [...(samples.get(k) ?? []), s])
-            console.log(
-              `  round ${round + 1}/${o.rounds} ${c.label.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.bytes / s.seconds / 1e6, 1).padStart(7)} MB/s${s.drainMs > 0.5 ? `  (drain ${fmt(s.drainMs)} ms)` : ''}`,
-            )
-          }
-        } finally {
-          await mirror.close()
+  // -- 1. writes ------------------------------------------------------------------
+  console.log('\n1. writes (MB/s per round)')
+  const samples = new Map<string, Sample[]>()
+  const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
+  for (let round = 0; round < o.rounds; round++) {
+    for (let i = 0; i < CONFIGS.length; i++) {
+      const c = CONFIGS[(i + round) % CONFIGS.length]
+      const mirror = await openConfig(c, dir, files, o)
+      try {
+        for (const [wi, w] of WORKLOADS.entries()) {
+          const s = await runWorkload(mirror, w, o, 1 + round * 100 + wi)
+          const k = key(c.key, w.key)
+          samples.set(k, [...(samples.get(k) ?? []), s])
+          console.log(
+            `  round ${round + 1}/${o.rounds} ${c.label.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.bytes / s.seconds / 1e6, 1).padStart(7)} MB/s${s.drainMs > 0.5 ? `  (drain ${fmt(s.drainMs)} ms)` : ''}`,
+          )
         }
+      } finally {
+        await mirror.close()
       }
     }
-    const results: WriteResult[] = []
-    for (const w of WORKLOADS) for (const c of CONFIGS) results.push(summarize(c.key, w.key, samples.get(key(c.key, w.key))!))
-    const get = (c: ConfigKey, w: WorkloadKey) => results.find((r) => r.config === c && r.workload === w)!
-
-    const rows = [['workload', 'configuration', 'MB/s', 'IOPS', 'ack p50 µs', 'ack p99 µs', 'CPU µs/write', 'bitmap pages/1000', 'member flushes (ms)', 'behind', 'drain ms', 'per round MB/s']]
-    for (const w of WORKLOADS) {
-      for (const c of CONFIGS) {
-        const r = get(c.key, w.key)
-        rows.push([
-          w.label,
-          c.label,
-          fmt(r.mbPerSec, 1),
-          fmt(r.iops),
-          fmt(r.p50Us),
-          fmt(r.p99Us),
-          fmt(r.cpuUsPerWrite),
-          c.bitmap ? fmt(r.bitmapPagesPer1000, 1) : '–',
-          `${r.memberFlushes} (${fmt(r.memberFlushMs)})`,
-          c.writeBehind ? `${r.behindWrites}/${r.writes}, ≤${r.behindHighWater} in flight${r.fallbacks ? `, ${r.fallbacks} sync` : ''}` : '–',
-          c.writeBehind ? fmt(r.drainMs) : '–',
-          r.roundsMbPerSec.map((x) => fmt(x, 1)).join(' / '),
-        ])
-      }
-    }
-    console.log()
-    console.log(table(rows))
-
-    const ratioRows = [['workload', 'ratio', 'value']]
-    const ratios: Record<string, Record<string, number>> = {}
-    for (const w of WORKLOADS) {
-      const a = get('a', w.key)
-      const b = get('b', w.key)
-      const cs = get('c-sync', w.key)
-      const cb = get('c-behind', w.key)
-      const d = {
-        'b/a MB/s': b.mbPerSec / a.mbPerSec,
-        'b/a ack p50': b.p50Us / a.p50Us,
-        'c-behind/c-sync MB/s': cb.mbPerSec / cs.mbPerSec,
-        'c-behind/c-sync ack p50': cb.p50Us / cs.p50Us,
-        'c-behind/c-sync ack p99': cb.p99Us / cs.p99Us,
-        'c-behind/b MB/s': cb.mbPerSec / b.mbPerSec,
-      }
-      ratios[w.key] = d
-      ratioRows.push([w.label, '(b) bitmap / (a) no bitmap, MB/s', d['b/a MB/s'].toFixed(2)])
-      ratioRows.push([w.label, '(b) / (a), ack p50 µs', `${fmt(b.p50Us)} vs ${fmt(a.p50Us)} (${d['b/a ack p50'].toFixed(2)})`])
-      ratioRows.push([w.label, '(c) behind / (c) sync, MB/s', d['c-behind/c-sync MB/s'].toFixed(2)])
-      ratioRows.push([w.label, '(c) ack p50 µs, behind vs sync', `${fmt(cb.p50Us)} vs ${fmt(cs.p50Us)} (${d['c-behind/c-sync ack p50'].toFixed(3)})`])
-      ratioRows.push([w.label, '(c) ack p99 µs, behind vs sync', `${fmt(cb.p99Us)} vs ${fmt(cs.p99Us)} (${d['c-behind/c-sync ack p99'].toFixed(3)})`])
-      ratioRows.push([w.label, '(c) behind / (b), MB/s', d['c-behind/b MB/s'].toFixed(2)])
-    }
-    console.log()
-    console.log(table(ratioRows))
-
-    // -- 2. resync ------------------------------------------------------------------
-    console.log(`\n2. resync of a ${o.size / MiB} MiB mirror, ${o.resyncChunk / KiB} KiB chunks: 1 % dirtied while member 1 was out, against a full recovery`)
-    t = now()
-    const resync = await resyncTest(dir, files.m0, files.m1, o)
-    const partial = resync.runs.filter((r) => r.kind === 'bitmap')
-    const full = resync.runs.find((r) => r.kind === 'full')!
-    const partialMs = partial.reduce((s, r) => s + r.wallMs, 0) / partial.length
-    console.log(
-      `  ${resync.dirtyCount} of ${resync.chunks} chunks dirtied; bitmap recovery ${fmt(partialMs)} ms (mean of ${partial.length}) vs full ${fmt(full.wallMs)} ms: ` +
-        `${(full.wallMs / partialMs).toFixed(1)}x faster, ${fmt(partial[0].report.bytesCopied / MiB, 1)} MiB vs ${fmt(full.report.bytesCopied / MiB, 1)} MiB copied ` +
-        `(${(full.report.bytesCopied / partial[0].report.bytesCopied).toFixed(1)}x fewer bytes)`,
-    )
-    const resyncSeconds = (now() - t) / 1e6
-
-    const load1 = os.loadavg()
-    const psi1 = pressure()
-    const totalS = (now() - tStart) / 1e6
-    const out = {
-      benchmark: 'bench:mirror',
-      command: `npm run bench:mirror${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
-      startedAt: started.toISOString(),
-      finishedAt: new Date().toISOString(),
-      totalSeconds: totalS,
-      machine: {
-        nproc: os.availableParallelism(),
-        cpuModel: os.cpus()[0]?.model ?? null,
-        kernel: os.release(),
-        node: process.version,
-        fsType: info.fsType,
-        dir: o.dir,
-        loadavgBefore: load0,
-        loadavgAfter: load1,
-        pressureBefore: psi0,
-        pressureAfter: psi1,
-        mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
-      },
-      params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
-      writes: results,
-      ratios,
-      resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs },
-    }
-    fs.mkdirSync(path.dirname(o.out), { recursive: true })
-    fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')
-    fs.mkdirSync(path.dirname(o.chart), { recursive: true })
-    fs.writeFileSync(
-      o.chart,
-      barChart(
-        WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: get(c.key, w.key).p50Us / 1000 })) })),
-        {
-          title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
-          unit: 'ms',
-          log: true,
-          note: `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0[0].toFixed(1)}; resync of 1 % dirty: ${(full.wallMs / partialMs).toFixed(0)}x faster than full`,
-        },
-      ),
-    )
-    console.log(
-      `\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; load average ${load0.map((x) => x.toFixed(2)).join(' ')} -> ${load1.map((x) => x.toFixed(2)).join(' ')}; ` +
-        `CPU pressure (some, avg10) ${psi0.cpuSome10}% -> ${psi1.cpuSome10}%, I/O ${psi0.ioSome10}% -> ${psi1.ioSome10}%`,
-    )
-  } finally {
-    cleanup()
   }
+  const results: WriteResult[] = []
+  for (const w of WORKLOADS) for (const c of CONFIGS) results.push(summarize(c.key, w.key, samples.get(key(c.key, w.key))!))
+  const get = (c: ConfigKey, w: WorkloadKey) => results.find((r) => r.config === c && r.workload === w)!
+
+  const rows = [['workload', 'configuration', 'MB/s', 'IOPS', 'ack p50 µs', 'ack p99 µs', 'CPU µs/write', 'bitmap pages/1000', 'member flushes (ms)', 'behind', 'drain ms', 'per round MB/s']]
+  for (const w of WORKLOADS) {
+    for (const c of CONFIGS) {
+      const r = get(c.key, w.key)
+      rows.push([
+        w.label,
+        c.label,
+        fmt(r.mbPerSec, 1),
+        fmt(r.iops),
+        fmt(r.p50Us),
+        fmt(r.p99Us),
+        fmt(r.cpuUsPerWrite),
+        c.bitmap ? fmt(r.bitmapPagesPer1000, 1) : '–',
+        `${r.memberFlushes} (${fmt(r.memberFlushMs)})`,
+        c.writeBehind ? `${r.behindWrites}/${r.writes}, ≤${r.behindHighWater} in flight${r.fallbacks ? `, ${r.fallbacks} sync` : ''}` : '–',
+        c.writeBehind ? fmt(r.drainMs) : '–',
+        r.roundsMbPerSec.map((x) => fmt(x, 1)).join(' / '),
+      ])
+    }
+  }
+  console.log()
+  console.log(table(rows, 2))
+
+  const ratioRows = [['workload', 'ratio', 'value']]
+  const ratios: Record<string, Record<string, number>> = {}
+  for (const w of WORKLOADS) {
+    const a = get('a', w.key)
+    const b = get('b', w.key)
+    const cs = get('c-sync', w.key)
+    const cb = get('c-behind', w.key)
+    const d = {
+      'b/a MB/s': b.mbPerSec / a.mbPerSec,
+      'b/a ack p50': b.p50Us / a.p50Us,
+      'c-behind/c-sync MB/s': cb.mbPerSec / cs.mbPerSec,
+      'c-behind/c-sync ack p50': cb.p50Us / cs.p50Us,
+      'c-behind/c-sync ack p99': cb.p99Us / cs.p99Us,
+      'c-behind/b MB/s': cb.mbPerSec / b.mbPerSec,
+    }
+    ratios[w.key] = d
+    ratioRows.push([w.label, '(b) bitmap / (a) no bitmap, MB/s', d['b/a MB/s'].toFixed(2)])
+    ratioRows.push([w.label, '(b) / (a), ack p50 µs', `${fmt(b.p50Us)} vs ${fmt(a.p50Us)} (${d['b/a ack p50'].toFixed(2)})`])
+    ratioRows.push([w.label, '(c) behind / (c) sync, MB/s', d['c-behind/c-sync MB/s'].toFixed(2)])
+    ratioRows.push([w.label, '(c) ack p50 µs, behind vs sync', `${fmt(cb.p50Us)} vs ${fmt(cs.p50Us)} (${d['c-behind/c-sync ack p50'].toFixed(3)})`])
+    ratioRows.push([w.label, '(c) ack p99 µs, behind vs sync', `${fmt(cb.p99Us)} vs ${fmt(cs.p99Us)} (${d['c-behind/c-sync ack p99'].toFixed(3)})`])
+    ratioRows.push([w.label, '(c) behind / (b), MB/s', d['c-behind/b MB/s'].toFixed(2)])
+  }
+  console.log()
+  console.log(table(ratioRows, 2))
+
+  // -- 2. resync ------------------------------------------------------------------
+  console.log(`\n2. resync of a ${o.size / MiB} MiB mirror, ${o.resyncChunk / KiB} KiB chunks: 1 % dirtied while member 1 was out, against a full recovery`)
+  t = now()
+  const resync = await resyncTest(dir, files.m0, files.m1, o)
+  const partial = resync.runs.filter((r) => r.kind === 'bitmap')
+  const full = resync.runs.find((r) => r.kind === 'full')!
+  const partialMs = partial.reduce((s, r) => s + r.wallMs, 0) / partial.length
+  console.log(
+    `  ${resync.dirtyCount} of ${resync.chunks} chunks dirtied; bitmap recovery ${fmt(partialMs)} ms (mean of ${partial.length}) vs full ${fmt(full.wallMs)} ms: ` +
+      `${(full.wallMs / partialMs).toFixed(1)}x faster, ${fmt(partial[0].report.bytesCopied / MiB, 1)} MiB vs ${fmt(full.report.bytesCopied / MiB, 1)} MiB copied ` +
+      `(${(full.report.bytesCopied / partial[0].report.bytesCopied).toFixed(1)}x fewer bytes)`,
+  )
+  const resyncSeconds = (now() - t) / 1e6
+
+  const load1 = readLoad()
+  const totalS = (now() - tStart) / 1e6
+  const out = {
+    benchmark: 'bench:mirror',
+    command: `npm run bench:mirror${process.argv.length > 2 ? ' -- ' + process.argv.slice(2).join(' ') : ''}`,
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    totalSeconds: totalS,
+    machine: {
+      ...machine(),
+      fsType: info.fsType,
+      dir: o.dir,
+      loadavgBefore: load0.loadavg,
+      loadavgAfter: load1.loadavg,
+      pressureBefore: load0.pressure,
+      pressureAfter: load1.pressure,
+      mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
+    },
+    params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
+    writes: results,
+    ratios,
+    resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs },
+  }
+  fs.mkdirSync(path.dirname(o.out), { recursive: true })
+  fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')
+  fs.mkdirSync(path.dirname(o.chart), { recursive: true })
+  fs.writeFileSync(
+    o.chart,
+    barChart(
+      WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: get(c.key, w.key).p50Us / 1000 })) })),
+      {
+        title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
+        unit: 'ms',
+        log: true,
+        note: `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0.loadavg[0].toFixed(1)}; resync of 1 % dirty: ${(full.wallMs / partialMs).toFixed(0)}x faster than full`,
+      },
+    ),
+  )
+  console.log(`\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; ${loadChange(load0, load1)}`)
 }
 
 main().catch((e) => {

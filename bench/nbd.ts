@@ -31,6 +31,7 @@
  *    c. `nbdcopy --connections=1` against `--connections=4` (and `--threads` the
  *       same) of the source into that served mirror (NBD_FLAG_CAN_MULTI_CONN):
  *       MB/s and the ratio 4/1.
+
  *
  * Options:
  *   --dir DIR        where the files go (a temp dir is made in it; default /var/tmp), removed at the end
@@ -47,11 +48,9 @@ import * as fs from 'node:fs'
 import { createServer, connect } from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { MiB, KiB, Prng, fmt, loadLine, parseOptions, percentile, sleep, table, workDir } from './common'
 import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, readServerTlsCredentials, serveNbd, type Member, type MemberSpec, type NbdServerTlsCredentials } from '../src/index'
 import { makePki } from '../__test__/helpers/certs'
-
-const KiB = 1024
-const MiB = 1024 * KiB
 
 interface Options {
   dir: string
@@ -63,59 +62,25 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const quick = argv.includes('--quick')
-  const o: Options = { dir: '/var/tmp', durationS: quick ? 1 : 3, rounds: quick ? 1 : 2, rttMs: 2, sourceMiB: quick ? 64 : 256, out: path.join(__dirname, 'out', 'nbd.json') }
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]
-    const val = () => {
-      const v = argv[++i]
-      if (v === undefined) throw new Error(`${a} needs a value`)
-      return v
-    }
-    switch (a) {
-      case '--quick':
-        break
-      case '--dir':
-        o.dir = path.resolve(val())
-        break
-      case '--duration':
-        o.durationS = Number(val())
-        break
-      case '--rounds':
-        o.rounds = Number(val())
-        break
-      case '--rtt-ms':
-        o.rttMs = Number(val())
-        break
-      case '--source':
-        o.sourceMiB = Number(val())
-        break
-      case '--out':
-        o.out = path.resolve(val())
-        break
-      case '-h':
-      case '--help':
-        console.log('usage: npm run bench:nbd -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--rtt-ms MS] [--source MIB] [--out FILE]')
-        process.exit(0)
-      // eslint-disable-next-line no-fallthrough
-      default:
-        throw new Error(`unknown option ${a}`)
-    }
+  const a = parseOptions(
+    argv,
+    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', 'rtt-ms': 'value', source: 'value', out: 'value' },
+    'usage: npm run bench:nbd -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--rtt-ms MS] [--source MIB] [--out FILE]',
+  )
+  const quick = a.flag('quick')
+  const o: Options = {
+    dir: path.resolve(a.value('dir') ?? '/var/tmp'),
+    durationS: a.number('duration', quick ? 1 : 3),
+    rounds: a.number('rounds', quick ? 1 : 2),
+    rttMs: a.number('rtt-ms', 2),
+    sourceMiB: a.number('source', quick ? 64 : 256),
+    out: path.resolve(a.value('out') ?? path.join(__dirname, 'out', 'nbd.json')),
   }
   if (!(o.durationS > 0) || !(o.rounds >= 1) || !(o.rttMs >= 0) || !(o.sourceMiB >= 1)) throw new Error('bad option value')
   return o
 }
 
 // ---------------------------------------------------------------------------------------
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toLocaleString('en', { minimumFractionDigits: d, maximumFractionDigits: d }) : '–')
-const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]
-
-function table(rows: string[][]): string {
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
-  return rows.map((r) => r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ')).join('\n')
-}
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -164,17 +129,6 @@ function run(cmd: string, args: string[]): Promise<void> {
   )
 }
 
-function pressure(): string {
-  const read = (k: string) => {
-    try {
-      return /^some avg10=([\d.]+)/m.exec(fs.readFileSync(`/proc/pressure/${k}`, 'utf8'))?.[1] ?? '?'
-    } catch {
-      return '?'
-    }
-  }
-  return `cpu some avg10 ${read('cpu')}%, io ${read('io')}%, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`
-}
-
 // ---------------------------------------------------------------------------------------
 // Part 1: ack latency
 
@@ -207,13 +161,12 @@ async function latencyRun(o: Options, files: { bitmap: string; local: string }, 
   })
   const buf = allocAligned(4 * KiB)
   randomFillSync(buf)
-  let x = seed >>> 0 || 1
-  const next = () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), (x >>>= 0))
+  const prng = new Prng(seed)
   const lat: number[] = []
   const t0 = performance.now()
   const end = t0 + o.durationS * 1000
   while (performance.now() < end) {
-    const off = (next() % (REGION / 4096)) * 4096
+    const off = (prng.next() % (REGION / 4096)) * 4096
     const s = performance.now()
     await mirror.write(buf, off)
     lat.push((performance.now() - s) * 1000)
@@ -232,152 +185,145 @@ async function latencyRun(o: Options, files: { bitmap: string; local: string }, 
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2))
-  const dir = fs.mkdtempSync(path.join(o.dir, 'md-bitmap-bench-nbd-'))
-  const cleanup = () => {
+  const dir = workDir(o.dir, 'md-bitmap-bench-nbd-', () => {
     for (const c of children) c.kill('SIGKILL')
-    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  console.log(`NBD benchmark in ${dir}; ${os.cpus().length} CPUs; node ${process.version}`)
+  console.log(`at start: ${loadLine()}`)
+  const local = path.join(dir, 'local.img')
+  const remote = path.join(dir, 'remote.img')
+  const size = Math.max(64, o.sourceMiB) * MiB
+  for (const f of [local, remote]) {
+    fs.writeFileSync(f, '')
+    fs.truncateSync(f, size)
   }
-  process.on('SIGINT', () => (cleanup(), process.exit(130)))
-  try {
-    console.log(`NBD benchmark in ${dir}; ${os.cpus().length} CPUs; node ${process.version}`)
-    console.log(`at start: ${pressure()}`)
-    const local = path.join(dir, 'local.img')
-    const remote = path.join(dir, 'remote.img')
-    const size = Math.max(64, o.sourceMiB) * MiB
-    for (const f of [local, remote]) {
-      fs.writeFileSync(f, '')
-      fs.truncateSync(f, size)
-    }
-    // The latency region written in full first, so no configuration pays for allocation.
-    const fill = Buffer.alloc(64 * MiB, 0x5a)
-    for (const f of [local, remote]) {
-      const fd = fs.openSync(f, 'r+')
-      fs.writeSync(fd, fill, 0, fill.length, 0)
-      fs.fsyncSync(fd)
-      fs.closeSync(fd)
-    }
-    const q = await qemuNbd(remote, 'remote')
-
-    // -- Part 1
-    const configs = [
-      { key: `sync, remote as is`, writeBehind: 0, rtt: 0 },
-      { key: `behind, remote as is`, writeBehind: 256, rtt: 0 },
-      { key: `sync, remote +${o.rttMs} ms`, writeBehind: 0, rtt: o.rttMs },
-      { key: `behind, remote +${o.rttMs} ms`, writeBehind: 256, rtt: o.rttMs },
-    ]
-    const results = new Map<string, LatencyResult>(configs.map((c) => [c.key, { key: c.key, writes: 0, seconds: 0, latenciesUs: [], behindWrites: 0, drainMs: 0 }]))
-    for (let round = 0; round < o.rounds; round++) {
-      const order = configs.map((_, i) => configs[(i + round) % configs.length])
-      for (const c of order) {
-        const r = await latencyRun(o, { bitmap: path.join(dir, 'bitmap'), local }, q.url, c.writeBehind, c.rtt, 1234 + round)
-        const acc = results.get(c.key)!
-        acc.writes += r.writes
-        acc.seconds += r.seconds
-        acc.latenciesUs.push(...r.latenciesUs)
-        acc.behindWrites += r.behindWrites
-        acc.drainMs += r.drainMs
-        process.stderr.write(`  round ${round + 1} ${c.key}: ${r.writes} writes\n`)
-      }
-    }
-    const rows = [['4 KiB random writes, 1 in flight', 'writes/s', 'p50 µs', 'p99 µs', 'max µs', 'behind', 'drain ms']]
-    const summary: Record<string, { iops: number; p50: number; p99: number; max: number }> = {}
-    for (const c of configs) {
-      const r = results.get(c.key)!
-      const s = [...r.latenciesUs].sort((a, b) => a - b)
-      summary[c.key] = { iops: r.writes / r.seconds, p50: pct(s, 50), p99: pct(s, 99), max: s[s.length - 1] }
-      rows.push([c.key, fmt(summary[c.key].iops), fmt(summary[c.key].p50), fmt(summary[c.key].p99), fmt(summary[c.key].max), fmt(r.behindWrites), fmt(r.drainMs)])
-    }
-    console.log('\nAck latency, mirror = local file + remote write-mostly NbdMember on qemu-nbd (127.0.0.1)\n')
-    console.log(table(rows))
-    const ratio = (a: string, b: string, k: 'p50' | 'p99' | 'iops') => summary[a][k] / summary[b][k]
-    const ratios: Record<string, number> = {}
-    for (const rtt of ['remote as is', `remote +${o.rttMs} ms`]) {
-      ratios[`${rtt}: p50 behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'p50')
-      ratios[`${rtt}: p99 behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'p99')
-      ratios[`${rtt}: writes/s behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'iops')
-    }
-    console.log('\nRatios (behind / sync):')
-    for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v.toFixed(2)}`)
-
-    // -- Part 2
-    const src = path.join(dir, 'src.raw')
-    const srcSize = o.sourceMiB * MiB
-    {
-      const fd = fs.openSync(src, 'w')
-      const piece = Buffer.alloc(4 * MiB)
-      for (let off = 0; off < srcSize; off += piece.length) {
-        randomFillSync(piece)
-        fs.writeSync(fd, piece, 0, Math.min(piece.length, srcSize - off), off)
-      }
-      fs.fsyncSync(fd)
-      fs.closeSync(fd)
-    }
-    const plain = path.join(dir, 'plain.img')
-    fs.writeFileSync(plain, '')
-    fs.truncateSync(plain, srcSize)
-    const p = await qemuNbd(plain, 'plain')
-    const convert = async (url: string) => {
-      const t0 = performance.now()
-      await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, url])
-      return (performance.now() - t0) / 1000
-    }
-    const conv: { mirror: number[]; single: number[]; plain: number[]; drainMs: number[] } = { mirror: [], single: [], plain: [], drainMs: [] }
-    const kinds = ['mirror', 'plain', 'single'] as const
-    for (let round = 0; round < o.rounds; round++) {
-      for (const which of kinds.map((_, i) => kinds[(i + round) % kinds.length])) {
-        if (which === 'plain') {
-          conv.plain.push(await convert(p.url))
-          continue
-        }
-        const mirror = await Mirror.create({
-          bitmap: path.join(dir, 'bitmap'),
-          members: which === 'single' ? [{ path: local }] : [{ path: local }, { path: q.url, writeMostly: true }],
-          size: srcSize,
-          chunkSize: 4 * MiB,
-          writeBehind: 256,
-          daemonSleep: 5,
-          assumeClean: true,
-          overwrite: true,
-          openMember: async (spec) => (isNbdUrl(spec.path) ? NbdMember.open(spec.path) : FileMember.open(spec.path)),
-        })
-        const server = await serveNbd(mirror, { port: 0, exportName: 'mirror' })
-        conv[which].push(await convert(server.url))
-        const d0 = performance.now()
-        while (mirror.stats().behindInFlight > 0) await sleep(1)
-        if (which === 'mirror') conv.drainMs.push(performance.now() - d0)
-        await server.close()
-        await mirror.close()
-      }
-      process.stderr.write(`  convert round ${round + 1} done\n`)
-    }
-    const mean = (a: number[]) => a.reduce((s, x) => s + x, 0) / a.length
-    const mbps = (secs: number[]) => srcSize / 1e6 / mean(secs)
-    console.log(`\nqemu-img convert -n -O raw of ${o.sourceMiB} MiB of random data\n`)
-    console.log(
-      table([
-        ['target', 'seconds (mean)', 'MB/s', 'per run (s)'],
-        ['served mirror (local + remote write-mostly, behind 256)', fmt(mean(conv.mirror), 2), fmt(mbps(conv.mirror), 1), conv.mirror.map((x) => x.toFixed(2)).join(' / ')],
-        ['served mirror of one local member (no remote)', fmt(mean(conv.single), 2), fmt(mbps(conv.single), 1), conv.single.map((x) => x.toFixed(2)).join(' / ')],
-        ['plain qemu-nbd export of a file', fmt(mean(conv.plain), 2), fmt(mbps(conv.plain), 1), conv.plain.map((x) => x.toFixed(2)).join(' / ')],
-      ]),
-    )
-    const convRatio = mbps(conv.mirror) / mbps(conv.plain)
-    console.log(`\nRatio served mirror / plain qemu-nbd (MB/s): ${convRatio.toFixed(2)}; one-member served mirror / plain: ${(mbps(conv.single) / mbps(conv.plain)).toFixed(2)}`)
-    console.log(`write-mostly member drained ${conv.drainMs.map((x) => fmt(x)).join(' / ')} ms after qemu-img exited`)
-    console.log(`at ${pressure()}`)
-
-    const tls = await tlsPart(o, dir, { local, remote, src, srcSize })
-    console.log(`at end: ${pressure()}`)
-    fs.mkdirSync(path.dirname(o.out), { recursive: true })
-    fs.writeFileSync(
-      o.out,
-      JSON.stringify({ date: new Date().toISOString(), options: o, latency: summary, ratios, convert: { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio }, tls }, null, 2),
-    )
-    await p.stop()
-    await q.stop()
-  } finally {
-    cleanup()
+  // The latency region written in full first, so no configuration pays for allocation.
+  const fill = Buffer.alloc(64 * MiB, 0x5a)
+  for (const f of [local, remote]) {
+    const fd = fs.openSync(f, 'r+')
+    fs.writeSync(fd, fill, 0, fill.length, 0)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
   }
+  const q = await qemuNbd(remote, 'remote')
+
+  // -- Part 1
+  const configs = [
+    { key: `sync, remote as is`, writeBehind: 0, rtt: 0 },
+    { key: `behind, remote as is`, writeBehind: 256, rtt: 0 },
+    { key: `sync, remote +${o.rttMs} ms`, writeBehind: 0, rtt: o.rttMs },
+    { key: `behind, remote +${o.rttMs} ms`, writeBehind: 256, rtt: o.rttMs },
+  ]
+  const results = new Map<string, LatencyResult>(configs.map((c) => [c.key, { key: c.key, writes: 0, seconds: 0, latenciesUs: [], behindWrites: 0, drainMs: 0 }]))
+  for (let round = 0; round < o.rounds; round++) {
+    const order = configs.map((_, i) => configs[(i + round) % configs.length])
+    for (const c of order) {
+      const r = await latencyRun(o, { bitmap: path.join(dir, 'bitmap'), local }, q.url, c.writeBehind, c.rtt, 1234 + round)
+      const acc = results.get(c.key)!
+      acc.writes += r.writes
+      acc.seconds += r.seconds
+      acc.latenciesUs.push(...r.latenciesUs)
+      acc.behindWrites += r.behindWrites
+      acc.drainMs += r.drainMs
+      process.stderr.write(`  round ${round + 1} ${c.key}: ${r.writes} writes\n`)
+    }
+  }
+  const rows = [['4 KiB random writes, 1 in flight', 'writes/s', 'p50 µs', 'p99 µs', 'max µs', 'behind', 'drain ms']]
+  const summary: Record<string, { iops: number; p50: number; p99: number; max: number }> = {}
+  for (const c of configs) {
+    const r = results.get(c.key)!
+    const s = r.latenciesUs
+    summary[c.key] = { iops: r.writes / r.seconds, p50: percentile(s, 50), p99: percentile(s, 99), max: percentile(s, 100) }
+    rows.push([c.key, fmt(summary[c.key].iops), fmt(summary[c.key].p50), fmt(summary[c.key].p99), fmt(summary[c.key].max), fmt(r.behindWrites), fmt(r.drainMs)])
+  }
+  console.log('\nAck latency, mirror = local file + remote write-mostly NbdMember on qemu-nbd (127.0.0.1)\n')
+  console.log(table(rows))
+  const ratio = (a: string, b: string, k: 'p50' | 'p99' | 'iops') => summary[a][k] / summary[b][k]
+  const ratios: Record<string, number> = {}
+  for (const rtt of ['remote as is', `remote +${o.rttMs} ms`]) {
+    ratios[`${rtt}: p50 behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'p50')
+    ratios[`${rtt}: p99 behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'p99')
+    ratios[`${rtt}: writes/s behind/sync`] = ratio(`behind, ${rtt}`, `sync, ${rtt}`, 'iops')
+  }
+  console.log('\nRatios (behind / sync):')
+  for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v.toFixed(2)}`)
+
+  // -- Part 2
+  const src = path.join(dir, 'src.raw')
+  const srcSize = o.sourceMiB * MiB
+  {
+    const fd = fs.openSync(src, 'w')
+    const piece = Buffer.alloc(4 * MiB)
+    for (let off = 0; off < srcSize; off += piece.length) {
+      randomFillSync(piece)
+      fs.writeSync(fd, piece, 0, Math.min(piece.length, srcSize - off), off)
+    }
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  const plain = path.join(dir, 'plain.img')
+  fs.writeFileSync(plain, '')
+  fs.truncateSync(plain, srcSize)
+  const p = await qemuNbd(plain, 'plain')
+  const convert = async (url: string) => {
+    const t0 = performance.now()
+    await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, url])
+    return (performance.now() - t0) / 1000
+  }
+  const conv: { mirror: number[]; single: number[]; plain: number[]; drainMs: number[] } = { mirror: [], single: [], plain: [], drainMs: [] }
+  const kinds = ['mirror', 'plain', 'single'] as const
+  for (let round = 0; round < o.rounds; round++) {
+    for (const which of kinds.map((_, i) => kinds[(i + round) % kinds.length])) {
+      if (which === 'plain') {
+        conv.plain.push(await convert(p.url))
+        continue
+      }
+      const mirror = await Mirror.create({
+        bitmap: path.join(dir, 'bitmap'),
+        members: which === 'single' ? [{ path: local }] : [{ path: local }, { path: q.url, writeMostly: true }],
+        size: srcSize,
+        chunkSize: 4 * MiB,
+        writeBehind: 256,
+        daemonSleep: 5,
+        assumeClean: true,
+        overwrite: true,
+        openMember: async (spec) => (isNbdUrl(spec.path) ? NbdMember.open(spec.path) : FileMember.open(spec.path)),
+      })
+      const server = await serveNbd(mirror, { port: 0, exportName: 'mirror' })
+      conv[which].push(await convert(server.url))
+      const d0 = performance.now()
+      while (mirror.stats().behindInFlight > 0) await sleep(1)
+      if (which === 'mirror') conv.drainMs.push(performance.now() - d0)
+      await server.close()
+      await mirror.close()
+    }
+    process.stderr.write(`  convert round ${round + 1} done\n`)
+  }
+  const mean = (a: number[]) => a.reduce((s, x) => s + x, 0) / a.length
+  const mbps = (secs: number[]) => srcSize / 1e6 / mean(secs)
+  console.log(`\nqemu-img convert -n -O raw of ${o.sourceMiB} MiB of random data\n`)
+  console.log(
+    table([
+      ['target', 'seconds (mean)', 'MB/s', 'per run (s)'],
+      ['served mirror (local + remote write-mostly, behind 256)', fmt(mean(conv.mirror), 2), fmt(mbps(conv.mirror), 1), conv.mirror.map((x) => x.toFixed(2)).join(' / ')],
+      ['served mirror of one local member (no remote)', fmt(mean(conv.single), 2), fmt(mbps(conv.single), 1), conv.single.map((x) => x.toFixed(2)).join(' / ')],
+      ['plain qemu-nbd export of a file', fmt(mean(conv.plain), 2), fmt(mbps(conv.plain), 1), conv.plain.map((x) => x.toFixed(2)).join(' / ')],
+    ]),
+  )
+  const convRatio = mbps(conv.mirror) / mbps(conv.plain)
+  console.log(`\nRatio served mirror / plain qemu-nbd (MB/s): ${convRatio.toFixed(2)}; one-member served mirror / plain: ${(mbps(conv.single) / mbps(conv.plain)).toFixed(2)}`)
+  console.log(`write-mostly member drained ${conv.drainMs.map((x) => fmt(x)).join(' / ')} ms after qemu-img exited`)
+  console.log(`at ${loadLine()}`)
+
+  const tls = await tlsPart(o, dir, { local, remote, src, srcSize })
+  console.log(`at end: ${loadLine()}`)
+  fs.mkdirSync(path.dirname(o.out), { recursive: true })
+  fs.writeFileSync(
+    o.out,
+    JSON.stringify({ date: new Date().toISOString(), options: o, latency: summary, ratios, convert: { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio }, tls }, null, 2),
+  )
+  await p.stop()
+  await q.stop()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -405,7 +351,7 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
   const latency = Object.fromEntries(
     (['plain', 'tls'] as const).map((k) => {
       const s = [...lat[k]].sort((a, b) => a - b)
-      return [k, { writes: s.length, p50: pct(s, 50), p99: pct(s, 99) }]
+      return [k, { writes: s.length, p50: percentile(s, 50), p99: percentile(s, 99) }]
     }),
   ) as Record<'plain' | 'tls', { writes: number; p50: number; p99: number }>
   console.log('\nTLS: 4 KiB random writes, 1 in flight, synchronous mirror (local + remote qemu-nbd member)\n')
@@ -462,6 +408,5 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
 
 main().catch((e) => {
   console.error(e)
-  for (const c of children) c.kill('SIGKILL')
   process.exit(1)
 })

@@ -5,6 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import * as fs from 'node:fs'
 import { allocAligned } from '../../src'
+import { Prng } from '../../src/cli/demo/prng'
 
 export const PAGE = 4096
 
@@ -22,15 +23,8 @@ export function patternPage(marker: Buffer, index: number, seed = 0, size = PAGE
   marker.copy(page, 0)
   new DataView(page.buffer, page.byteOffset).setUint32(16, index, true)
   new DataView(page.buffer, page.byteOffset).setUint32(20, seed, true)
-  let x = (index * 2654435761 + seed * 40503 + 1) >>> 0
-  for (let i = 24; i < size; i++) {
-    x ^= x << 13
-    x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5
-    x >>>= 0
-    page[i] = x & 0xff
-  }
+  const prng = new Prng((index * 2654435761 + seed * 40503 + 1) >>> 0)
+  for (let i = 24; i < size; i++) page[i] = prng.next() & 0xff
   return page
 }
 

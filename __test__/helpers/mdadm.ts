@@ -27,12 +27,9 @@
  * for large arrays; `Chunksize` in B / KB / MB / GB.
  */
 import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { readFileSync, statSync } from 'node:fs'
 import { fromBytes } from '../../src/cli/bitmap-file'
 import { mdadmReport } from '../../src/cli/examine'
-import { volatileFilesystem } from '../../src/io/volatile'
 import { which } from './env'
 import { readDirect } from './io'
 
@@ -198,25 +195,4 @@ export function readDisk(path: string): DiskBitmap {
       return out
     },
   }
-}
-
-/**
- * A fresh directory on a disk filesystem (not tmpfs or ramfs, by the library's own
- * {@link volatileFilesystem}: bitmaps refuse volatile filesystems, and mdadm opens
- * with O_DIRECT). Remove it with `rmSync(dir, {recursive})`.
- */
-export function diskTempDir(prefix: string): string {
-  for (const parent of ['/var/tmp', tmpdir(), process.cwd()]) {
-    try {
-      if (volatileFilesystem(parent)) continue
-      return mkdtempSync(join(parent, prefix))
-    } catch {
-      // next
-    }
-  }
-  throw new Error('no disk-backed directory for test files')
-}
-
-export function removeDir(dir: string | undefined): void {
-  if (dir) rmSync(dir, { recursive: true, force: true })
 }

@@ -1,128 +1,21 @@
 /**
- * Test rigs for the Mirror: members wrapped in a {@link ProbeMember} that counts reads
- * and writes, can delay write completions (through the library's SlowMember) and can
- * inject faults, with one control object per member slot that survives the member
- * being reopened (reAdd, Mirror.open).
- *
- * Fault injection exists because a real device cannot be made to fail one chosen read
- * or write on demand; the failure specs also produce real errors (ENOSPC, a shrunk
- * device) where the kernel can.
+ * Test rigs for the Mirror: a mirror in a fresh directory whose members are wrapped in
+ * a ProbeMember (helpers/members.ts) with one control object per member slot, and the
+ * data and comparisons the mirror specs use.
  */
 import type { ExecutionContext } from 'ava'
 import { mkdtempSync } from 'node:fs'
 import { join } from 'node:path'
-import { FileMember, MdBitmapError, Mirror, SlowMember, allocAligned, type Member, type MemberSpec, type MirrorCreateOptions, type OpenMember } from '../../src'
-import { diskTempDir } from './mdadm'
+import { FileMember, Mirror, allocAligned, type MemberSpec, type MirrorCreateOptions, type OpenMember } from '../../src'
+import { Prng } from '../../src/cli/demo/prng'
+import { MemberControl, ProbeMember } from './members'
+import { diskTempDir } from './tmp'
 import { PAGE, readDirect } from './io'
 
 export const KiB = 1024
 export const MiB = 1024 * KiB
 /** daemonSleep for tests: the timer never fires, passes run only when a test asks. */
 export const IDLE = 86400
-
-/** What a test controls and observes for one member slot. */
-export class MemberControl {
-  /** Extra milliseconds before each write completes (SlowMember). */
-  delayMs = 0
-  /** Fail reads / writes that overlap [offset, offset+length) when this says so. */
-  failRead: ((offset: number, length: number) => boolean) | null = null
-  failWrite: ((offset: number, length: number) => boolean) | null = null
-  reads = 0
-  writesStarted = 0
-  writesDone = 0
-  writesInFlight = 0
-  /** Called when a write completed on the member (successfully). */
-  onWriteDone: ((offset: number, length: number) => void) | null = null
-  /** While set, writes wait here before they start (see {@link hold}). */
-  gate: Promise<void> | null = null
-  private openGate: (() => void) | null = null
-  private readonly pending = new Set<Promise<unknown>>()
-
-  /**
-   * Holds every write issued from now on until {@link release}: a slow member whose
-   * slowness does not depend on how loaded the machine is, so a test can be sure a
-   * write is still in flight while it looks.
-   */
-  hold(): void {
-    if (!this.gate) this.gate = new Promise((r) => (this.openGate = r))
-  }
-
-  release(): void {
-    this.openGate?.()
-    this.gate = null
-    this.openGate = null
-  }
-  /** Offsets (start) of completed writes, in completion order. */
-  readonly completed: number[] = []
-
-  track(p: Promise<unknown>): void {
-    this.pending.add(p)
-    const rm = () => void this.pending.delete(p)
-    p.then(rm, rm)
-  }
-
-  /** Resolves once every write issued so far to the member has settled. */
-  async idle(): Promise<void> {
-    while (this.pending.size) await Promise.allSettled([...this.pending])
-  }
-}
-
-export function injected(what: string, offset: number): MdBitmapError {
-  return new MdBitmapError('EIO', `injected ${what} error at ${offset} (test fault)`, { errno: 5 })
-}
-
-/** A member that counts, delays and fails on its control's say. */
-export class ProbeMember implements Member {
-  private readonly slow: SlowMember
-  constructor(
-    readonly inner: Member,
-    readonly ctl: MemberControl,
-  ) {
-    this.slow = new SlowMember(inner, 0)
-  }
-  get path(): string {
-    return this.inner.path
-  }
-  get size(): number {
-    return this.inner.size
-  }
-  get alignment(): number {
-    return this.inner.alignment
-  }
-  async read(target: Uint8Array, offset: number): Promise<void> {
-    if (this.ctl.failRead?.(offset, target.length)) throw injected('read', offset)
-    await this.inner.read(target, offset)
-    this.ctl.reads++
-  }
-  write(data: Uint8Array, offset: number): Promise<void> {
-    const ctl = this.ctl
-    ctl.writesStarted++
-    ctl.writesInFlight++
-    const delay = ctl.delayMs
-    const gate = ctl.gate
-    const p = (async () => {
-      try {
-        if (gate) await gate
-        if (ctl.failWrite?.(offset, data.length)) throw injected('write', offset)
-        this.slow.delayMs = delay
-        await this.slow.write(data, offset)
-        ctl.writesDone++
-        ctl.completed.push(offset)
-        ctl.onWriteDone?.(offset, data.length)
-      } finally {
-        ctl.writesInFlight--
-      }
-    })()
-    ctl.track(p)
-    return p
-  }
-  flush(): Promise<void> {
-    return this.inner.flush()
-  }
-  close(): Promise<void> {
-    return this.inner.close()
-  }
-}
 
 export interface RigMember {
   writeMostly?: boolean
@@ -179,15 +72,9 @@ export async function makeRig(
 /** A page-aligned buffer of `size` bytes filled from `seed` (distinct per seed). */
 export function pattern(size: number, seed: number): Uint8Array {
   const b = allocAligned(size, PAGE)
-  let x = (seed * 2654435761 + 12345) >>> 0 || 1
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13
-    x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5
-    x >>>= 0
-    new DataView(b.buffer, b.byteOffset + i, 4).setUint32(0, x, true)
-  }
+  const prng = new Prng((seed * 2654435761 + 12345) >>> 0)
+  const dv = new DataView(b.buffer, b.byteOffset, size)
+  for (let i = 0; i < size; i += 4) dv.setUint32(i, prng.next(), true)
   return b
 }
 
@@ -211,19 +98,6 @@ export function sameBytes(t: ExecutionContext, actual: Uint8Array, expected: Uin
 export function onDisk(path: string, offset: number, length: number): Buffer {
   const b = readDirect(path, offset, length)
   return Buffer.from(b.buffer, b.byteOffset, b.length)
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms))
-}
-
-/** Polls `cond` every few milliseconds until it holds (or throws after `ms`). */
-export async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
-  const t0 = Date.now()
-  while (!cond()) {
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await sleep(2)
-  }
 }
 
 /** The code of the error `p` rejects (or `f` throws) with, or 'no error'. */

@@ -11,7 +11,8 @@ import { spawn } from 'node:child_process'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { Mirror, serveNbd, type NbdServer, type ServeNbdOptions } from '../../src'
-import { IDLE, KiB, until } from './mirror'
+import { IDLE, KiB } from './mirror'
+import { until } from './wait'
 
 export interface ServedMirrorOptions {
   /** The mirror's size in bytes. */

@@ -306,7 +306,7 @@ export class Bitmap extends EventEmitter {
     if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
     // dsync: a page write completes only once it is on stable storage, past any
     // volatile device cache; only then may the data writes it guards be issued.
-    const store = await PageStore.open(path, { mode: options.mode ?? 'file', dsync: true })
+    const store = await PageStore.open(path, { mode: options.mode === 'device' ? 'on-device' : 'in-place', dsync: true })
     try {
       if (store.size < SUPERBLOCK_SIZE || store.size % store.alignment !== 0) {
         throw new MdBitmapError(

@@ -3,7 +3,7 @@
  *
  * 1. Creates a mirror of two member files, the second write-mostly and slowed (a
  *    stand-in for a distant replica), with write-behind.
- * 2. Runs a writer in a child process (`demo-writer.js`) that writes self-describing
+ * 2. Runs a writer in a child process (`demo/writer.js`) that writes self-describing
  *    blocks in a moving hot window and reports each acknowledged write, then kills it
  *    with SIGKILL mid-way.
  * 3. Reads the bitmap on disk as the crash left it, and compares the members chunk by
@@ -30,7 +30,8 @@ import { volatileFilesystem } from '../io/volatile'
 import type { MdBitmapError } from '../errors'
 import { parse, parseInteger, parseNumber, parseSize } from './args'
 import { dirtyRanges, readBitmapFile } from './bitmap-file'
-import { BLOCK, PAGE, demoOpenMember, pageGeneration } from './demo-shared'
+import { BLOCK, demoOpenMember } from './demo/members'
+import { SECTOR, sectorTag, wordsOf } from './demo/tagged-data'
 import { CliError, EXIT_INTERRUPTED, EXIT_VERIFY, errorLine, usage } from './errors'
 import { bytes, ms, percent, percentile } from './format'
 import type { Io } from './io'
@@ -85,10 +86,10 @@ function demoDir(parent: string | undefined): string {
   throw new CliError('ENOSPC', `no disk-backed folder for the demo among ${candidates.join(', ')}; pass --dir DIR on a disk filesystem`)
 }
 
-/** The writer script beside this module (the .ts one when running from source). */
+/** The writer script in demo/ beside this module (the .ts one when running from source). */
 function writerCommand(): { file: string; execArgv: string[] } {
   const ext = extname(__filename)
-  const file = join(__dirname, `demo-writer${ext}`)
+  const file = join(__dirname, 'demo', `writer${ext}`)
   return { file, execArgv: ext === '.ts' ? ['--import', 'tsx'] : [] }
 }
 
@@ -166,6 +167,9 @@ async function runWriter(args: string[], seconds: number, onReady: (pid: number)
   return r
 }
 
+/** Bytes the sabotage changes, and the least alignment of the comparison buffers. */
+const PAGE = 4096
+
 /** Chunks where the two member files differ, and whether they are equal overall. */
 async function compareMembers(a: string, b: string, size: number, chunkSize: number): Promise<number[]> {
   const ma = await FileMember.open(a)
@@ -191,24 +195,24 @@ async function compareMembers(a: string, b: string, size: number, chunkSize: num
   }
 }
 
-/** Checks every block of `path` against the acknowledged generations. */
-async function verifyAcked(path: string, size: number, run: number, acks: Map<number, number>): Promise<{ checked: number; missing: string[] }> {
+/** Checks every block of `path` against the acknowledged generations (the writes' tags). */
+async function verifyAcked(path: string, size: number, acks: Map<number, number>): Promise<{ checked: number; missing: string[] }> {
   const m = await FileMember.open(path)
   try {
-    const buf = allocAligned(BLOCK, Math.max(m.alignment, PAGE))
-    const scratch = new Uint8Array(PAGE)
+    const buf = allocAligned(BLOCK, Math.max(m.alignment, SECTOR))
+    const words = wordsOf(buf)
     const missing: string[] = []
     let checked = 0
     for (let block = 0; block < Math.floor(size / BLOCK); block++) {
       const acked = acks.get(block) ?? 0
       await m.read(buf, block * BLOCK)
-      for (let p = 0; p < BLOCK / PAGE; p++) {
-        const gen = pageGeneration(buf.subarray(p * PAGE, (p + 1) * PAGE), run, block, p, scratch)
-        // The writer issues one write at a time per block: a page holds the last
+      for (let s = 0; s < BLOCK / SECTOR; s++) {
+        const gen = sectorTag(words, s, (block * BLOCK) / SECTOR + s)
+        // The writer issues one write at a time per block: a sector holds the last
         // acknowledged generation, or the next one (in flight, or acknowledged just
         // before the kill but not yet reported).
         if (gen < acked || gen > acked + 1) {
-          if (missing.length < 5) missing.push(`block ${block} page ${p}: ${gen < 0 ? 'corrupt' : gen === 0 ? 'zeros' : `generation ${gen}`}, acknowledged ${acked}`)
+          if (missing.length < 5) missing.push(`block ${block} sector ${s}: ${gen < 0 ? 'corrupt' : gen === 0 ? 'zeros' : `generation ${gen}`}, acknowledged ${acked}`)
           else if (missing.length === 5) missing.push('...')
         }
       }
@@ -266,7 +270,6 @@ export async function demo(argv: string[], io: Io): Promise<number> {
   const bitmap = join(dir, 'demo.bitmap')
   const fast = join(dir, 'member0-fast.img')
   const slow = join(dir, 'member1-slow.img')
-  const run = randomBytes(4).readUInt32LE()
   const openMember = demoOpenMember(slowMs)
   const t0 = performance.now()
   // Ctrl-C: stop the writer, remove the folder, and say so (exit 130), rather than
@@ -291,7 +294,7 @@ export async function demo(argv: string[], io: Io): Promise<number> {
 
     // -- the workload, killed -------------------------------------------------------
     const child = await runWriter(
-      [bitmap, String(slowMs), String(run), String(seed), String(workers), String(windowBytes), String(8 * 2 ** 20)],
+      [bitmap, String(slowMs), String(seed), String(workers), String(windowBytes), String(8 * 2 ** 20)],
       seconds,
       (pid) => say(`  workload   ${workers} writers of ${bytes(BLOCK)} blocks in a moving ${bytes(windowBytes)} hot window, in child process ${pid} (seed ${seed}); SIGKILL in ${seconds} s`),
       (c) => (writer = c),
@@ -345,7 +348,7 @@ export async function demo(argv: string[], io: Io): Promise<number> {
 
     // -- verify -----------------------------------------------------------------------
     const after = await compareMembers(fast, slow, size, chunkSize)
-    const acks = await verifyAcked(fast, size, run, child.acks)
+    const acks = await verifyAcked(fast, size, child.acks)
     const identical = after.length === 0
     const ackedOk = acks.missing.length === 0
     const promiseOk = uncovered.length === 0

@@ -11,16 +11,28 @@ import { binding, native } from '../native'
 /** How a page store reaches the disk. */
 export type StoreMode = 'direct' | 'buffered' | 'device'
 
+/**
+ * The I/O engine a page store's reads and writes use: `'uring'` (io_uring),
+ * `'aio'` (Linux AIO) or `'threads'` (a few I/O threads). Chosen when the first store
+ * of a JavaScript thread opens, best first, unless `MD_BITMAP_IO_ENGINE` forces one.
+ */
+export type IoEngine = 'uring' | 'aio' | 'threads'
+
+/** What {@link PageStore.open} is asked to open: how the file's pages reach the disk. */
+export type StoreRequest = 'in-place' | 'on-device' | 'plain'
+
 /** Options of {@link PageStore.open}. */
 export interface PageStoreOptions {
   /**
-   * `'file'` (default): write the file through its filesystem, with O_DIRECT where the
-   * filesystem allows it. `'device'`: write its blocks straight on the block device
-   * under the filesystem (needs root; refused where unsafe, see {@link check}).
-   * `'data'`: a mirror member's data: a regular file (holes allowed) or a whole block
-   * device (opened exclusively), with direct I/O where the filesystem allows it.
+   * `'in-place'` (default): a whole regular file (no hole, no unsafe extent, so a write
+   * never allocates) written in place through its filesystem, with O_DIRECT where the
+   * filesystem allows it. `'on-device'`: a whole regular file whose blocks are written
+   * straight on the block device under the filesystem (needs root; refused where
+   * unsafe, see {@link check}). `'plain'`: any regular file (holes allowed: the
+   * filesystem fills them on write) or a whole block device (opened exclusively), with
+   * direct I/O where the filesystem allows it.
    */
-  mode?: 'file' | 'device' | 'data'
+  mode?: StoreRequest
   /**
    * Make every write durable when it completes (O_DSYNC: the device's volatile cache
    * is flushed, or the write is FUA). Default false: durability waits for {@link PageStore.sync}.
@@ -49,7 +61,7 @@ export class PageStore {
 
   /** Opens a page store on an existing file. */
   static async open(path: string, options: PageStoreOptions = {}): Promise<PageStore> {
-    const mode = options.mode ?? 'file'
+    const mode = options.mode ?? 'in-place'
     return new PageStore(await native(() => binding().openStore(path, mode, options.dsync ?? false)))
   }
 
@@ -60,6 +72,14 @@ export class PageStore {
   /** Why the store is buffered, when it is. */
   get reason(): string | null {
     return this.inner.reason
+  }
+  /** The I/O engine this store's reads and writes use (see {@link IoEngine}). */
+  get engine(): IoEngine {
+    return this.inner.engine
+  }
+  /** Why the store uses {@link engine} rather than a better one, or that it was forced; null when it is the best. */
+  get engineReason(): string | null {
+    return this.inner.engineReason
   }
   /** The file's size in bytes; a store never changes it. */
   get size(): number {

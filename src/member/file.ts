@@ -21,7 +21,7 @@ export class FileMember implements Member {
 
   /** Opens an existing file or block device. */
   static async open(path: string): Promise<FileMember> {
-    return new FileMember(path, await PageStore.open(path, { mode: 'data' }))
+    return new FileMember(path, await PageStore.open(path, { mode: 'plain' }))
   }
 
   /**

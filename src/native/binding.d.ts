@@ -21,8 +21,15 @@ export declare class NativeStore {
   /** The block device written in device mode. */
   get device(): string | null
   /**
+   * The I/O engine this store's reads and writes use: "uring" (io_uring), "aio"
+   * (Linux AIO) or "threads" (the I/O threads).
+   */
+  get engine(): 'uring' | 'aio' | 'threads'
+  /** Why the store uses that engine, when it is not the best one (or was forced). */
+  get engineReason(): string | null
+  /**
    * Writes `data` at `offset`. Many may be in flight at once; each counts as pending
-   * until it completes.
+   * until it completes. The view is held until then.
    */
   write(data: Uint8Array, offset: number): Promise<void>
   /** Reads `target.length` bytes at `offset` into `target`. */
@@ -111,7 +118,7 @@ export declare function extents(path: string): Promise<ExtentMapInfo>
  */
 export declare function lockFile(path: string, create?: boolean | undefined | null): NativeFileLock
 
-export declare function openStore(path: string, mode: 'file' | 'device' | 'data', dsync?: boolean | undefined | null): Promise<NativeStore>
+export declare function openStore(path: string, mode: 'in-place' | 'on-device' | 'plain', dsync?: boolean | undefined | null): Promise<NativeStore>
 
 /** One problem that `check` found with a file. */
 export interface ProblemInfo {

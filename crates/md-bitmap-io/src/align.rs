@@ -1,7 +1,6 @@
-//! Direct-I/O alignment, taken from the file and never assumed, and buffers that meet it.
+//! Direct-I/O alignment, taken from the file and never assumed.
 
 use nix::libc;
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -64,52 +63,6 @@ fn sysfs_logical_block_size(dev: u64) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// A zeroed heap buffer whose address is aligned for direct I/O.
-pub struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-unsafe impl Send for AlignedBuf {}
-unsafe impl Sync for AlignedBuf {}
-
-impl AlignedBuf {
-    pub fn new(len: usize, align: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1), align.max(1)).expect("alignment must be a power of two");
-        let ptr = unsafe { alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
-        AlignedBuf { ptr, layout }
-    }
-    pub fn len(&self) -> usize {
-        self.layout.size()
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl std::ops::Deref for AlignedBuf {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-}
-impl std::ops::DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        self
-    }
-}
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        unsafe { dealloc(self.ptr, self.layout) }
-    }
-}
-
 /// How far into a buffer starting at `addr` the first `align`-aligned byte is.
 pub fn offset_to_alignment(addr: usize, align: usize) -> usize {
     (align - addr % align) % align
@@ -118,14 +71,6 @@ pub fn offset_to_alignment(addr: usize, align: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[test]
-    fn aligned_buffers_are_aligned() {
-        for align in [512usize, 4096, 65536] {
-            let b = AlignedBuf::new(8192, align);
-            assert_eq!(b.as_ptr() as usize % align, 0);
-            assert!(b.iter().all(|&x| x == 0));
-        }
-    }
     #[test]
     fn offset_to_alignment_lands_on_boundary() {
         for addr in [0usize, 1, 511, 512, 4095, 4097, 123456] {

@@ -111,7 +111,7 @@ pub fn extents_of(file: &File, path: &Path) -> Result<ExtentMap> {
         Err(e) if e == Errno::EOPNOTSUPP || e == Errno::ENOTTY || e == Errno::EINVAL => {
             match fibmap(file, file_size, block_size) {
                 Ok(extents) => Ok(ExtentMap { file_size, block_size, source: MapSource::Fibmap, extents }),
-                Err(fe) if fe == Errno::EPERM => Err(IoError::new(
+                Err(Errno::EPERM) => Err(IoError::new(
                     "EFIEMAP_UNSUPPORTED",
                     format!(
                         "{}: the filesystem does not support FIEMAP, and its FIBMAP fallback needs CAP_SYS_RAWIO (run as root)",

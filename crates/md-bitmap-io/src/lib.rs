@@ -9,13 +9,17 @@ pub mod device;
 pub mod error;
 pub mod extents;
 pub mod pending;
+pub mod engine;
 pub mod pool;
+mod aio;
+mod uring;
 pub mod store;
 
-pub use align::{dio_alignment, AlignSource, AlignedBuf, DioAlignment};
+pub use align::{dio_alignment, AlignSource, DioAlignment};
 pub use check::{check, CheckReport, Problem};
 pub use error::{IoError, Result};
 pub use extents::{extents, Extent, ExtentMap, MapSource};
+pub use engine::{Engine, EngineKind};
 pub use pending::Pending;
 pub use store::{Mode, PageStore, Requested};
 

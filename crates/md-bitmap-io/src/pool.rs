@@ -1,5 +1,8 @@
-//! The threads that carry blocking I/O, so that many page writes can be in flight at
-//! once without holding up the JavaScript thread or exhausting libuv's four workers.
+//! The I/O threads: a few threads that carry blocking work (opening and checking files,
+//! the thread engine's reads and writes, device-mode pages, fdatasync under AIO) off
+//! the JavaScript thread without taking libuv's own workers. Few, because on a small
+//! machine every extra thread is another wake-up and context switch per I/O; the
+//! kernel engines (io_uring, AIO) need none of them for I/O in flight.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -14,7 +17,7 @@ pub struct IoPool {
 }
 
 impl IoPool {
-    /// The process-wide pool. Its size is `MD_BITMAP_IO_THREADS` (default 64); threads
+    /// The process-wide pool. Its size is `MD_BITMAP_IO_THREADS` (default 4); threads
     /// are started only when every existing one is busy.
     pub fn global() -> &'static IoPool {
         static POOL: OnceLock<IoPool> = OnceLock::new();
@@ -23,7 +26,7 @@ impl IoPool {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|n: &usize| (1..=1024).contains(n))
-                .unwrap_or(64);
+                .unwrap_or(4);
             IoPool { queue: Mutex::new((VecDeque::new(), 0, 0)), ready: Condvar::new(), max_threads: max }
         })
     }

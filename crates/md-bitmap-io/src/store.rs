@@ -5,14 +5,16 @@
 //!   through the filesystem, bypassing the page cache.
 //! - `Buffered`: where direct I/O is refused or meaningless (tmpfs and other
 //!   filesystems that cannot map their blocks): ordinary writes, made durable by
-//!   `sync()` (fdatasync). The mode says so, so callers can tell users.
-//! - `Device`: the seed's bmap approach, as Linux does for swap files. The file's
-//!   extents are mapped once and its pages are written straight on the block device
-//!   under the filesystem at their physical offsets. The file is pinned immutable while
+//!   `submit_sync()` (fdatasync). The mode says so, so callers can tell users.
+//! - `Device`: the file's extents are mapped once (FIEMAP, else FIBMAP) and its pages
+//!   are written straight on the block device under the filesystem at the physical
+//!   addresses of its blocks, as Linux writes a swap file. The file is pinned immutable while
 //!   in use so the filesystem cannot move its blocks, and its page cache (now stale) is
 //!   dropped on close. A write can only land inside the mapped extents.
 //!
-//! A store never grows, shrinks or allocates: the file must already be whole.
+//! A store never grows, shrinks or allocates: the file must already be whole. Its
+//! reads, writes and fdatasyncs go through an I/O engine (`engine.rs`) and complete in
+//! the engine's `reap()`.
 
 use crate::align::{dio_alignment, AlignSource, DioAlignment};
 use crate::check::{check_open, CheckReport};
@@ -20,10 +22,10 @@ use crate::device::logical_block_size;
 use crate::error::{IoError, Result};
 use crate::extents::{with_path, Extent};
 use crate::pending::Pending;
-use crate::pool::IoPool;
+use crate::engine::{Done, Engine, EngineKind, Op, Route};
 use nix::libc;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,13 +51,16 @@ impl Mode {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Requested {
-    /// A bitmap-style file, written in place: whole, no holes or unsafe extents.
-    File,
-    /// A bitmap-style file written on the device under its filesystem.
-    Device,
-    /// Data: a mirror member, a regular file (holes allowed: the filesystem fills
-    /// them) or a whole block device, read and written with direct I/O.
-    Data,
+    /// A whole regular file written in place through its filesystem: refused if it has
+    /// a hole or an unsafe extent (unwritten, shared, inline, ...), so a write never
+    /// allocates. Direct I/O where the filesystem allows it, else buffered.
+    InPlace,
+    /// A whole regular file whose blocks are written on the block device under its
+    /// filesystem, at their physical addresses (`Mode::Device`).
+    OnDevice,
+    /// Any regular file (holes allowed: the filesystem fills them on write) or a whole
+    /// block device (opened exclusively). Direct I/O where the filesystem allows it.
+    Plain,
 }
 
 struct DeviceTarget {
@@ -75,6 +80,16 @@ struct Fds {
     dev: Option<File>,
 }
 
+/// What opening found, before the store is assembled.
+struct Opened {
+    fds: Fds,
+    device: Option<DeviceTarget>,
+    mode: Mode,
+    reason: Option<String>,
+    size: u64,
+    align: DioAlignment,
+}
+
 pub struct PageStore {
     path: PathBuf,
     /// I/O holds the read side while it uses the descriptors; close takes the write
@@ -87,6 +102,14 @@ pub struct PageStore {
     size: u64,
     align: DioAlignment,
     pending: Pending,
+    /// Reads and fdatasyncs in flight: never write-pending, but close waits for them,
+    /// since the kernel may still be using the descriptor they name.
+    others: Pending,
+    engine: Arc<Engine>,
+    /// Where reads and writes run: the engine's kernel queue, or its I/O threads for
+    /// work that is more than one call (device mode) or would block the submitter
+    /// (buffered I/O under AIO).
+    route: Route,
     closed: AtomicBool,
     close_lock: Mutex<()>,
 }
@@ -113,23 +136,41 @@ fn drop_page_cache(f: &File) {
 }
 
 impl PageStore {
-    pub fn open(path: &Path, requested: Requested) -> Result<PageStore> {
-        Self::open_with(path, requested, false)
-    }
-
     /// `dsync`: every write is durable when it completes (O_DSYNC: FUA or a cache flush
     /// per write), for metadata such as a bitmap that must be on stable storage before
     /// the writes it guards are issued. Without it, durability waits for `sync()`.
-    pub fn open_with(path: &Path, requested: Requested, dsync: bool) -> Result<PageStore> {
+    /// I/O goes through `engine`, whose `reap()` must be called when its eventfd turns
+    /// readable.
+    pub fn open_with(path: &Path, requested: Requested, dsync: bool, engine: &Arc<Engine>) -> Result<PageStore> {
         let extra = if dsync { libc::O_DSYNC } else { 0 };
-        match requested {
-            Requested::File => Self::open_file(path, extra),
-            Requested::Device => Self::open_device(path, extra),
-            Requested::Data => Self::open_data(path, extra),
-        }
+        let opened = match requested {
+            Requested::InPlace => Self::open_in_place(path, extra),
+            Requested::OnDevice => Self::open_on_device(path, extra),
+            Requested::Plain => Self::open_plain(path, extra),
+        }?;
+        let route = match (engine.kind(), opened.mode) {
+            (EngineKind::Threads, _) | (_, Mode::Device) | (EngineKind::Aio, Mode::Buffered) => Route::Pool,
+            _ => Route::Kernel,
+        };
+        let Opened { fds, device, mode, reason, size, align } = opened;
+        Ok(PageStore {
+            path: path.to_path_buf(),
+            fds: RwLock::new(Some(fds)),
+            device,
+            mode,
+            reason,
+            size,
+            align,
+            pending: Pending::new(),
+            others: Pending::new(),
+            engine: engine.clone(),
+            route,
+            closed: AtomicBool::new(false),
+            close_lock: Mutex::new(()),
+        })
     }
 
-    fn open_file(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_in_place(path: &Path, extra: libc::c_int) -> Result<Opened> {
         let report = {
             let f = File::open(path).map_err(|e| with_path(e.into(), path))?;
             check_open(&f, path, None)?
@@ -167,21 +208,10 @@ impl PageStore {
             }
         })?;
         let align = dio_alignment(&file);
-        Ok(PageStore {
-            path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: None })),
-            device: None,
-            mode,
-            reason,
-            size: report.file_size,
-            align,
-            pending: Pending::new(),
-            closed: AtomicBool::new(false),
-            close_lock: Mutex::new(()),
-        })
+        Ok(Opened { fds: Fds { file, dev: None }, device: None, mode, reason, size: report.file_size, align })
     }
 
-    fn open_data(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_plain(path: &Path, extra: libc::c_int) -> Result<Opened> {
         use std::os::unix::fs::FileTypeExt;
         let meta = std::fs::metadata(path).map_err(|e| with_path(e.into(), path))?;
         let block = meta.file_type().is_block_device();
@@ -215,21 +245,10 @@ impl PageStore {
         } else {
             (meta.len(), dio_alignment(&file))
         };
-        Ok(PageStore {
-            path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: None })),
-            device: None,
-            mode,
-            reason,
-            size,
-            align,
-            pending: Pending::new(),
-            closed: AtomicBool::new(false),
-            close_lock: Mutex::new(()),
-        })
+        Ok(Opened { fds: Fds { file, dev: None }, device: None, mode, reason, size, align })
     }
 
-    fn open_device(path: &Path, extra: libc::c_int) -> Result<PageStore> {
+    fn open_on_device(path: &Path, extra: libc::c_int) -> Result<Opened> {
         let file = File::open(path).map_err(|e| with_path(e.into(), path))?;
         // Pin first, map second: a map taken before pinning could be stale by the time
         // the pin holds.
@@ -282,18 +301,9 @@ impl PageStore {
         drop_page_cache(&file);
         let mut map = report.map.clone().map(|m| m.extents).unwrap_or_default();
         map.sort_by_key(|e| e.logical);
-        Ok(PageStore {
-            path: path.to_path_buf(),
-            fds: RwLock::new(Some(Fds { file, dev: Some(dev) })),
-            device: Some(DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable }),
-            mode: Mode::Device,
-            reason: None,
-            size: report.file_size,
-            align: DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice },
-            pending: Pending::new(),
-            closed: AtomicBool::new(false),
-            close_lock: Mutex::new(()),
-        })
+        let device = DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable };
+        let align = DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice };
+        Ok(Opened { fds: Fds { file, dev: Some(dev) }, device: Some(device), mode: Mode::Device, reason: None, size: report.file_size, align })
     }
 
     pub fn mode(&self) -> Mode {
@@ -318,16 +328,6 @@ impl PageStore {
         &self.pending
     }
 
-    /// Where a file range lives on the device: (device offset, offset in the range,
-    /// length) pieces. Fails unless the whole range is inside the mapped extents, so a
-    /// device-mode write cannot land anywhere the file does not own.
-    pub fn map_range(&self, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
-        let Some(d) = &self.device else {
-            return Err(IoError::new("EINVAL", "map_range is for device mode"));
-        };
-        map_range(&d.map, self.size, offset, len)
-    }
-
     fn closed_error(&self, what: &str) -> IoError {
         IoError::new("ECLOSED", format!("{what} on {}: the page store is closed", self.path.display()))
     }
@@ -349,7 +349,7 @@ impl PageStore {
         }
         if self.mode != Mode::Buffered {
             let (oa, ma) = (self.align.offset, self.align.memory);
-            if offset % oa != 0 || len % oa != 0 || (buf.as_ptr() as u64) % ma != 0 {
+            if !offset.is_multiple_of(oa) || !len.is_multiple_of(oa) || !(buf.as_ptr() as u64).is_multiple_of(ma) {
                 return Err(IoError::new(
                     "EALIGN",
                     format!(
@@ -363,71 +363,73 @@ impl PageStore {
         Ok(())
     }
 
-    /// Writes `buf` at `offset`, blocking. Not counted as pending: use `submit_write`
-    /// for tracked, asynchronous writes.
-    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.check_io("write", offset, buf)?;
-        self.write_unchecked(offset, buf)
-    }
-
-    fn write_unchecked(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        let ctx = |e: std::io::Error| {
-            let mut e: IoError = e.into();
-            e.message = format!("write of {} bytes at {offset} to {}: {}", buf.len(), self.path.display(), e.message);
-            e
-        };
-        let fds = self.fds.read().unwrap();
-        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("write")) };
-        match (&self.device, &fds.dev) {
-            (Some(d), Some(dev)) => {
-                for (phys, at, n) in map_range(&d.map, self.size, offset, buf.len() as u64)? {
-                    dev.write_all_at(&buf[at..at + n], phys).map_err(ctx)?;
-                }
-                Ok(())
-            }
-            _ => fds.file.write_all_at(buf, offset).map_err(ctx),
+    /// The engine kind this store's reads and writes use.
+    pub fn engine(&self) -> EngineKind {
+        match self.route {
+            Route::Kernel => self.engine.kind(),
+            Route::Pool => EngineKind::Threads,
         }
     }
 
-    /// Reads `buf.len()` bytes at `offset`, blocking. In device mode the bytes come
-    /// from the device, with direct I/O, at the file's physical offsets.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_io("read", offset, buf)?;
-        let path = &self.path;
-        let len = buf.len();
-        let ctx = |e: std::io::Error| {
-            let mut e: IoError = e.into();
-            e.message = format!("read of {len} bytes at {offset} from {}: {}", path.display(), e.message);
-            e
-        };
-        let fds = self.fds.read().unwrap();
-        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("read")) };
-        match (&self.device, &fds.dev) {
-            (Some(d), Some(dev)) => {
-                for (phys, at, n) in map_range(&d.map, self.size, offset, len as u64)? {
-                    dev.read_exact_at(&mut buf[at..at + n], phys).map_err(ctx)?;
-                }
-                Ok(())
+    /// Why the store uses the engine it does, when not the best one.
+    pub fn engine_reason(&self) -> Option<String> {
+        match (self.route, self.engine.kind()) {
+            (Route::Pool, EngineKind::Threads) | (Route::Kernel, _) => self.engine.reason().map(String::from),
+            (Route::Pool, _) if self.mode == Mode::Device => {
+                Some("device mode: a page may span extents, so its writes run on the I/O threads".into())
             }
-            _ => fds.file.read_exact_at(buf, offset).map_err(ctx),
+            (Route::Pool, _) => Some("buffered I/O would block io_submit, so it runs on the I/O threads".into()),
         }
     }
 
-    /// Makes completed writes durable: fdatasync of the file, or of the device in
-    /// device mode (which flushes the device's volatile cache).
-    pub fn sync(&self) -> Result<()> {
+    /// A write split over the extents it covers (device mode), blocking: for the I/O threads.
+    fn write_pieces(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
         let fds = self.fds.read().unwrap();
-        let Some(fds) = fds.as_ref() else { return Err(self.closed_error("sync")) };
-        nix::unistd::fdatasync(fds.dev.as_ref().unwrap_or(&fds.file)).map_err(|e| {
-            let e = IoError::sys(e, format!("fdatasync {}", self.path.display()));
-            self.pending.record_error(&e);
-            e
-        })
+        let (Some(fds), Some(d)) = (fds.as_ref(), &self.device) else { return Err(std::io::Error::from_raw_os_error(libc::EBADF)) };
+        let dev = fds.dev.as_ref().expect("device mode has a device");
+        for (phys, at, n) in map_range(&d.map, self.size, offset, buf.len() as u64).map_err(std::io::Error::other)? {
+            dev.write_all_at(&buf[at..at + n], phys)?;
+        }
+        Ok(())
     }
 
-    /// Issues a tracked write on the I/O threads: counted pending from now until the
+    /// A read split over the extents it covers (device mode), blocking: for the I/O threads.
+    fn read_pieces(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let fds = self.fds.read().unwrap();
+        let (Some(fds), Some(d)) = (fds.as_ref(), &self.device) else { return Err(std::io::Error::from_raw_os_error(libc::EBADF)) };
+        let dev = fds.dev.as_ref().expect("device mode has a device");
+        for (phys, at, n) in map_range(&d.map, self.size, offset, buf.len() as u64).map_err(std::io::Error::other)? {
+            dev.read_exact_at(&mut buf[at..at + n], phys)?;
+        }
+        Ok(())
+    }
+
+    /// The descriptor I/O goes to, after counting the operation in `count`; an error if
+    /// the store is closed. Taken under the descriptors' read lock, so `close` (which
+    /// passes through the write lock after marking the store closed, then waits for the
+    /// counts) cannot close it before the operation completes.
+    fn begin(&self, what: &str, count: &Pending) -> Result<RawFd> {
+        let fds = self.fds.read().unwrap();
+        match fds.as_ref() {
+            Some(fds) if !self.closed.load(Ordering::SeqCst) => {
+                count.begin();
+                Ok(fds.dev.as_ref().unwrap_or(&fds.file).as_raw_fd())
+            }
+            _ => Err(self.closed_error(what)),
+        }
+    }
+
+    fn io_error(&self, what: String) -> impl FnOnce(std::io::Error) -> IoError {
+        move |e| {
+            let mut e: IoError = e.into();
+            e.message = format!("{what}: {}", e.message);
+            e
+        }
+    }
+
+    /// Issues a tracked write through the engine: counted pending from now until the
     /// write completes, any I/O error kept as the sticky error, then `done` is called
-    /// with the result and the buffer back.
+    /// (in the engine's `reap()`) with the result and the buffer back.
     pub fn submit_write<B, F>(self: &Arc<Self>, offset: u64, buf: B, done: F)
     where
         B: AsRef<[u8]> + Send + 'static,
@@ -435,46 +437,98 @@ impl PageStore {
     {
         // A misuse (misaligned, out of range, closed) is the caller's error, not the
         // disk's: it is reported at once and never becomes the sticky write error.
-        if let Err(e) = self.check_io("write", offset, buf.as_ref()) {
-            return done(Err(e), buf);
-        }
-        self.pending.begin();
+        let fd = match self.check_io("write", offset, buf.as_ref()).and_then(|()| self.begin("write", &self.pending)) {
+            Ok(fd) => fd,
+            Err(e) => return done(Err(e), buf),
+        };
+        let (ptr, len) = (buf.as_ref().as_ptr(), buf.as_ref().len());
         let store = self.clone();
-        IoPool::global().spawn(move || {
-            let r = store.write_unchecked(offset, buf.as_ref());
+        let context = self.io_error(format!("write of {len} bytes at {offset} to {}", self.path.display()));
+        let complete: Done = Box::new(move |r| {
+            let r = r.map_err(context);
             store.pending.end(r.as_ref().err());
             done(r, buf)
         });
+        if self.device.is_some() {
+            let s = self.clone();
+            // SAFETY: the buffer is owned by `complete`, which runs after this work.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr, len) };
+            return self.engine.spawn(move || s.write_pieces(offset, bytes), complete);
+        }
+        self.engine.submit(Op::Write { fd, buf: ptr, len, offset }, self.route, complete);
     }
 
-    /// A read on the I/O threads (not counted as pending).
+    /// A read through the engine (not write-pending); `done` gets the buffer back.
+    /// In device mode the bytes come from the device at the file's physical offsets.
     pub fn submit_read<B, F>(self: &Arc<Self>, offset: u64, mut buf: B, done: F)
     where
         B: AsMut<[u8]> + Send + 'static,
         F: FnOnce(Result<()>, B) + Send + 'static,
     {
+        let fd = match self.check_io("read", offset, buf.as_mut()).and_then(|()| self.begin("read", &self.others)) {
+            Ok(fd) => fd,
+            Err(e) => return done(Err(e), buf),
+        };
+        let (ptr, len) = (buf.as_mut().as_mut_ptr(), buf.as_mut().len());
         let store = self.clone();
-        IoPool::global().spawn(move || {
-            let r = store.read_at(offset, buf.as_mut());
-            done(r, buf)
+        let context = self.io_error(format!("read of {len} bytes at {offset} from {}", self.path.display()));
+        let complete: Done = Box::new(move |r| {
+            store.others.end(None);
+            done(r.map_err(context), buf)
         });
+        if self.device.is_some() {
+            let s = self.clone();
+            let ptr = ptr as usize;
+            // SAFETY: the buffer is owned by `complete`, which runs after this work.
+            return self.engine.spawn(move || s.read_pieces(offset, unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) }), complete);
+        }
+        self.engine.submit(Op::Read { fd, buf: ptr, len, offset }, self.route, complete);
+    }
+
+    /// fdatasync through the engine (of the device in device mode, which flushes its
+    /// volatile cache): makes completed writes durable. A failure is kept as the
+    /// sticky error, since writes it covered may not be durable.
+    pub fn submit_sync<F>(self: &Arc<Self>, done: F)
+    where
+        F: FnOnce(Result<()>) + Send + 'static,
+    {
+        let fd = match self.begin("sync", &self.others) {
+            Ok(fd) => fd,
+            Err(e) => return done(Err(e)),
+        };
+        let store = self.clone();
+        let context = self.io_error(format!("fdatasync {}", self.path.display()));
+        let complete: Done = Box::new(move |r| {
+            let r = r.map_err(context);
+            if let Err(e) = &r {
+                store.pending.record_error(e);
+            }
+            store.others.end(None);
+            done(r)
+        });
+        // AIO's fdatasync is not asynchronous on every filesystem: threads, there.
+        let route = if self.engine.kind() == EngineKind::Uring { Route::Kernel } else { Route::Pool };
+        self.engine.submit(Op::DataSync { fd }, route, complete);
     }
 
     pub fn wait_idle(&self, timeout: Option<Duration>) -> bool {
         self.pending.wait_idle(timeout)
     }
 
-    /// Waits for every pending write, syncs, unpins a device-mode file and drops its
-    /// stale page cache. Later I/O fails with ECLOSED. Returns the sticky write error,
-    /// if any write ever failed, so it is never lost.
+    /// Waits for every pending write (and read and sync in flight), syncs, unpins a
+    /// device-mode file and drops its stale page cache. Later I/O fails with ECLOSED.
+    /// Returns the sticky write error, if any write ever failed, so it is never lost.
+    /// Blocks: never call it on the thread that reaps the engine.
     pub fn close(&self) -> Result<()> {
         let _g = self.close_lock.lock().unwrap();
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // Every submission that saw the store open holds the read lock until it has
+        // counted itself; passing through the write lock waits for them.
+        drop(self.fds.write().unwrap());
         self.pending.wait_idle(None);
-        // Waits for reads and writes still using the descriptors; they are closed when
-        // `fds` drops at the end of this function.
+        self.others.wait_idle(None);
         let Some(fds) = self.fds.write().unwrap().take() else { return Ok(()) };
         let synced = nix::unistd::fdatasync(fds.dev.as_ref().unwrap_or(&fds.file));
         if let Some(d) = &self.device {
@@ -509,8 +563,11 @@ fn device_refused(path: &Path, report: &CheckReport) -> IoError {
     )
 }
 
-/// See `PageStore::map_range`. `map` must be sorted by logical offset.
-pub fn map_range(map: &[Extent], size: u64, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
+/// Where a file range lives on the device: (device offset, offset in the range,
+/// length) pieces. Fails unless the whole range is inside the mapped extents, so a
+/// device-mode write cannot land anywhere the file does not own. `map` must be sorted
+/// by logical offset.
+fn map_range(map: &[Extent], size: u64, offset: u64, len: u64) -> Result<Vec<(u64, usize, usize)>> {
     let out_of_extents = || {
         IoError::new(
             "EOUT_OF_EXTENTS",

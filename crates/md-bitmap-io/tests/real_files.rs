@@ -2,7 +2,7 @@
 //! (tmpfs). Loop devices, other filesystems and device mode are covered by the
 //! JavaScript suite, which can mount them.
 
-use md_bitmap_io::{check, extents, AlignedBuf, MapSource, Mode, PageStore, Requested};
+use md_bitmap_io::{check, extents, Engine, MapSource, Mode, PageStore, Requested};
 use nix::libc;
 use std::fs::{self, File};
 use std::io::Write;
@@ -25,6 +25,80 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// A zeroed heap page whose address is aligned for direct I/O.
+struct Page {
+    bytes: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+impl Page {
+    fn new(len: usize, align: usize) -> Page {
+        let bytes = vec![0u8; len + align];
+        let at = md_bitmap_io::align::offset_to_alignment(bytes.as_ptr() as usize, align);
+        Page { bytes, at, len }
+    }
+}
+impl std::ops::Deref for Page {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[self.at..self.at + self.len]
+    }
+}
+impl std::ops::DerefMut for Page {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.at..self.at + self.len]
+    }
+}
+impl AsRef<[u8]> for Page {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+impl AsMut<[u8]> for Page {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// The engine `MD_BITMAP_IO_ENGINE` asks for (else the best available), its
+/// completions reaped on a thread of its own, as a runtime without an event loop would.
+fn engine() -> Arc<Engine> {
+    static ENGINE: std::sync::OnceLock<Arc<Engine>> = std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let e = Arc::new(Engine::from_env(false).unwrap());
+            e.reap_on_own_thread();
+            e
+        })
+        .clone()
+}
+
+/// One read into `page`, waited for.
+fn read(store: &Arc<PageStore>, offset: u64, page: &mut Page) -> md_bitmap_io::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let target = Page::new(page.len, store.alignment().memory as usize);
+    store.submit_read(offset, target, move |r, t| tx.send((r, t)).unwrap());
+    let (r, t) = rx.recv().unwrap();
+    page.copy_from_slice(&t);
+    r
+}
+
+/// fdatasync, waited for.
+fn sync(store: &Arc<PageStore>) -> md_bitmap_io::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    store.submit_sync(move |r| tx.send(r).unwrap());
+    rx.recv().unwrap()
+}
+
+/// One tracked write of a copy of `bytes` (in a buffer aligned for the store), waited for.
+fn write(store: &Arc<PageStore>, offset: u64, bytes: &[u8]) -> md_bitmap_io::Result<()> {
+    let mut page = Page::new(bytes.len(), store.alignment().memory as usize);
+    page.copy_from_slice(bytes);
+    let (tx, rx) = mpsc::channel();
+    store.submit_write(offset, page, move |r, _| tx.send(r).unwrap());
+    rx.recv().unwrap()
 }
 
 fn written_file(path: &Path, size: usize, byte: u8) {
@@ -61,20 +135,20 @@ fn holes_and_unwritten_extents_are_named() {
     assert_eq!(holes.len(), 2, "{:?}", r.problems);
     assert_eq!(holes[0].offset, Some(0));
     assert!(!r.file_mode_ok());
-    assert_eq!(PageStore::open(&sparse, Requested::File).err().unwrap().code, "EFILE_MODE_UNSUPPORTED");
+    assert_eq!(PageStore::open_with(&sparse, Requested::InPlace, false, &engine()).err().unwrap().code, "EFILE_MODE_UNSUPPORTED");
     // A data member may have holes: the filesystem fills them on write.
-    let data = std::sync::Arc::new(PageStore::open(&sparse, Requested::Data).unwrap());
+    let data = std::sync::Arc::new(PageStore::open_with(&sparse, Requested::Plain, false, &engine()).unwrap());
     assert_eq!(data.size(), 1 << 20);
-    let mut buf = AlignedBuf::new(4096, data.alignment().memory as usize);
-    data.read_at(512 * 1024, buf.as_mut()).unwrap();
+    let mut buf = Page::new(4096, data.alignment().memory as usize);
+    read(&data, 512 * 1024, &mut buf).unwrap();
     assert!(buf.as_ref().iter().all(|&b| b == 1));
     buf.as_mut().fill(7);
-    data.write_at(0, buf.as_ref()).unwrap();
-    data.read_at(0, buf.as_mut()).unwrap();
+    write(&data, 0, buf.as_ref()).unwrap();
+    read(&data, 0, &mut buf).unwrap();
     assert!(buf.as_ref().iter().all(|&b| b == 7));
     data.close().unwrap();
     let dir = d.0.clone();
-    assert_eq!(PageStore::open(&dir, Requested::Data).err().unwrap().code, "EINVAL");
+    assert_eq!(PageStore::open_with(&dir, Requested::Plain, false, &engine()).err().unwrap().code, "EINVAL");
 
     let unwritten = d.0.join("unwritten");
     let f = File::create(&unwritten).unwrap();
@@ -95,12 +169,12 @@ fn direct_store_round_trips_and_tracks_pending_writes() {
     let p = d.0.join("f");
     // One page per write: concurrent writes to one page could land in any order.
     written_file(&p, 1000 * 4096, 0);
-    let store = Arc::new(PageStore::open(&p, Requested::File).unwrap());
+    let store = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
     assert_eq!(store.mode(), Mode::Direct);
     let align = store.alignment().both() as usize;
     let (tx, rx) = mpsc::channel();
     for i in 0..1000u64 {
-        let mut page = AlignedBuf::new(4096, align);
+        let mut page = Page::new(4096, align);
         page.fill((i % 251) as u8 + 1);
         let tx = tx.clone();
         store.submit_write(i * 4096, page, move |r, _| tx.send(r).unwrap());
@@ -109,17 +183,17 @@ fn direct_store_round_trips_and_tracks_pending_writes() {
     assert_eq!(store.pending().count(), 0);
     drop(tx);
     assert_eq!(rx.iter().filter(|r| r.is_ok()).count(), 1000);
-    store.sync().unwrap();
-    let mut back = AlignedBuf::new(4096, align);
+    sync(&store).unwrap();
+    let mut back = Page::new(4096, align);
     for i in 0..1000u64 {
-        store.read_at(i * 4096, &mut back).unwrap();
+        read(&store, i * 4096, &mut back).unwrap();
         assert!(back.iter().all(|&b| b == (i % 251) as u8 + 1), "page {i}");
     }
-    assert_eq!(store.write_at(1, &back[..512]).unwrap_err().code, "EALIGN");
-    assert_eq!(store.write_at(1000 * 4096, &back).unwrap_err().code, "EOUT_OF_RANGE");
+    assert_eq!(write(&store, 1, &back[..512]).unwrap_err().code, "EALIGN");
+    assert_eq!(write(&store, 1000 * 4096, &back).unwrap_err().code, "EOUT_OF_RANGE");
     assert!(store.pending().error().is_none(), "misuse must not become the sticky I/O error");
     store.close().unwrap();
-    assert_eq!(store.write_at(0, &back).unwrap_err().code, "ECLOSED");
+    assert_eq!(write(&store, 0, &back).unwrap_err().code, "ECLOSED");
     // What the store wrote is what the file holds.
     let bytes = fs::read(&p).unwrap();
     assert!(bytes[4096 * 7..4096 * 8].iter().all(|&b| b == 8));
@@ -138,14 +212,14 @@ fn tmpfs_cannot_be_mapped_and_falls_back_to_buffered() {
     assert!(r.file_mode_ok());
     assert!(!r.device_mode_ok());
     assert!(r.problems.iter().any(|p| p.code == "EFIEMAP_UNSUPPORTED"));
-    let s = PageStore::open(&p, Requested::File).unwrap();
+    let s = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
     assert_eq!(s.mode(), Mode::Buffered);
     assert!(s.reason().unwrap().contains("tmpfs"));
-    s.write_at(100, b"hello").unwrap(); // buffered: no alignment needed
-    let mut back = [0u8; 5];
-    s.read_at(100, &mut back).unwrap();
-    assert_eq!(&back, b"hello");
-    assert_eq!(PageStore::open(&p, Requested::Device).err().unwrap().code, "EDEVICE_MODE_UNSUPPORTED");
+    write(&s, 100, b"hello").unwrap(); // buffered: no alignment needed
+    let mut back = Page::new(5, 1);
+    read(&s, 100, &mut back).unwrap();
+    assert_eq!(&back[..], b"hello");
+    assert_eq!(PageStore::open_with(&p, Requested::OnDevice, false, &engine()).err().unwrap().code, "EDEVICE_MODE_UNSUPPORTED");
 }
 
 #[test]
@@ -175,13 +249,13 @@ fn dsync_stores_write_through_the_device_cache() {
     let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "dsync");
     let p = d.0.join("f");
     written_file(&p, 64 * 1024, 0);
-    let plain = PageStore::open(&p, Requested::File).unwrap();
+    let plain = PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap();
     let flags = open_flags_of(&p);
     assert_eq!(flags.len(), 1);
     assert_eq!(flags[0] & libc::O_DSYNC as u32, 0);
     assert_ne!(flags[0] & libc::O_DIRECT as u32, 0);
     plain.close().unwrap();
-    let durable = PageStore::open_with(&p, Requested::File, true).unwrap();
+    let durable = PageStore::open_with(&p, Requested::InPlace, true, &engine()).unwrap();
     let flags = open_flags_of(&p);
     assert_eq!(flags.len(), 1);
     assert_ne!(flags[0] & libc::O_DSYNC as u32, 0, "flags {:o}", flags[0]);

@@ -1,26 +1,80 @@
 //! The Node binding of md-bitmap-io: a few coarse operations, every one that touches a
-//! disk run off the JavaScript thread and returned as a promise. Errors reach
-//! JavaScript as `Error` objects whose `code` is the core's (an errno name, or one of
-//! the project's own such as `EEXTENT_HOLE`).
+//! disk done without blocking the JavaScript thread and returned as a promise. Page
+//! reads, writes and syncs go through this thread's I/O engine (`reactor.rs`) and are
+//! settled on the JavaScript thread; opening, checking and waiting run on threads.
+//! Errors reach JavaScript as `Error` objects whose `code` is the core's (an errno
+//! name, or one of the project's own such as `EEXTENT_HOLE`).
+
+mod reactor;
 
 use md_bitmap_io::{self as io, IoError, PageStore, Requested};
+use reactor::Reactor;
 use napi::bindgen_prelude::*;
-use napi::{Env, JsValue};
+use napi::{check_status, sys, Env, JsValue};
 use napi_derive::napi;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Builds the JS error for a core error, on the JS thread, so `code` is the core's.
-fn js_error(env: &Env, e: &IoError) -> Error {
-    let made = env.create_error(Error::new(Status::GenericFailure, e.message.clone())).and_then(|mut obj| {
+/// The JS error object for a core error, made on the JS thread, so `code` is the core's.
+fn js_error_object<'e>(env: &'e Env, e: &IoError) -> Result<Object<'e>> {
+    env.create_error(Error::new(Status::GenericFailure, e.message.clone())).and_then(|mut obj| {
         obj.set("code", e.code.as_str())?;
         if let Some(n) = e.errno {
             obj.set("errno", n)?;
         }
-        Ok(Error::from(obj.to_unknown()))
-    });
-    made.unwrap_or_else(|err| err)
+        Ok(obj)
+    })
+}
+
+/// The JS error for a core error, as a napi `Error` to return or reject with.
+fn js_error(env: &Env, e: &IoError) -> Error {
+    js_error_object(env, e).map(|obj| Error::from(obj.to_unknown())).unwrap_or_else(|err| err)
+}
+
+/// A promise settled by the engine's `reap()` on the JS thread: a raw napi deferred,
+/// with no threadsafe function behind it.
+struct Settle {
+    env: sys::napi_env,
+    deferred: sys::napi_deferred,
+}
+// SAFETY: a `Settle` rides inside an I/O's completion, which may pass through an I/O
+// thread's queue, but it is only used (settled) on the JS thread that made it.
+unsafe impl Send for Settle {}
+
+impl Settle {
+    /// A new promise and its settler; tells the reactor an I/O is about to be submitted.
+    fn new<'e>(env: &'e Env) -> Result<(Settle, Object<'e>)> {
+        let mut deferred = std::ptr::null_mut();
+        let mut promise = std::ptr::null_mut();
+        check_status!(unsafe { sys::napi_create_promise(env.raw(), &mut deferred, &mut promise) }, "napi_create_promise")?;
+        Ok((Settle { env: env.raw(), deferred }, Object::from_raw(env.raw(), promise)))
+    }
+
+    fn settle(self, r: io::Result<()>) {
+        let env = Env::from_raw(self.env);
+        unsafe {
+            match r {
+                Ok(()) => {
+                    let mut undefined = std::ptr::null_mut();
+                    sys::napi_get_undefined(self.env, &mut undefined);
+                    sys::napi_resolve_deferred(self.env, self.deferred, undefined);
+                }
+                Err(e) => {
+                    let value = match js_error_object(&env, &e) {
+                        Ok(obj) => obj.raw(),
+                        Err(err) => napi::JsError::from(err).into_value(self.env),
+                    };
+                    sys::napi_reject_deferred(self.env, self.deferred, value);
+                }
+            }
+        }
+    }
+}
+
+/// This thread's reactor, or the error that keeps it from being made.
+fn reactor(env: &Env) -> Result<&'static Reactor> {
+    Reactor::get(env.raw()).map_err(|e| js_error(env, &e))
 }
 
 /// Where `run` does its work.
@@ -208,22 +262,23 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
 pub fn open_store(
     env: &Env,
     path: String,
-    #[napi(ts_arg_type = "'file' | 'device' | 'data'")] mode: String,
+    #[napi(ts_arg_type = "'in-place' | 'on-device' | 'plain'")] mode: String,
     dsync: Option<bool>,
 ) -> Result<Object<'_>> {
     let requested = match mode.as_str() {
-        "file" => Requested::File,
-        "device" => Requested::Device,
-        "data" => Requested::Data,
+        "in-place" => Requested::InPlace,
+        "on-device" => Requested::OnDevice,
+        "plain" => Requested::Plain,
         other => {
-            return Err(invalid(env, format!("mode must be 'file', 'device' or 'data', got '{other}'")))
+            return Err(invalid(env, format!("mode must be 'in-place', 'on-device' or 'plain', got '{other}'")))
         }
     };
     let dsync = dsync.unwrap_or(false);
-    run(env, On::Pool, move || PageStore::open_with(&PathBuf::from(path), requested, dsync), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
+    let engine = reactor(env)?.engine().clone();
+    run(env, On::Pool, move || PageStore::open_with(&PathBuf::from(path), requested, dsync, &engine), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
 }
 
-/// A JS view written into by an I/O thread; JS must not touch it until the promise settles.
+/// A JS view the kernel or an I/O thread reads into; JS must not touch it until the promise settles.
 struct Target(Uint8Array);
 impl AsMut<[u8]> for Target {
     fn as_mut(&mut self) -> &mut [u8] {
@@ -284,19 +339,31 @@ impl NativeStore {
         self.inner.device_path().map(|p| p.display().to_string())
     }
 
+    /// The I/O engine this store's reads and writes use: "uring" (io_uring), "aio"
+    /// (Linux AIO) or "threads" (the I/O threads).
+    #[napi(getter, ts_return_type = "'uring' | 'aio' | 'threads'")]
+    pub fn engine(&self) -> &'static str {
+        self.inner.engine().name()
+    }
+    /// Why the store uses that engine, when it is not the best one (or was forced).
+    #[napi(getter)]
+    pub fn engine_reason(&self) -> Option<String> {
+        self.inner.engine_reason()
+    }
+
     /// Writes `data` at `offset`. Many may be in flight at once; each counts as pending
-    /// until it completes.
+    /// until it completes. The view is held until then.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn write<'e>(&self, env: &'e Env, data: Uint8Array, offset: f64) -> Result<Object<'e>> {
         let offset = offset_arg(env, "offset", offset)?;
-        let (deferred, promise) = env.create_deferred()?;
+        let reactor = reactor(env)?;
+        let (settle, promise) = Settle::new(env)?;
         self.inner.submit_write(offset, data, move |r, data| {
-            // The view is released on the JS thread, with the settlement.
-            deferred.resolve(move |env| {
-                drop(data);
-                r.map_err(|e| js_error(&env, &e))
-            })
+            settle.settle(r);
+            // The view is released on the JS thread, after the settlement.
+            drop(data);
         });
+        reactor.submitted();
         Ok(promise)
     }
 
@@ -304,21 +371,24 @@ impl NativeStore {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn read<'e>(&self, env: &'e Env, target: Uint8Array, offset: f64) -> Result<Object<'e>> {
         let offset = offset_arg(env, "offset", offset)?;
-        let (deferred, promise) = env.create_deferred()?;
+        let reactor = reactor(env)?;
+        let (settle, promise) = Settle::new(env)?;
         self.inner.submit_read(offset, Target(target), move |r, target| {
-            deferred.resolve(move |env| {
-                drop(target);
-                r.map_err(|e| js_error(&env, &e))
-            })
+            settle.settle(r);
+            drop(target);
         });
+        reactor.submitted();
         Ok(promise)
     }
 
     /// fdatasync: makes completed writes durable.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn sync<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
-        let s = self.inner.clone();
-        run(env, On::Pool, move || s.sync(), |_, ()| Ok(()))
+        let reactor = reactor(env)?;
+        let (settle, promise) = Settle::new(env)?;
+        self.inner.submit_sync(move |r| settle.settle(r));
+        reactor.submitted();
+        Ok(promise)
     }
 
     /// Resolves once no write is in flight: `true`, or `false` if `timeoutMs` passed first.

@@ -1,0 +1,411 @@
+//! The I/O engine: how page-store reads, writes and fdatasyncs reach the kernel and
+//! how their completions come back, with no thread hop per I/O where the kernel allows.
+//!
+//! An `Engine` serves one event loop (the binding makes one per JavaScript thread).
+//! Its kind is chosen when it is made, best first; `MD_BITMAP_IO_ENGINE=uring|aio|threads`
+//! forces one, and `reason()` says why a better one was not used:
+//! - `Uring`: io_uring. Reads, writes and fdatasyncs are queued on the ring and handed
+//!   to the kernel in one `io_uring_enter` per batch; no thread of ours waits on them.
+//! - `Aio`: Linux AIO, for reads and writes on O_DIRECT descriptors; `io_submit` runs
+//!   on one submitter thread, since it can block (`aio.rs`); fdatasync goes to the I/O
+//!   threads.
+//! - `Threads`: a few I/O threads (`pool.rs`) run each operation as a blocking call.
+//!
+//! Work that is more than one system call or would block the submitter (device-mode
+//! pages split over extents, buffered writes under AIO) runs on the I/O threads
+//! whatever the kind (`Route::Pool`). Every route completes the same way: the operation
+//! is recorded as completed and one eventfd is signalled (io_uring and AIO signal it
+//! themselves, registered with the ring and with each iocb's `IOCB_FLAG_RESFD`; the
+//! threads write it once when their completion queue turns non-empty). The event loop
+//! polls that eventfd and calls `reap()`, which settles every completion available in
+//! one pass on the loop's thread, so the callbacks (`Done`) run there.
+//!
+//! One operation, from `submit` to its `Done`:
+//!
+//! ```text
+//!   submit ──▶ queued ──flush()──▶ in the kernel ──kernel completes──▶ completed
+//!      │         ▲ (no room on the ring: backlog, queued as slots free up)   │
+//!      │         └──────────── short transfer: the rest is queued again ◀─┤
+//!      └──(Route::Pool)──▶ on an I/O thread ──returns──▶ completed        │
+//!                                                                          ▼
+//!                   reap() on the loop's thread: Done(result) ◀── eventfd signalled
+//! ```
+//!
+//! `in_flight()` counts operations from `submit` until their `Done` has run; the
+//! binding keeps the loop alive (its poll handle referenced) while it is non-zero.
+//! Submission is per write (`flush` inside `submit`) or batched (`submit` only queues;
+//! the owner calls `flush()` once per loop turn and after each `reap()`).
+//! Invariants: every operation's `Done` runs exactly once, on the thread that calls
+//! `reap()`; a buffer passed in an `Op` is owned by its `Done` closure, so it stays
+//! alive until the kernel is finished with it.
+
+use crate::aio::Aio;
+use crate::error::{IoError, Result};
+use crate::pool::IoPool;
+use crate::uring::Uring;
+use nix::libc;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Uring,
+    Aio,
+    Threads,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Uring => "uring",
+            EngineKind::Aio => "aio",
+            EngineKind::Threads => "threads",
+        }
+    }
+    fn parse(s: &str) -> Option<EngineKind> {
+        match s {
+            "uring" => Some(EngineKind::Uring),
+            "aio" => Some(EngineKind::Aio),
+            "threads" => Some(EngineKind::Threads),
+            _ => None,
+        }
+    }
+}
+
+/// One positional operation on a descriptor. The buffer must stay alive and untouched
+/// until the operation's `Done` runs (its owner is moved into the `Done`).
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Read { fd: RawFd, buf: *mut u8, len: usize, offset: u64 },
+    Write { fd: RawFd, buf: *const u8, len: usize, offset: u64 },
+    DataSync { fd: RawFd },
+}
+// SAFETY: the pointers are only dereferenced by the kernel or by one I/O thread while
+// the operation is in flight, and the owner keeps the buffer alive meanwhile.
+unsafe impl Send for Op {}
+
+impl Op {
+    /// The same operation less its first `n` bytes (after a short transfer).
+    fn advanced(self, n: usize) -> Op {
+        match self {
+            Op::Read { fd, buf, len, offset } => Op::Read { fd, buf: buf.wrapping_add(n), len: len - n, offset: offset + n as u64 },
+            Op::Write { fd, buf, len, offset } => Op::Write { fd, buf: buf.wrapping_add(n), len: len - n, offset: offset + n as u64 },
+            Op::DataSync { .. } => self,
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            Op::Read { len, .. } | Op::Write { len, .. } => *len,
+            Op::DataSync { .. } => 0,
+        }
+    }
+
+    /// Runs the operation as blocking calls (on an I/O thread), to the last byte.
+    fn run_blocking(self) -> io::Result<()> {
+        let mut op = self;
+        loop {
+            let r = unsafe {
+                match op {
+                    Op::Read { fd, buf, len, offset } => libc::pread(fd, buf.cast(), len, offset as libc::off_t),
+                    Op::Write { fd, buf, len, offset } => libc::pwrite(fd, buf.cast(), len, offset as libc::off_t),
+                    Op::DataSync { fd } => libc::fdatasync(fd) as isize,
+                }
+            };
+            match transfer_result(&op, r as i64) {
+                Transfer::Done(r) => return r,
+                Transfer::Short(n) => op = op.advanced(n),
+                Transfer::Retry => {}
+            }
+        }
+    }
+}
+
+enum Transfer {
+    Done(io::Result<()>),
+    Short(usize),
+    Retry,
+}
+
+/// What a kernel result (`-errno` or a byte count) means for `op`.
+fn transfer_result(op: &Op, res: i64) -> Transfer {
+    if res == -1 {
+        // A blocking call's -1: the errno is in errno.
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) { Transfer::Retry } else { Transfer::Done(Err(e)) };
+    }
+    if res < 0 {
+        let errno = -res as i32;
+        return if errno == libc::EINTR || errno == libc::EAGAIN { Transfer::Retry } else { Transfer::Done(Err(io::Error::from_raw_os_error(errno))) };
+    }
+    let n = res as usize;
+    match op {
+        Op::DataSync { .. } => Transfer::Done(Ok(())),
+        _ if n >= op.len() => Transfer::Done(Ok(())),
+        Op::Read { .. } if n == 0 => Transfer::Done(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before the read did"))),
+        Op::Write { .. } if n == 0 => Transfer::Done(Err(io::Error::new(io::ErrorKind::WriteZero, "the write made no progress"))),
+        _ => Transfer::Short(n),
+    }
+}
+
+/// What runs when an operation completes, on the thread that calls `reap()`.
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Where an operation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The engine's kernel interface (io_uring or AIO); the I/O threads under `Threads`.
+    Kernel,
+    /// The I/O threads, whatever the kind.
+    Pool,
+}
+
+/// An operation handed to the kernel, boxed so its address (the user data the kernel
+/// gives back) is stable. Also holds the AIO control block, which must stay put.
+pub(crate) struct Flight {
+    pub(crate) op: Op,
+    done: Done,
+    pub(crate) iocb: crate::aio::Iocb,
+}
+
+/// The ring or the AIO context: queue, hand over, collect.
+pub(crate) trait KernelQueue: Send {
+    /// How many operations may be in the kernel at once.
+    fn capacity(&self) -> usize;
+    /// Queues one operation; it reaches the kernel at the next `flush`.
+    fn queue(&mut self, flight: *mut Flight);
+    /// Hands queued operations to the kernel (or to the thread that submits them).
+    fn flush(&mut self);
+    /// Collects every completion available now as (flight, result); an operation the
+    /// kernel refused outright comes back here too, with -errno.
+    fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>);
+}
+
+struct KernelState {
+    queue: Box<dyn KernelQueue>,
+    /// Operations queued or in the kernel.
+    on_kernel: usize,
+    /// Operations waiting for room on the kernel queue.
+    backlog: VecDeque<*mut Flight>,
+}
+// SAFETY: the raw flights are owned by the state (created by Box::into_raw in `submit`
+// and reclaimed exactly once in `reap`); the state is only used under its mutex.
+unsafe impl Send for KernelState {}
+
+/// Completions from the I/O threads, and the eventfd the event loop polls.
+struct Completions {
+    queue: Mutex<Vec<(Done, io::Result<()>)>>,
+    eventfd: OwnedFd,
+}
+
+impl Completions {
+    fn push(&self, done: Done, r: io::Result<()>) {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap();
+            q.push((done, r));
+            q.len() == 1
+        };
+        // One signal per batch: the reaper takes the whole queue when it wakes.
+        if was_empty {
+            self.signal();
+        }
+    }
+    fn signal(&self) {
+        let one: u64 = 1;
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+pub struct Engine {
+    kind: EngineKind,
+    reason: Option<String>,
+    batch: bool,
+    kernel: Option<Mutex<KernelState>>,
+    completions: Arc<Completions>,
+    in_flight: AtomicUsize,
+}
+
+impl Engine {
+    /// The engine `MD_BITMAP_IO_ENGINE` asks for, else the best this kernel allows.
+    /// `batch`: submissions wait for `flush()` (the owner calls it once per loop turn).
+    pub fn from_env(batch: bool) -> Result<Engine> {
+        let forced = match std::env::var("MD_BITMAP_IO_ENGINE") {
+            Ok(v) if !v.is_empty() => Some(EngineKind::parse(&v).ok_or_else(|| {
+                IoError::new("EINVAL", format!("MD_BITMAP_IO_ENGINE must be 'uring', 'aio' or 'threads', got '{v}'"))
+            })?),
+            _ => None,
+        };
+        Self::new(forced, batch)
+    }
+
+    /// `forced`: that kind or an error saying why it is unavailable; `None`: the best
+    /// available, with the reasons the better ones were refused.
+    pub fn new(forced: Option<EngineKind>, batch: bool) -> Result<Engine> {
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(IoError::last("eventfd for I/O completions"));
+        }
+        let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd: unsafe { OwnedFd::from_raw_fd(fd) } });
+        let make = |kind: EngineKind| -> io::Result<Option<Box<dyn KernelQueue>>> {
+            Ok(match kind {
+                EngineKind::Uring => Some(Box::new(Uring::new(fd)?)),
+                EngineKind::Aio => Some(Box::new(Aio::new(fd)?)),
+                EngineKind::Threads => None,
+            })
+        };
+        let mut refusals = Vec::new();
+        let order: &[EngineKind] = match forced {
+            Some(k) => &[k][..],
+            None => &[EngineKind::Uring, EngineKind::Aio, EngineKind::Threads][..],
+        };
+        for &kind in order {
+            match make(kind) {
+                Ok(queue) => {
+                    let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new() }));
+                    let reason = match forced {
+                        Some(_) => Some("forced by MD_BITMAP_IO_ENGINE".to_string()),
+                        None if refusals.is_empty() => None,
+                        None => Some(refusals.join("; ")),
+                    };
+                    return Ok(Engine { kind, reason, batch, kernel, completions, in_flight: AtomicUsize::new(0) });
+                }
+                Err(e) => {
+                    let what = if kind == EngineKind::Uring { "io_uring_setup" } else { "io_setup" };
+                    if forced.is_some() {
+                        let mut err: IoError = e.into();
+                        err.message = format!("MD_BITMAP_IO_ENGINE={}: {what} refused: {}", kind.name(), err.message);
+                        return Err(err);
+                    }
+                    refusals.push(format!("{what} refused: {e}"));
+                }
+            }
+        }
+        unreachable!("the thread engine cannot be refused")
+    }
+
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+    /// Why a better kind was not used (or that the kind was forced).
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+    /// The descriptor the event loop polls for readability; then call `reap()`.
+    pub fn eventfd(&self) -> RawFd {
+        self.completions.eventfd.as_raw_fd()
+    }
+    /// Operations submitted whose `Done` has not run yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+    /// Whether submissions wait for `flush()`.
+    pub fn batched(&self) -> bool {
+        self.batch
+    }
+
+    /// Starts `op`; `done` runs with its result in a later `reap()`.
+    pub fn submit(&self, op: Op, route: Route, done: Done) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        match (&self.kernel, route) {
+            (Some(kernel), Route::Kernel) => {
+                let flight = Box::into_raw(Box::new(Flight { op, done, iocb: Default::default() }));
+                let mut k = kernel.lock().unwrap();
+                if k.on_kernel < k.queue.capacity() {
+                    k.on_kernel += 1;
+                    k.queue.queue(flight);
+                } else {
+                    k.backlog.push_back(flight);
+                }
+                if !self.batch {
+                    k.queue.flush();
+                }
+            }
+            _ => self.run_on_pool(move || op.run_blocking(), done),
+        }
+    }
+
+    /// Runs `work` on an I/O thread; `done` runs with its result in a later `reap()`.
+    pub fn spawn(&self, work: impl FnOnce() -> io::Result<()> + Send + 'static, done: Done) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.run_on_pool(work, done)
+    }
+
+    fn run_on_pool(&self, work: impl FnOnce() -> io::Result<()> + Send + 'static, done: Done) {
+        let completions = self.completions.clone();
+        IoPool::global().spawn(move || {
+            let r = work();
+            completions.push(done, r);
+        });
+    }
+
+    /// Hands every queued operation to the kernel.
+    pub fn flush(&self) {
+        if let Some(kernel) = &self.kernel {
+            kernel.lock().unwrap().queue.flush();
+        }
+    }
+
+    /// Settles every completion available now, in one pass: each operation's `Done`
+    /// runs here, on the caller's thread. Returns how many settled.
+    pub fn reap(&self) -> usize {
+        let mut count: u64 = 0;
+        unsafe { libc::read(self.eventfd(), (&mut count as *mut u64).cast(), 8) };
+        let mut ready: Vec<(Done, io::Result<()>)> = Vec::new();
+        if let Some(kernel) = &self.kernel {
+            let mut k = kernel.lock().unwrap();
+            let mut results = Vec::new();
+            k.queue.collect(&mut results);
+            for (flight, res) in results {
+                // SAFETY: every flight the kernel gives back came from Box::into_raw in
+                // `submit` and is given back once.
+                let f = unsafe { &mut *flight };
+                match transfer_result(&f.op, res) {
+                    Transfer::Done(r) => {
+                        k.on_kernel -= 1;
+                        let f = unsafe { Box::from_raw(flight) };
+                        ready.push((f.done, r));
+                    }
+                    Transfer::Short(n) => {
+                        f.op = f.op.advanced(n);
+                        k.queue.queue(flight);
+                    }
+                    Transfer::Retry => k.queue.queue(flight),
+                }
+            }
+            while k.on_kernel < k.queue.capacity() {
+                let Some(flight) = k.backlog.pop_front() else { break };
+                k.on_kernel += 1;
+                k.queue.queue(flight);
+            }
+            if !self.batch {
+                k.queue.flush();
+            }
+        }
+        ready.append(&mut self.completions.queue.lock().unwrap());
+        let n = ready.len();
+        for (done, r) in ready {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            done(r);
+        }
+        n
+    }
+
+    /// For a runtime with no event loop to register with (and the core's tests): a
+    /// thread that waits on the eventfd and reaps, so `Done`s run on that thread.
+    pub fn reap_on_own_thread(self: &Arc<Self>) {
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("md-bitmap-reap".into())
+            .spawn(move || loop {
+                let mut pfd = libc::pollfd { fd: engine.eventfd(), events: libc::POLLIN, revents: 0 };
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+                engine.reap();
+                if engine.batch {
+                    engine.flush();
+                }
+            })
+            .expect("cannot start the completion thread");
+    }
+}
