@@ -14,7 +14,8 @@ import { join } from 'node:path'
 import { Bitmap, check } from '../src'
 import { bitmapFilesInMdstat, mdArrayUsingBitmap } from '../src/io/md-arrays'
 import { requires } from './helpers/env'
-import { diskTempDir, examineBitmap, readDisk, removeDir } from './helpers/mdadm'
+import { examineBitmap, readDisk } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 
 const dir = diskTempDir('md-bitmap-adopt-')
 test.after.always(() => removeDir(dir))

@@ -7,46 +7,30 @@
  * over (device mode) or lifts it (file mode), and says so.
  */
 import test, { type ExecutionContext } from 'ava'
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 
 import { Bitmap, MdBitmapError, Mirror } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
+import { startCrashChild, type CrashChild } from './helpers/crash-child'
 import { fsCaps, requires } from './helpers/env'
-import { diskTempDir, readDisk, removeDir } from './helpers/mdadm'
+import { readDisk } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import { withFs } from './helpers/loopfs'
 import { IDLE, KiB, MiB } from './helpers/mirror'
 
 const dir = diskTempDir('md-bitmap-lock-')
 test.after.always(() => removeDir(dir))
 
-const HOLDER = join(__dirname, 'fixtures', 'bitmap-holder.ts')
 const CS = 64 * KiB
 
-/** Starts a process that holds `path` open in `mode` until killed; resolves once it holds it. */
-async function holder(t: ExecutionContext, path: string, mode: 'file' | 'device', chunk?: number): Promise<ChildProcess & { pid: number }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', HOLDER, path, mode, ...(chunk ? [String(chunk)] : [])], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  let out = ''
-  let err = ''
-  child.stderr!.on('data', (d) => (err += d))
-  await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d) => {
-      out += d
-      if (/^held \d+\n/.test(out)) resolve()
-    })
-    child.on('exit', (code) => reject(new Error(`the holder exited (${code}) before holding ${path}: ${err}`)))
-  })
-  return child as ChildProcess & { pid: number }
-}
-
-async function killed(child: ChildProcess): Promise<void> {
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGKILL')
-  await exited
+/** Starts a process that holds `path` open in `mode` until killed (at teardown at the latest); resolves once it holds it. */
+async function holder(t: ExecutionContext, path: string, mode: 'file' | 'device', chunk?: number): Promise<CrashChild & { pid: number }> {
+  const child = startCrashChild('bitmap-holder.ts', [path, mode, ...(chunk ? [String(chunk)] : [])])
+  t.teardown(() => child.kill())
+  await child.waitFor('held ', 30_000)
+  return Object.assign(child, { pid: child.child.pid! })
 }
 
 async function lockedBy(t: ExecutionContext, p: Promise<unknown>, pid: number): Promise<MdBitmapError> {
@@ -81,7 +65,7 @@ test('Bitmap.open in two processes: ELOCKED names the holder; after kill -9 of t
   const child = await holder(t, path, 'file', CS)
   const e = await lockedBy(t, Bitmap.open(path), child.pid)
   t.regex(e.message, /a process that dies releases it/)
-  await killed(child)
+  await child.kill()
   const b = await Bitmap.open(path)
   t.deepEqual(b.neededChunks(), [3], 'the write the killed holder had in flight is NEEDED')
   await b.close()
@@ -121,7 +105,7 @@ onExt4('a device-mode holder SIGKILLed leaves its file immutable; the next open 
     // While it lives, nobody else touches the pin.
     await lockedBy(t, Bitmap.open(path, { mode: 'device' }), child.pid)
     t.true(immutable(path))
-    await killed(child)
+    await child.kill()
     t.true(immutable(path), 'SIGKILL left the pin')
 
     const dev = await Bitmap.open(path, { mode: 'device' })
@@ -136,7 +120,7 @@ onExt4('a device-mode holder SIGKILLed leaves its file immutable; the next open 
 
     // Again, reopened in file mode.
     child = await holder(t, path, 'device', CS)
-    await killed(child)
+    await child.kill()
     t.true(immutable(path))
     const file = await Bitmap.open(path)
     t.is(file.opened.pin, 'lifted')

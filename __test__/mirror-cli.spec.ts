@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path'
 
 import { Mirror, SlowMember, openFileMember } from '../src'
 import { requires } from './helpers/env'
-import { diskTempDir, removeDir } from './helpers/mdadm'
+import { diskTempDir, removeDir } from './helpers/tmp'
 import { QEMU_TOOLS, qemuIo } from './helpers/nbd'
 import { serveCli } from './helpers/served-mirror'
 

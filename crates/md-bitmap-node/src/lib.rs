@@ -420,4 +420,4 @@ impl NativeStore {
     }
 }
 
-mod lock;
+pub mod lock;
