@@ -55,6 +55,7 @@ test('resync: progress is sane and monotonic; an abort rejects EABORTED; the nex
   const e = await t.throwsAsync(
     m.resync({
       signal: ac.signal,
+      inFlight: 1, // one chunk at a time: the abort lands exactly after chunk STOP - 1 (several in flight: mirror-resync-in-flight.spec)
       progressIntervalMs: 0,
       onProgress: (p) => {
         first.push(p)
@@ -106,7 +107,7 @@ test('a recovery (reAdd) aborted half-way resumes with a resync that copies only
   const ac = new AbortController()
   const first: ResyncProgress[] = []
   const e = await t.throwsAsync(
-    m.reAdd(1, { signal: ac.signal, progressIntervalMs: 0, onProgress: (p) => (first.push(p), p.chunksDone === 3 && ac.abort()) }),
+    m.reAdd(1, { signal: ac.signal, inFlight: 1, progressIntervalMs: 0, onProgress: (p) => (first.push(p), p.chunksDone === 3 && ac.abort()) }),
     { instanceOf: MdBitmapError },
   )
   t.is(e?.code, 'EABORTED')
@@ -185,7 +186,7 @@ test('a mirror without a bitmap: an aborted resync resumes where it stopped', as
   const ac = new AbortController()
   const first: ResyncProgress[] = []
   const e = await t.throwsAsync(
-    m.resync({ signal: ac.signal, progressIntervalMs: 0, onProgress: (p) => (first.push(p), p.chunksDone === 5 && ac.abort()) }),
+    m.resync({ signal: ac.signal, inFlight: 1, progressIntervalMs: 0, onProgress: (p) => (first.push(p), p.chunksDone === 5 && ac.abort()) }),
     { instanceOf: MdBitmapError },
   )
   t.is(e?.code, 'EABORTED')

@@ -26,13 +26,25 @@
  *    workload starts, outside the timing.
  *    Writes are not followed by flush(): a write resolves once the members' O_DIRECT
  *    writes completed (and, with a bitmap, once its bits were durable).
+ *    The two-file fio ceiling runs in the same rotation, as a fifth entry: fio (libaio,
+ *    O_DIRECT) writing 4 KiB at random offsets of the write region of the same two
+ *    member files, at twice the mirror's depth (2 and 64), its IOPS ÷ 2 being the most
+ *    mirror writes per second the two files allow. Printed against it, per workload
+ *    and per round: mirror ÷ ceiling for (b) (the goal, issue 11: ≥ 0.8 at 1 in flight,
+ *    ≥ 0.85 at 32) and (a); CPU per write against fio's (this process's user + system
+ *    time ÷ mirror writes; fio's usr + sys ÷ its I/Os); and with bitmap ÷ without, (b)
+ *    ÷ (a) (goal ≥ 0.97). The 1-minute load average is recorded with every sample.
  * 2. Resync of a mirror of `--size` (default 4 GiB, both members written in full) with
  *    a bitmap of `--resync-chunk` chunks (default 4 MiB: 1024 chunks): member 1 is
  *    removed, 1 % of the chunks are dirtied by writes, and reAdd copies only those
  *    ('bitmap' recovery). Against it, on the same mirror and files, a full recovery:
  *    member 1 is removed for good and added again (addMember), which copies every
- *    chunk. The order is partial, full, partial. The dirtied chunks are compared byte
- *    for byte between the members after each recovery.
+ *    chunk. The dirtied chunks are compared byte for byte between the members after
+ *    each recovery. Against the full recovery, `dd iflag=direct oflag=direct bs=1M` of
+ *    the same bytes (member 0 onto member 1), and the full recovery one chunk at a time
+ *    (`inFlight: 1`; the default keeps 4 chunks in flight): these three rotate round
+ *    after round between a partial recovery at the start and one at the end. Printed:
+ *    full resync ÷ dd (dd's time ÷ the resync's: the goal is ≥ 1.0) per round.
  *
  * Options (environment variables in brackets):
  *   --quick          [MD_BITMAP_BENCH_QUICK=1]  a smoke run of about 10 s: 256 MiB
@@ -45,14 +57,18 @@
  *   --duration S     [MD_BITMAP_BENCH_SECONDS]  seconds per workload per round (default 3)
  *   --rounds R       default 3
  *   --slow-ms MS     delay of the write-mostly member (default 10)
+ *   --no-fio         skip the fio ceiling and the dd reference (also skipped, and said
+ *                    so, when fio or dd is not installed)
  *   --out FILE       default bench/out/mirror.json
  *   --chart FILE     the SVG chart drawn from this run's figures (default
  *                    docs/bench-mirror.svg; bench/out/mirror.svg for --quick)
  */
+import { execFile } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { promisify } from 'node:util'
 import { barChart } from './chart'
 import { KiB, MiB, Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
 import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
@@ -69,18 +85,19 @@ interface Options {
   durationS: number
   rounds: number
   slowMs: number
+  fio: boolean
   out: string
   chart: string
 }
 
 const USAGE =
-  'usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--out FILE] [--chart FILE]'
+  'usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--no-fio] [--out FILE] [--chart FILE]'
 
 function parseArgs(argv: string[]): Options {
   const env = process.env
   const a = parseOptions(
     argv,
-    { quick: 'flag', dir: 'value', size: 'value', region: 'value', 'resync-chunk': 'value', duration: 'value', rounds: 'value', 'slow-ms': 'value', out: 'value', chart: 'value' },
+    { quick: 'flag', dir: 'value', size: 'value', region: 'value', 'resync-chunk': 'value', duration: 'value', rounds: 'value', 'slow-ms': 'value', 'no-fio': 'flag', out: 'value', chart: 'value' },
     USAGE,
   )
   const quick = a.flag('quick') || (env.MD_BITMAP_BENCH_QUICK !== undefined && env.MD_BITMAP_BENCH_QUICK !== '' && env.MD_BITMAP_BENCH_QUICK !== '0')
@@ -94,6 +111,7 @@ function parseArgs(argv: string[]): Options {
     durationS: a.number('duration', env.MD_BITMAP_BENCH_SECONDS ? Number(env.MD_BITMAP_BENCH_SECONDS) : quick ? 0.4 : 3),
     rounds: a.number('rounds', quick ? 1 : 3),
     slowMs: a.number('slow-ms', 10),
+    fio: !a.flag('no-fio'),
     out: resolved(a.value('out')) ?? path.join(__dirname, 'out', 'mirror.json'),
     chart: resolved(a.value('chart')) ?? (quick ? path.join(__dirname, 'out', 'mirror.svg') : path.join(__dirname, '..', 'docs', 'bench-mirror.svg')),
   }
@@ -106,6 +124,8 @@ function parseArgs(argv: string[]): Options {
 }
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e3 // µs
+const load1 = (): number => os.loadavg()[0]
+const execFileP = promisify(execFile)
 
 // ---------------------------------------------------------------------------------------
 // Write tests
@@ -156,6 +176,8 @@ interface Sample {
   fallbacks: number
   /** Most behind writes in flight seen at an ack. */
   behindHighWater: number
+  /** The 1-minute load average when the workload ended. */
+  load1: number
 }
 
 async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number): Promise<Sample> {
@@ -209,6 +231,7 @@ async function runWorkload(mirror: Mirror, w: Workload, o: Options, seed: number
     behindWrites: st1.behindWrites - st0.behindWrites,
     fallbacks: st1.behindFallbacks.limit - st0.behindFallbacks.limit + st1.behindFallbacks.memory - st0.behindFallbacks.memory,
     behindHighWater: behindMax,
+    load1: load1(),
   }
 }
 
@@ -269,6 +292,9 @@ interface WriteResult {
   behindHighWater: number
   drainMs: number
   roundsMbPerSec: number[]
+  roundsIops: number[]
+  /** The 1-minute load average at the end of each round's sample. */
+  roundsLoad: number[]
 }
 
 function summarize(config: ConfigKey, workload: WorkloadKey, samples: Sample[]): WriteResult {
@@ -295,7 +321,88 @@ function summarize(config: ConfigKey, workload: WorkloadKey, samples: Sample[]):
     behindHighWater: Math.max(...samples.map((s) => s.behindHighWater)),
     drainMs: Math.max(...samples.map((s) => s.drainMs)),
     roundsMbPerSec: samples.map((s) => s.bytes / s.seconds / 1e6),
+    roundsIops: samples.map((s) => s.writes / s.seconds),
+    roundsLoad: samples.map((s) => s.load1),
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// References: the two-file fio ceiling, dd
+
+/** The workloads the fio ceiling is measured for (4 KiB random: what fio does alike). */
+const CEILING_WORKLOADS: WorkloadKey[] = ['rand4k-qd1', 'rand4k-qd32']
+
+interface FioSample {
+  /** fio's I/Os per second over both files. */
+  iops: number
+  ios: number
+  seconds: number
+  /** fio's user + system CPU time. */
+  cpuSeconds: number
+  load1: number
+}
+
+/**
+ * fio (libaio, O_DIRECT) writing 4 KiB blocks at random offsets of the first `region`
+ * bytes of both `files`, `depth` in flight over the two, for `seconds`.
+ */
+async function fio(files: string[], region: number, depth: number, seconds: number): Promise<FioSample> {
+  const args = [
+    '--name=ceiling', `--filename=${files.join(':')}`, '--ioengine=libaio', '--direct=1', '--rw=randwrite', '--bs=4k',
+    `--iodepth=${depth}`, `--filesize=${region}`, '--fallocate=none', '--norandommap', '--randrepeat=0',
+    '--time_based', `--runtime=${Math.max(1, Math.round(seconds * 1000))}ms`, '--output-format=json',
+  ]
+  const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20 })
+  const job = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0]
+  if (job.error) throw new Error(`fio job error ${job.error}: fio ${args.join(' ')}`)
+  const runtimeS = job.job_runtime / 1000
+  return { iops: job.write.total_ios / runtimeS, ios: job.write.total_ios, seconds: runtimeS, cpuSeconds: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeS, load1: load1() }
+}
+
+interface FioResult {
+  workload: WorkloadKey
+  /** fio's depth: twice the mirror's. */
+  depth: number
+  /** fio's IOPS ÷ 2: mirror writes per second the two files allow. */
+  ceilingIops: number
+  cpuUsPerIo: number
+  roundsCeilingIops: number[]
+  roundsLoad: number[]
+}
+
+function summarizeFio(workload: WorkloadKey, depth: number, samples: FioSample[]): FioResult {
+  const ios = samples.reduce((s, x) => s + x.ios, 0)
+  const seconds = samples.reduce((s, x) => s + x.seconds, 0)
+  return {
+    workload,
+    depth,
+    ceilingIops: ios / seconds / 2,
+    cpuUsPerIo: (samples.reduce((s, x) => s + x.cpuSeconds, 0) * 1e6) / ios,
+    roundsCeilingIops: samples.map((x) => x.iops / 2),
+    roundsLoad: samples.map((x) => x.load1),
+  }
+}
+
+/** `dd iflag=direct oflag=direct bs=1M` of the first `bytes` of `from` onto `to`: its wall time. */
+async function dd(from: string, to: string, bytes: number): Promise<number> {
+  const t0 = now()
+  await execFileP('dd', [`if=${from}`, `of=${to}`, 'iflag=direct', 'oflag=direct', 'bs=1M', `count=${bytes / MiB}`, 'conv=notrunc', 'status=none'])
+  return (now() - t0) / 1e3
+}
+
+/** Whether `cmd --version` runs. */
+async function installed(cmd: string): Promise<boolean> {
+  return execFileP(cmd, ['--version']).then(
+    () => true,
+    () => false,
+  )
+}
+
+/** "median (min–max)" of ratios. */
+function spread(xs: number[], digits = 2): string {
+  const s = [...xs].sort((a, b) => a - b)
+  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+  return s.length > 1 ? `${median.toFixed(digits)} (${s[0].toFixed(digits)}–${s[s.length - 1].toFixed(digits)})` : median.toFixed(digits)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -353,12 +460,20 @@ async function sameBytes(a: string, b: string, offset: number, length: number): 
 // ---------------------------------------------------------------------------------------
 // Resync test
 
+type ResyncKind = 'bitmap' | 'full' | 'full-1' | 'dd'
+
 interface ResyncRun {
-  kind: 'bitmap' | 'full'
+  /** A partial ('bitmap') or full recovery (4 chunks in flight; 'full-1': one), or dd of the same bytes. */
+  kind: ResyncKind
+  /** Round of the rotation (the partial recoveries before and after: -1 and rounds). */
+  round: number
   wallMs: number
-  report: Omit<ResyncReport, 'chunks'>
-  dirtyChunks: number
-  verified: boolean
+  /** The resync's own duration (the recovery less removing and re-adding); dd: its wall time. */
+  copyMs: number
+  report?: Omit<ResyncReport, 'chunks'>
+  dirtyChunks?: number
+  verified?: boolean
+  load1: number
 }
 
 async function waitClean(mirror: Mirror): Promise<void> {
@@ -385,7 +500,7 @@ async function dirty(mirror: Mirror, count: number, prng: Prng): Promise<number[
   return [...chunks].sort((x, y) => x - y)
 }
 
-async function resyncTest(dir: string, m0: string, m1: string, o: Options): Promise<{ runs: ResyncRun[]; chunks: number; dirtyCount: number }> {
+async function resyncTest(dir: string, m0: string, m1: string, o: Options, withDd: boolean): Promise<{ runs: ResyncRun[]; chunks: number; dirtyCount: number }> {
   const mirror = await Mirror.create({
     bitmap: path.join(dir, 'resync.bitmap'),
     members: [{ path: m0 }, { path: m1 }],
@@ -399,26 +514,39 @@ async function resyncTest(dir: string, m0: string, m1: string, o: Options): Prom
   const prng = new Prng(0x5eed)
   const runs: ResyncRun[] = []
   try {
-    for (const kind of ['bitmap', 'full', 'bitmap'] as const) {
+    const rotation: ResyncKind[] = withDd ? ['full', 'dd', 'full-1'] : ['full', 'full-1']
+    const plan: { kind: ResyncKind; round: number }[] = [{ kind: 'bitmap', round: -1 }]
+    for (let round = 0; round < o.rounds; round++) for (let i = 0; i < rotation.length; i++) plan.push({ kind: rotation[(i + round) % rotation.length], round })
+    plan.push({ kind: 'bitmap', round: o.rounds })
+    for (const { kind, round } of plan) {
       await waitClean(mirror)
+      if (kind === 'dd') {
+        // The same bytes as a full recovery, with the mirror idle (member 1 holds member 0's data already).
+        const ms = await dd(m0, m1, mirror.size)
+        runs.push({ kind, round, wallMs: ms, copyMs: ms, load1: load1() })
+        console.log(`  dd     ${fmt(ms)} ms, ${fmt(mirror.size / MiB)} MiB, ${fmt(mirror.size / (ms / 1e3) / 1e6)} MB/s; load ${load1().toFixed(1)}`)
+        continue
+      }
+      const full = kind !== 'bitmap'
       // Member 1 leaves (for good, for the full case: it comes back as a new member)...
-      await mirror.removeMember(1, kind === 'full' ? { forget: true } : {})
+      await mirror.removeMember(1, full ? { forget: true } : {})
       // ...misses 1 % of the chunks...
       const dirtied = await dirty(mirror, dirtyCount, prng)
       // ...and comes back.
       const t0 = now()
-      const report = kind === 'bitmap' ? await mirror.reAdd(1) : await mirror.addMember({ path: m1 })
+      const options = { inFlight: kind === 'full-1' ? 1 : undefined }
+      const report = full ? await mirror.addMember({ path: m1 }, options) : await mirror.reAdd(1, options)
       const wallMs = (now() - t0) / 1e3
-      if (report.recovery !== kind) throw new Error(`expected a '${kind}' recovery, the mirror did '${report.recovery}'`)
+      if (report.recovery !== (full ? 'full' : 'bitmap')) throw new Error(`expected a '${kind}' recovery, the mirror did '${report.recovery}'`)
       if (mirror.degraded) throw new Error(`mirror still degraded after the ${kind} recovery: ${JSON.stringify(mirror.members)}`)
       let verified = true
       for (const c of dirtied) verified = (await sameBytes(m0, m1, c * mirror.chunkSize, mirror.chunkSize)) && verified
       if (!verified) throw new Error(`members differ in a dirtied chunk after the ${kind} recovery`)
       const { chunks: _omit, ...rest } = report
-      runs.push({ kind, wallMs, report: rest, dirtyChunks: dirtied.length, verified })
+      runs.push({ kind, round, wallMs, copyMs: report.durationMs, report: rest, dirtyChunks: dirtied.length, verified, load1: load1() })
       console.log(
         `  ${kind.padEnd(6)} recovery: ${fmt(wallMs)} ms (resync ${fmt(report.durationMs)} ms), ${report.chunksCopied} chunks = ${fmt(report.bytesCopied / MiB, 1)} MiB copied, ` +
-          `${fmt(report.bytesCopied / (report.durationMs / 1e3) / 1e6)} MB/s; dirtied chunks identical: ${verified ? 'yes' : 'NO'}`,
+          `${fmt(report.bytesCopied / (report.durationMs / 1e3) / 1e6)} MB/s; dirtied chunks identical: ${verified ? 'yes' : 'NO'}; load ${load1().toFixed(1)}`,
       )
     }
   } finally {
@@ -442,6 +570,9 @@ async function main(): Promise<void> {
     `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
       `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
   )
+  const withFio = o.fio && (await installed('fio'))
+  const withDd = o.fio && (await installed('dd'))
+  if (o.fio && !(withFio && withDd)) console.log(`not installed, skipped: ${[withFio ? '' : 'fio (the ceiling)', withDd ? '' : 'dd (the resync reference)'].filter(Boolean).join(', ')}`)
   let t = now()
   await prefill([files.m0, files.m1], o.size, o.size)
   await prefill([files.slow], o.region, o.size)
@@ -450,10 +581,24 @@ async function main(): Promise<void> {
   // -- 1. writes ------------------------------------------------------------------
   console.log('\n1. writes (MB/s per round)')
   const samples = new Map<string, Sample[]>()
+  const fioSamples = new Map<WorkloadKey, FioSample[]>()
   const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
+  // The fio ceiling is one more entry of the rotation.
+  const entries: (Config | 'fio')[] = withFio ? [...CONFIGS, 'fio'] : CONFIGS
   for (let round = 0; round < o.rounds; round++) {
-    for (let i = 0; i < CONFIGS.length; i++) {
-      const c = CONFIGS[(i + round) % CONFIGS.length]
+    for (let i = 0; i < entries.length; i++) {
+      const c = entries[(i + round) % entries.length]
+      if (c === 'fio') {
+        for (const wk of CEILING_WORKLOADS) {
+          const w = WORKLOADS.find((x) => x.key === wk)!
+          const s = await fio([files.m0, files.m1], o.region, 2 * w.depth, o.durationS)
+          fioSamples.set(wk, [...(fioSamples.get(wk) ?? []), s])
+          console.log(
+            `  round ${round + 1}/${o.rounds} ${`fio, two files, depth ${2 * w.depth}`.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.iops / 2).padStart(7)} IOPS ÷ 2 (ceiling); load ${s.load1.toFixed(1)}`,
+          )
+        }
+        continue
+      }
       const mirror = await openConfig(c, dir, files, o)
       try {
         for (const [wi, w] of WORKLOADS.entries()) {
@@ -461,7 +606,7 @@ async function main(): Promise<void> {
           const k = key(c.key, w.key)
           samples.set(k, [...(samples.get(k) ?? []), s])
           console.log(
-            `  round ${round + 1}/${o.rounds} ${c.label.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.bytes / s.seconds / 1e6, 1).padStart(7)} MB/s${s.drainMs > 0.5 ? `  (drain ${fmt(s.drainMs)} ms)` : ''}`,
+            `  round ${round + 1}/${o.rounds} ${c.label.padEnd(38)} ${w.label.padEnd(30)} ${fmt(s.bytes / s.seconds / 1e6, 1).padStart(7)} MB/s, ${fmt(s.writes / s.seconds)} IOPS; load ${s.load1.toFixed(1)}${s.drainMs > 0.5 ? `  (drain ${fmt(s.drainMs)} ms)` : ''}`,
           )
         }
       } finally {
@@ -522,18 +667,71 @@ async function main(): Promise<void> {
   console.log()
   console.log(table(ratioRows, 2))
 
+  // The issue-11 measures: mirror ÷ two-file fio ceiling, CPU per write against fio's, with bitmap ÷ without.
+  const ceiling = withFio ? CEILING_WORKLOADS.map((wk) => summarizeFio(wk, 2 * WORKLOADS.find((x) => x.key === wk)!.depth, fioSamples.get(wk)!)) : []
+  const ceilingRows = [['workload', 'ceiling IOPS', '(b) IOPS', '(b) ÷ ceiling', 'per round', '(a) ÷ ceiling', 'CPU µs/write (b)', 'fio CPU µs/io', '(b) ÷ fio CPU', '(b) ÷ (a)', 'per round', 'load (1 min)']]
+  const perRound = (xs: number[], ys: number[]) => xs.map((x, i) => x / ys[i])
+  for (const f of ceiling) {
+    const w = WORKLOADS.find((x) => x.key === f.workload)!
+    const a = get('a', f.workload)
+    const b = get('b', f.workload)
+    ceilingRows.push([
+      w.label,
+      fmt(f.ceilingIops),
+      fmt(b.iops),
+      (b.iops / f.ceilingIops).toFixed(2),
+      spread(perRound(b.roundsIops, f.roundsCeilingIops)),
+      (a.iops / f.ceilingIops).toFixed(2),
+      fmt(b.cpuUsPerWrite, 1),
+      fmt(f.cpuUsPerIo, 1),
+      (b.cpuUsPerWrite / f.cpuUsPerIo).toFixed(1),
+      (b.iops / a.iops).toFixed(2),
+      spread(perRound(b.roundsIops, a.roundsIops)),
+      [...b.roundsLoad, ...f.roundsLoad].map((x) => x.toFixed(1)).join(' '),
+    ])
+  }
+  if (ceiling.length) {
+    console.log(`\nagainst the two-file fio ceiling (fio libaio on both member files at twice the depth, IOPS ÷ 2); per round: median (min–max) of the rounds' ratios`)
+    console.log(table(ceilingRows, 1))
+  }
+
   // -- 2. resync ------------------------------------------------------------------
   console.log(`\n2. resync of a ${o.size / MiB} MiB mirror, ${o.resyncChunk / KiB} KiB chunks: 1 % dirtied while member 1 was out, against a full recovery`)
   t = now()
-  const resync = await resyncTest(dir, files.m0, files.m1, o)
+  const resync = await resyncTest(dir, files.m0, files.m1, o, withDd)
   const partial = resync.runs.filter((r) => r.kind === 'bitmap')
-  const full = resync.runs.find((r) => r.kind === 'full')!
+  const fulls = resync.runs.filter((r) => r.kind === 'full')
+  const full = fulls[0]
   const partialMs = partial.reduce((s, r) => s + r.wallMs, 0) / partial.length
   console.log(
     `  ${resync.dirtyCount} of ${resync.chunks} chunks dirtied; bitmap recovery ${fmt(partialMs)} ms (mean of ${partial.length}) vs full ${fmt(full.wallMs)} ms: ` +
-      `${(full.wallMs / partialMs).toFixed(1)}x faster, ${fmt(partial[0].report.bytesCopied / MiB, 1)} MiB vs ${fmt(full.report.bytesCopied / MiB, 1)} MiB copied ` +
-      `(${(full.report.bytesCopied / partial[0].report.bytesCopied).toFixed(1)}x fewer bytes)`,
+      `${(full.wallMs / partialMs).toFixed(1)}x faster, ${fmt(partial[0].report!.bytesCopied / MiB, 1)} MiB vs ${fmt(full.report!.bytesCopied / MiB, 1)} MiB copied ` +
+      `(${(full.report!.bytesCopied / partial[0].report!.bytesCopied).toFixed(1)}x fewer bytes)`,
   )
+  // Per round: dd's time ÷ the full resync's (≥ 1: the resync is as fast as dd), and 4 chunks in flight against 1.
+  const ofRound = (kind: ResyncKind) => Array.from({ length: o.rounds }, (_, r) => resync.runs.find((x) => x.kind === kind && x.round === r)!)
+  const fullOverDd = withDd ? ofRound('dd').map((d, r) => d.copyMs / ofRound('full')[r].copyMs) : []
+  const inFlightGain = ofRound('full-1').map((one, r) => one.copyMs / ofRound('full')[r].copyMs)
+  const mbps = (r: ResyncRun) => fmt(resync.chunks * o.resyncChunk / (r.copyMs / 1e3) / 1e6)
+  console.log(
+    `  full resync, 4 chunks in flight: ${ofRound('full').map(mbps).join(' / ')} MB/s; 1 in flight: ${ofRound('full-1').map(mbps).join(' / ')} MB/s` +
+      (withDd ? `; dd: ${ofRound('dd').map(mbps).join(' / ')} MB/s` : '') +
+      `; loads ${resync.runs.map((r) => r.load1.toFixed(1)).join(' ')}`,
+  )
+  if (withDd) console.log(`  full resync ÷ dd (dd's time ÷ the resync's), per round: ${fullOverDd.map((x) => x.toFixed(2)).join(' / ')}; median ${spread(fullOverDd)}`)
+  console.log(`  4 in flight ÷ 1 in flight (time of 1 ÷ time of 4), per round: ${inFlightGain.map((x) => x.toFixed(2)).join(' / ')}`)
+
+  // -- the goals of issue 11, as this run measured them ------------------------------
+  const goals: [string, string, string][] = []
+  for (const f of ceiling) {
+    const depth = f.depth / 2
+    goals.push([`mirror (b) ÷ two-file fio ceiling, ${depth} in flight`, (get('b', f.workload).iops / f.ceilingIops).toFixed(2), depth === 1 ? '≥ 0.8' : '≥ 0.85'])
+    goals.push([`CPU per write ÷ fio's, ${depth} in flight`, (get('b', f.workload).cpuUsPerWrite / f.cpuUsPerIo).toFixed(1), '–'])
+  }
+  for (const wk of CEILING_WORKLOADS) goals.push([`with bitmap ÷ without, ${WORKLOADS.find((x) => x.key === wk)!.label}`, (get('b', wk).iops / get('a', wk).iops).toFixed(2), '≥ 0.97'])
+  if (withDd) goals.push(['full resync ÷ dd, same bytes (median of rounds)', spread(fullOverDd), '≥ 1.0'])
+  console.log('\nissue 11 goals, this run:')
+  console.log(table([['measure', 'value', 'goal'], ...goals], 1))
   const resyncSeconds = (now() - t) / 1e6
 
   const load1 = readLoad()
@@ -557,7 +755,12 @@ async function main(): Promise<void> {
     params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
     writes: results,
     ratios,
-    resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs },
+    ceiling: ceiling.map((f) => {
+      const a = get('a', f.workload)
+      const b = get('b', f.workload)
+      return { ...f, bOverCeiling: b.iops / f.ceilingIops, aOverCeiling: a.iops / f.ceilingIops, bCpuOverFio: b.cpuUsPerWrite / f.cpuUsPerIo, bOverA: b.iops / a.iops }
+    }),
+    resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs, fullOverDd, inFlight4Over1: inFlightGain },
   }
   fs.mkdirSync(path.dirname(o.out), { recursive: true })
   fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')

@@ -12,13 +12,29 @@ import { binding } from '../native'
  * (never a copy, never an external buffer).
  */
 export function allocAligned(size: number, align = 4096): Uint8Array {
+  checkAlloc(size, align)
+  return alignedView(new Uint8Array(size + align), size, align)
+}
+
+/**
+ * Like {@link allocAligned}, but the bytes are not zeroed (`Buffer.allocUnsafeSlow`
+ * memory): only for a buffer that is overwritten in full at once (a copy, a read target).
+ */
+export function allocAlignedUninit(size: number, align = 4096): Uint8Array {
+  checkAlloc(size, align)
+  return alignedView(Buffer.allocUnsafeSlow(size + align), size, align)
+}
+
+function checkAlloc(size: number, align: number): void {
   if (!Number.isSafeInteger(size) || size < 0) throw new MdBitmapError('EINVAL', `size must be a non-negative integer, got ${size}`)
   if (!Number.isInteger(align) || align <= 0 || (align & (align - 1)) !== 0) {
     throw new MdBitmapError('EINVAL', `alignment must be a power of two, got ${align}`)
   }
-  const backing = new Uint8Array(size + align)
+}
+
+function alignedView(backing: Uint8Array, size: number, align: number): Uint8Array {
   const offset = binding().alignmentOffset(backing, align)
-  return new Uint8Array(backing.buffer, offset, size)
+  return new Uint8Array(backing.buffer, backing.byteOffset + offset, size)
 }
 
 /** Whether `view` starts at an address that is a multiple of `align`. */

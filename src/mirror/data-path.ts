@@ -27,6 +27,10 @@
  * clear a bit over a lagging member. Here endWrite comes after every member. Each
  * member issues a write only after the overlapping writes before it on that member
  * completed (its write order), so a newer write never overtakes a lagging older one.
+ * The private copy is a buffer of the mirror's write-behind pool (buffer-pool.ts),
+ * reused rather than allocated and zeroed per write; it goes back to the pool when
+ * every member's write settled, never earlier. Whether a write may go behind is
+ * decided before the copy is taken, against behindMemoryLimit, as above.
  *
  * A write is acknowledged if a member that may acknowledge it has it: an in-sync
  * member that is not write-mostly, or, when there is none, an in-sync write-mostly
@@ -48,7 +52,7 @@
  * @module
  */
 import { MdBitmapError, toMdBitmapError } from '../errors'
-import { allocAligned, isAligned } from '../io/aligned'
+import { allocAlignedUninit, isAligned } from '../io/aligned'
 import { failMember } from './membership'
 import type { MirrorState, Slot } from './state'
 
@@ -87,7 +91,7 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     let copy: Uint8Array | undefined
     let everyMember = true
     const outcomes = active.map((slot) => {
-      const payload = behind && slot.record.writeMostly ? (copy ??= copyAligned(buf, state.alignment)) : buf
+      const payload = behind && slot.record.writeMostly ? (copy ??= behindCopy(state, buf)) : buf
       return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
         () => undefined as MdBitmapError | undefined,
         async (e) => {
@@ -103,6 +107,8 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
         state.events.error(toMdBitmapError(e))
       }
       if (behind) releaseBehind(state, len)
+      // Every member's write settled: no I/O reads the copy any more.
+      if (copy) state.behindPool.give(copy)
       state.barrier.exitWrite(first, last)
     })
     // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
@@ -157,7 +163,7 @@ export async function read(state: MirrorState, target: Uint8Array, offset: numbe
   state.checkOpen('read')
   state.checkRange('read', offset, target.length)
   const len = target.length
-  const buf = isAligned(target, state.alignment) ? target : allocAligned(len, state.alignment)
+  const buf = isAligned(target, state.alignment) ? target : allocAlignedUninit(len, state.alignment)
   const tried = new Set<Slot>()
   const errors: string[] = []
   for (let slot = pickReader(state, offset, len, tried); slot; slot = pickReader(state, offset, len, tried)) {
@@ -225,7 +231,14 @@ export function flushBeforeClear(state: MirrorState): Promise<void> {
 
 /** A copy of `data` in memory aligned to `align`. */
 function copyAligned(data: Uint8Array, align: number): Uint8Array {
-  const out = allocAligned(data.length, align)
+  const out = allocAlignedUninit(data.length, align)
+  out.set(data)
+  return out
+}
+
+/** A behind write's private copy of `data`, in a buffer of the write-behind pool (given back once every member's write settled). */
+function behindCopy(state: MirrorState, data: Uint8Array): Uint8Array {
+  const out = state.behindPool.take(data.length, state.alignment)
   out.set(data)
   return out
 }

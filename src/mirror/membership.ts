@@ -140,7 +140,10 @@ async function startRecovery(state: MirrorState, slot: Slot, member: Member, pat
     // Marked durably before the member takes writes: a crash from here on resumes the recovery.
     if (full) {
       if (state.bitmap) await state.bitmap.markNeeded(0, state.meta.size)
-      else state.meta.resyncFrom = 0
+      else {
+        state.meta.resyncFrom = 0
+        state.resyncFromResets++
+      }
     }
   } catch (e) {
     await member.close().catch(() => {})

@@ -10,8 +10,8 @@
  * - `resync.ts`: the resync engine (its run and its checkpoints);
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
- * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `metadata.ts`: the small
- *   mechanisms under them.
+ * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`:
+ *   the small mechanisms under them.
  *
  * @module
  */

@@ -17,6 +17,7 @@ import type { FileLock } from '../io/lock'
 import { MdBitmapError } from '../errors'
 import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
+import { BufferPool } from './buffer-pool'
 import { FlushFence } from './flush-fence'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
 import type { MemberFaultyEvent, MirrorStats, ResyncReport } from './types'
@@ -79,6 +80,8 @@ export class MirrorState implements MirrorParts {
   readonly barrier = new ChunkBarrier()
   /** Which writes a flush waits for. */
   readonly flushFence = new FlushFence()
+  /** The write-behind copies, reused; it keeps at most behindMemoryLimit bytes. */
+  readonly behindPool: BufferPool
   readonly counts: DataPathCounts = {
     writes: 0,
     reads: 0,
@@ -91,6 +94,8 @@ export class MirrorState implements MirrorParts {
   }
   /** Member failures since open; a resync compares it before and after to know whether a member failed meanwhile. */
   memberFailures = 0
+  /** Without a bitmap: how often a recovery set `resyncFrom` back to 0; a resync running then leaves the checkpoint to the new recovery. */
+  resyncFromResets = 0
   /** Whose turn it is among the fast in-sync members to serve the next read. */
   readerTurn = 0
   /** The members' largest direct-I/O alignment (at least 512). */
@@ -117,6 +122,7 @@ export class MirrorState implements MirrorParts {
     this.slots = parts.slots
     this.openMember = parts.openMember
     this.lock = parts.lock
+    this.behindPool = new BufferPool(parts.meta.behindMemoryLimit)
     this.computeAlignment()
   }
 

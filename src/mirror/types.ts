@@ -166,13 +166,24 @@ export interface ResyncOptions {
   signal?: AbortSignal
   /** Least milliseconds between two progress calls (the last call always comes). Default 200. */
   progressIntervalMs?: number
+  /**
+   * Chunks copied at once, each under its own chunk barrier (writes to a chunk being
+   * copied wait; writes elsewhere go on). Chunks are copied in pieces of up to 1 MiB,
+   * at most 4 MiB of them in flight over the whole run: a chunk of 1 MiB or less is one
+   * piece, so only several chunks in flight keep several pieces going (with small
+   * chunks, more than 4 pays); larger chunks share the 4 MiB. Chunks
+   * start in order but may complete out of order; the checkpoint a resync resumes from
+   * only moves past chunks that all completed. A positive integer; default 4. 1 copies
+   * one chunk at a time.
+   */
+  inFlight?: number
 }
 
 /** What a resync did. */
 export interface ResyncReport {
   /** How many chunks were copied. */
   chunksCopied: number
-  /** The indices of the chunks copied. */
+  /** The indices of the chunks copied, in ascending order (chunks in flight may complete in any order). */
   chunks: number[]
   /** Bytes of the chunks copied (counted once, however many targets). */
   bytesCopied: number

@@ -1,0 +1,121 @@
+/**
+ * The mirror's buffer pool (src/mirror/buffer-pool.ts): buffers are reused by exact
+ * length, the pool keeps no more than its budget, a buffer is never lent twice, and a
+ * larger alignment drops the smaller one's buffers. Then through a real mirror: a
+ * behind write's copy is not handed to the next behind write while the slow member
+ * still writes it (the data each write leaves on the slow member is its own), and the
+ * memory budget's fallbacks are what they were.
+ */
+import test from 'ava'
+import { isAligned } from '../src/io/aligned'
+import { BufferPool } from '../src/mirror/buffer-pool'
+import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { removeDir } from './helpers/tmp'
+import { sleep } from './helpers/wait'
+
+const parent = rigParent('md-mirror-buffer-pool-')
+test.after.always(() => removeDir(parent))
+
+test('a buffer given back is lent again for the same length, not for another; never while lent', (t) => {
+  const pool = new BufferPool(MiB)
+  const a = pool.take(64 * KiB, 4096)
+  t.is(a.length, 64 * KiB)
+  t.true(isAligned(a, 4096))
+  const b = pool.take(64 * KiB, 4096)
+  t.not(b.buffer, a.buffer, 'a lent buffer is not lent again')
+  pool.give(a)
+  t.deepEqual(pool.bytes, { lent: 64 * KiB, free: 64 * KiB })
+  t.is(pool.take(4 * KiB, 4096).buffer === a.buffer, false, 'another length gets another buffer')
+  const again = pool.take(64 * KiB, 4096)
+  t.is(again, a, 'the same length reuses it')
+  pool.give(again)
+  pool.give(again)
+  t.deepEqual(pool.bytes, { lent: 64 * KiB + 4 * KiB, free: 64 * KiB }, 'given twice: counted once')
+  const c = pool.take(64 * KiB, 4096)
+  const d = pool.take(64 * KiB, 4096)
+  t.is(c, a)
+  t.not(d, a, 'a buffer given twice is on the free list once: lent to one holder')
+})
+
+test('the pool keeps at most its budget: lent and free together', (t) => {
+  const pool = new BufferPool(256 * KiB)
+  const lent = Array.from({ length: 4 }, () => pool.take(64 * KiB, 4096))
+  t.deepEqual(pool.bytes, { lent: 256 * KiB, free: 0 })
+  for (const b of lent) pool.give(b)
+  t.deepEqual(pool.bytes, { lent: 0, free: 256 * KiB })
+  // A new length needs room: free buffers of other lengths are dropped.
+  const big = pool.take(128 * KiB, 4096)
+  t.deepEqual(pool.bytes, { lent: 128 * KiB, free: 128 * KiB })
+  // Past the budget (the caller's admission said yes anyway): nothing is kept free.
+  const more = [pool.take(128 * KiB, 4096), pool.take(128 * KiB, 4096)]
+  t.deepEqual(pool.bytes, { lent: 384 * KiB, free: 0 })
+  pool.give(more[0])
+  t.deepEqual(pool.bytes, { lent: 256 * KiB, free: 0 }, 'given back over budget: dropped')
+  pool.give(more[1])
+  pool.give(big)
+  t.deepEqual(pool.bytes, { lent: 0, free: 256 * KiB })
+})
+
+test('a larger alignment drops the buffers of the smaller one', (t) => {
+  const pool = new BufferPool(MiB)
+  const small = pool.take(8 * KiB, 512)
+  const kept = pool.take(8 * KiB, 512)
+  pool.give(kept)
+  const aligned = pool.take(8 * KiB, 65536)
+  t.not(aligned, kept)
+  t.true(isAligned(aligned, 65536))
+  t.deepEqual(pool.bytes, { lent: 16 * KiB, free: 0 })
+  pool.give(small)
+  t.deepEqual(pool.bytes, { lent: 8 * KiB, free: 0 }, 'a buffer of the old alignment given back is dropped')
+})
+
+test('behind writes: a copy still being written to the slow member is not reused by the next behind write; each write lands with its own data', async (t) => {
+  const r = await makeRig(parent, [{}, { writeMostly: true }], { writeBehind: 64 })
+  const m = r.mirror
+  t.teardown(() => (r.ctl[1].release(), m.close().catch(() => {})))
+  // The slow member holds every write: each behind copy stays in flight.
+  r.ctl[1].hold()
+  const caller = pattern(64 * KiB, 0)
+  const datas = Array.from({ length: 8 }, (_, i) => pattern(64 * KiB, i + 1))
+  for (const [i, d] of datas.entries()) {
+    // The caller reuses one buffer: the copies are the only place the slow member's data lives.
+    caller.set(d)
+    await m.write(caller, i * 64 * KiB)
+  }
+  t.is(m.stats().behindInFlight, datas.length, 'every write is behind, in flight on the slow member')
+  r.ctl[1].release()
+  await r.ctl[1].idle()
+  // Sequential behind writes once nothing is in flight: the copies are reused.
+  for (const [i, d] of datas.entries()) {
+    caller.set(d)
+    await m.write(caller, (8 + i) * 64 * KiB)
+  }
+  await m.close()
+  for (const [i, d] of datas.entries()) {
+    sameBytes(t, onDisk(r.paths[1], i * 64 * KiB, 64 * KiB), d, `write ${i} held in flight: its own data on the slow member`)
+    sameBytes(t, onDisk(r.paths[1], (8 + i) * 64 * KiB, 64 * KiB), d, `write ${8 + i}: its own data`)
+  }
+  sameBytes(t, onDisk(r.paths[1], 0, MiB), onDisk(r.paths[0], 0, MiB), 'members identical')
+})
+
+test('behind writes: the memory budget still decides, and its fallbacks are counted as before', async (t) => {
+  const r = await makeRig(parent, [{}, { writeMostly: true }], { writeBehind: 64, behindMemoryLimit: 128 * KiB })
+  const m = r.mirror
+  t.teardown(() => (r.ctl[1].release(), m.close().catch(() => {})))
+  r.ctl[1].hold()
+  const buf = pattern(64 * KiB, 9)
+  await m.write(buf, 0)
+  await m.write(buf, 64 * KiB)
+  t.like(m.stats(), { behindWrites: 2, behindInFlight: 2, behindBytes: 128 * KiB, behindFallbacks: { limit: 0, memory: 0 } })
+  // A third would pass the budget: synchronous, so it waits for the held slow member.
+  const third = m.write(buf, 128 * KiB)
+  let acked = false
+  void third.then(() => (acked = true))
+  await sleep(50)
+  t.false(acked, 'over budget: the write waits for the slow member')
+  t.like(m.stats(), { behindFallbacks: { limit: 0, memory: 1 }, behindBytes: 128 * KiB })
+  r.ctl[1].release()
+  await third
+  await r.ctl[1].idle()
+  t.like(m.stats(), { behindInFlight: 0, behindBytes: 0, behindBytesHighWater: 128 * KiB })
+})
