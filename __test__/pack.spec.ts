@@ -1,29 +1,27 @@
 /**
- * The package as a user gets it: `npm pack` of the root and of this machine's platform
- * package (npm/<platform>/, carrying the prebuilt addon), both tarballs installed into
- * an empty project with no Rust toolchain on PATH, no registry (offline, empty cache),
- * and there: a bitmap created with the `md-bitmap` command, written through `require`
- * and through `import`, examined with `npx md-bitmap examine` (and, where mdadm is
- * installed, compared with `mdadm --examine-bitmap` line for line).
+ * The package as a user gets it: the root and this machine's platform package packed
+ * the way the release packs them (scripts/release.js: the root staged with its
+ * optionalDependencies written in, the platform package carrying this checkout's addon
+ * from native/), both tarballs installed into an empty project with no Rust toolchain on
+ * PATH, no registry (offline, empty cache), and there: a bitmap created with the
+ * `md-bitmap` command, written through `require` and through `import`, examined with
+ * `npx md-bitmap examine` (and, where mdadm is installed, compared with
+ * `mdadm --examine-bitmap` line for line).
  *
- * The root is packed with --ignore-scripts: its `prepare` (the full build) has already
- * run at `npm install`, and rebuilding dist/ here would race the tests that load it.
+ * Packing runs no scripts: the root's `prepare` (the full build) has already run at
+ * `npm install`, and rebuilding dist/ here would race the tests that load it.
  */
 import test from 'ava'
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process'
-import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { delimiter, join, relative, resolve } from 'node:path'
+import { basename, join, relative, resolve } from 'node:path'
 import { inCI, which } from './helpers/env'
+import { platformTriple } from '../src/native/load'
 
 const ROOT = resolve(__dirname, '..')
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8'))
 const MiB = 2 ** 20
-
-function platformTriple(): string {
-  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined
-  return `${process.platform}-${process.arch}${report?.header?.glibcVersionRuntime ? '-gnu' : '-musl'}`
-}
 
 interface Run {
   status: number | null
@@ -43,40 +41,9 @@ function run(cmd: string, args: string[], opts: SpawnSyncOptions): Run {
 
 const show = (r: Run) => `exit ${r.status}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`
 
-const RUST_TOOLS = ['cargo', 'rustc', 'rustup']
-
-/**
- * An environment with no Rust toolchain: PATH without any directory holding cargo,
- * rustc or rustup (node and npm stay reachable through a directory of links when
- * they share one with them), no CARGO_/RUSTUP_ variables, none of the npm_* variables
- * of the `npm test` running us, and npm pointed at an empty cache, offline.
- */
-function userEnv(work: string): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {}
-  for (const [k, v] of Object.entries(process.env)) {
-    if (/^(npm_|CARGO|RUSTUP|RUSTC|MD_BITMAP_)/i.test(k) || k === 'INIT_CWD' || k === 'NODE_OPTIONS') continue
-    env[k] = v
-  }
-  const hasRust = (d: string) => RUST_TOOLS.some((tool) => existsSync(join(d, tool)))
-  const dirs = (process.env.PATH ?? '').split(delimiter).filter((d) => d && !hasRust(d))
-  const shims = join(work, 'shims')
-  mkdirSync(shims, { recursive: true })
-  for (const tool of ['node', 'npm', 'npx']) {
-    const found = which(tool)
-    if (!found) throw new Error(`${tool} not found in PATH`)
-    if (hasRust(resolve(found, '..'))) symlinkSync(found, join(shims, tool))
-  }
-  env.PATH = [shims, ...dirs].join(delimiter)
-  Object.assign(env, {
-    npm_config_cache: join(work, 'npm-cache'),
-    npm_config_offline: 'true',
-    npm_config_audit: 'false',
-    npm_config_fund: 'false',
-    npm_config_update_notifier: 'false',
-    npm_config_loglevel: 'warn',
-  })
-  return env
-}
+// The release script's user environment: no Rust on PATH, npm offline with an empty cache.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { userEnv, RUST_TOOLS } = require('../scripts/release.js') as { userEnv(work: string): NodeJS.ProcessEnv; RUST_TOOLS: string[] }
 
 /** Files under dir (relative), for the freshness check of dist/. */
 function newestMtime(dir: string, ext: RegExp): number {
@@ -142,38 +109,42 @@ test.serial('npm pack: the tarballs install into an empty project without Rust o
     t.log('dist/ is older than src/: the tarball carries the last build (run `npm run build:ts` to refresh it)')
   }
 
-  // Version sync: every platform package at the root's version, all optionalDependencies.
+  // Version sync: every platform package at the root's version; the root lists none of
+  // them (the lockfile could not record them): the release writes them into the tarball.
   const sync = run(process.execPath, [join(ROOT, 'scripts', 'version-sync.js'), '--check'], { cwd: ROOT })
   t.is(sync.status, 0, show(sync))
-  t.is(pkg.optionalDependencies?.[platformName], pkg.version, `the root lists ${platformName}@${pkg.version} in optionalDependencies`)
+  t.is(pkg.optionalDependencies?.[platformName], undefined, `package.json does not list ${platformName}`)
 
   const work = mkdtempSync(join(tmpdir(), 'md-bitmap-pack-'))
   try {
-    // Stage the addon into the platform package (the release step), then pack both.
-    const stage = run(process.execPath, [join(ROOT, 'scripts', 'stage-native.js'), '--current'], { cwd: ROOT })
-    t.is(stage.status, 0, show(stage))
-    t.deepEqual(readFileSync(join(platformDir, binary)), readFileSync(join(ROOT, 'native', binary)), 'the staged addon is the built one')
-
+    // Pack as the release does, with this checkout's addon in the platform package.
     const tarballs = join(work, 'tarballs')
-    mkdirSync(tarballs)
-    const packed: Record<string, { filename: string; files: string[] }> = {}
-    for (const [name, dir] of [[pkg.name, ROOT], [platformName, platformDir]] as const) {
-      const r = run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tarballs], { cwd: dir, env: { ...process.env, npm_config_update_notifier: 'false' } })
-      t.is(r.status, 0, show(r))
-      const [info] = JSON.parse(r.stdout) as { name: string; version: string; filename: string; files: { path: string }[] }[]
-      t.is(info.name, name)
-      t.is(info.version, pkg.version)
-      packed[name] = { filename: join(tarballs, info.filename), files: info.files.map((f) => f.path).sort() }
-    }
+    const r = run(process.execPath, [join(ROOT, 'scripts', 'release.js'), 'pack', '--local', '--out', tarballs, triple], { cwd: ROOT })
+    t.is(r.status, 0, show(r))
+    const listed = JSON.parse(readFileSync(join(tarballs, 'tarballs.json'), 'utf8')) as Record<string, { file: string; files: string[] }>
+    t.deepEqual(Object.keys(listed).sort(), [triple, 'root'].sort())
+    const packed = { [pkg.name]: { filename: listed.root.file, files: listed.root.files }, [platformName]: { filename: listed[triple].file, files: listed[triple].files } }
+    t.is(basename(packed[pkg.name].filename), `${pkg.name}-${pkg.version}.tgz`)
+    t.is(basename(packed[platformName].filename), `${platformName}-${pkg.version}.tgz`)
     const rootFiles = packed[pkg.name].files
-    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/md-bitmap.js', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/native/binding.d.ts', 'dist/cli/main.js']) {
+    for (const f of ['package.json', 'README.md', 'LICENSE', 'bin/md-bitmap.js', 'dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'dist/native/binding.d.ts', 'dist/cli/main.js']) {
       t.true(rootFiles.includes(f), `the root tarball carries ${f}`)
     }
     for (const f of rootFiles) {
       t.regex(f, /^(package\.json|README\.md|LICENSE|bin\/[^/]+\.js|dist\/.+)$/, `the root tarball carries nothing else (found ${f})`)
+      t.false(f.endsWith('.map'), `no source map ships (their sources do not): ${f}`)
     }
     t.false(rootFiles.some((f) => f.endsWith('.node')), 'the root tarball carries no addon: that is the platform packages\' job')
-    t.deepEqual(packed[platformName].files, [binary, 'README.md', 'package.json'].sort(), 'the platform tarball carries the addon')
+    t.deepEqual(packed[platformName].files, [binary, 'LICENSE', 'README.md', 'package.json'].sort(), 'the platform tarball carries the addon and the licence')
+    const fromTar = (file: string, member: string) => spawnSync('tar', ['-xzOf', file, `package/${member}`], { maxBuffer: 64 << 20 }).stdout
+    t.deepEqual(fromTar(packed[platformName].filename, binary), readFileSync(join(ROOT, 'native', binary)), 'the packed addon is the built one')
+    const manifest = JSON.parse(fromTar(packed[pkg.name].filename, 'package.json').toString())
+    const platforms = ['linux-x64-gnu', 'linux-x64-musl', 'linux-arm64-gnu', 'linux-arm64-musl']
+    t.deepEqual(manifest.optionalDependencies, Object.fromEntries(platforms.map((p) => [`${pkg.name}-${p}`, pkg.version])), 'the packed root lists every platform package at its version')
+    t.is(manifest.type, 'commonjs')
+    t.is(manifest.scripts, undefined, 'no development scripts (prepare needs the Rust sources)')
+    t.is(manifest.devDependencies, undefined)
+    t.false(manifest.files.some((f: string) => f.startsWith('native')))
 
     // The user's side: an empty project, no Rust, offline with an empty cache.
     const app = join(work, 'app')
@@ -259,8 +230,8 @@ test.serial('npm pack: the tarballs install into an empty project without Rust o
     t.is(probe.status, 0, show(probe))
     const p = JSON.parse(probe.stdout)
     t.is(p.code, 'ENATIVE_LOAD')
-    t.true(p.message.includes(`platform package (${platformName})`), p.message)
-    t.true(p.message.includes(`optional dependency ${platformName}`), p.message)
+    t.true(p.message.includes(`platform package (${platformName}): not installed`), p.message)
+    t.true(p.message.includes(`\`npm install ${platformName}@${pkg.version}\``), p.message)
 
     t.log(timings.join('\n'))
     t.log(`tarballs: ${Object.values(packed).map((x) => `${relative(tarballs, x.filename)} (${x.files.length} files)`).join(', ')}; ${Date.now() - started} ms`)
@@ -269,12 +240,12 @@ test.serial('npm pack: the tarballs install into an empty project without Rust o
   }
 })
 
-test('version-sync --check fails when a platform package is out of step', (t) => {
+test('version-sync --check fails when a platform package is out of step, or the root lists one', (t) => {
   // A copy of the manifests with one platform version changed: --check must say so.
   const work = mkdtempSync(join(tmpdir(), 'md-bitmap-vsync-'))
   try {
     mkdirSync(join(work, 'scripts'))
-    copyFileSync(join(ROOT, 'scripts', 'version-sync.js'), join(work, 'scripts', 'version-sync.js'))
+    for (const f of ['version-sync.js', 'platforms.js']) copyFileSync(join(ROOT, 'scripts', f), join(work, 'scripts', f))
     copyFileSync(join(ROOT, 'package.json'), join(work, 'package.json'))
     for (const d of readdirSync(join(ROOT, 'npm'))) {
       mkdirSync(join(work, 'npm', d), { recursive: true })
@@ -286,19 +257,25 @@ test('version-sync --check fails when a platform package is out of step', (t) =>
     // npm version bumps the root; the "version" script must follow with the rest.
     const root = JSON.parse(readFileSync(join(work, 'package.json'), 'utf8'))
     root.version = '9.8.7'
+    root.engines = { node: '>=99' }
+    // A root listing a platform package (npm could not record it in the lockfile).
+    root.optionalDependencies = { [`${root.name}-linux-x64-gnu`]: '9.8.7' }
     writeFileSync(join(work, 'package.json'), JSON.stringify(root, null, 2) + '\n')
     const stale = run(process.execPath, [script, '--check'], { cwd: work })
     t.is(stale.status, 1, show(stale))
-    t.regex(stale.stderr, /root is 9\.8\.7/)
+    t.true(stale.stderr.includes(`version "${pkg.version}", root is "9.8.7"`), stale.stderr)
+    t.regex(stale.stderr, /engines \{"node":"[^"]+"\}, root is \{"node":">=99"\}/)
+    t.regex(stale.stderr, /optionalDependencies lists md-bitmap-linux-x64-gnu/)
     const fix = run(process.execPath, [script], { cwd: work })
     t.is(fix.status, 0, show(fix))
     t.is(run(process.execPath, [script, '--check'], { cwd: work }).status, 0)
     for (const d of readdirSync(join(work, 'npm'))) {
-      t.is(JSON.parse(readFileSync(join(work, 'npm', d, 'package.json'), 'utf8')).version, '9.8.7', d)
+      const platform = JSON.parse(readFileSync(join(work, 'npm', d, 'package.json'), 'utf8'))
+      t.is(platform.version, '9.8.7', d)
+      t.deepEqual(platform.engines, { node: '>=99' }, d)
     }
     const after = JSON.parse(readFileSync(join(work, 'package.json'), 'utf8'))
-    t.true(Object.keys(after.optionalDependencies).length >= 4)
-    for (const v of Object.values(after.optionalDependencies)) t.is(v, '9.8.7')
+    t.is(after.optionalDependencies, undefined, 'the platform package is no longer listed')
     t.is(after.scripts.version, root.scripts.version, 'the rest of package.json is kept')
   } finally {
     rmSync(work, { recursive: true, force: true })

@@ -45,12 +45,13 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
-import { createServer, connect } from 'node:net'
+import { connect } from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { MiB, KiB, Prng, fmt, loadLine, parseOptions, percentile, sleep, table, workDir } from './common'
 import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, readServerTlsCredentials, serveNbd, type Member, type MemberSpec, type NbdServerTlsCredentials } from '../src/index'
 import { makePki } from '../__test__/helpers/certs'
+import { freePort } from '../__test__/helpers/net'
 
 interface Options {
   dir: string
@@ -82,16 +83,6 @@ function parseArgs(argv: string[]): Options {
 
 // ---------------------------------------------------------------------------------------
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 async function waitPort(port: number, proc: ChildProcess): Promise<void> {
   for (let i = 0; i < 500; i++) {

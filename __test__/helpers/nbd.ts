@@ -11,23 +11,15 @@
 import type { ExecutionContext } from 'ava'
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { createServer, connect } from 'node:net'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { which } from './env'
 
 export const QEMU_TOOLS = ['qemu-nbd', 'qemu-io', 'qemu-img']
 
-/** A free TCP port on 127.0.0.1 (bound and released; the caller binds it right after). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
+import { freePort } from './net'
+
+export { freePort }
 
 /** Resolves once something accepts connections at the port or socket (or rejects after `ms`). */
 export async function waitListening(where: { port: number } | { socket: string }, ms = 10_000, alive: () => string | null = () => null): Promise<void> {

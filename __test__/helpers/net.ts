@@ -1,0 +1,16 @@
+/**
+ * Network helpers with no test-runner import, so benchmarks can use them too.
+ */
+import { createServer } from 'node:net'
+
+/** A free TCP port on 127.0.0.1 (bound and released; the caller binds it right after). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port
+      s.close(() => resolve(port))
+    })
+  })
+}

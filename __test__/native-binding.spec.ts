@@ -1,0 +1,92 @@
+/**
+ * Every binding of the native addon, called once for real, with nothing but a temporary
+ * file: the spec that `npm run test:platforms` runs on every Node version of the matrix
+ * and on arm64 under qemu, so each shipped binary is loaded and each of its entry points
+ * answers on each of them. If the addon gains a binding, the census test fails until it
+ * is exercised here.
+ */
+import test from 'ava'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { binding, platformTriple } from '../src/native/load'
+
+const EXERCISED = {
+  functions: ['alignmentOffset', 'check', 'extents', 'openStore'],
+  classes: { NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'] },
+}
+
+test('census: the addon exports exactly the bindings this spec exercises', (t) => {
+  const b = binding() as unknown as Record<string, unknown>
+  const classes = Object.keys(b).filter((k) => typeof b[k] === 'function' && /^[A-Z]/.test(k)).sort()
+  const functions = Object.keys(b).filter((k) => !classes.includes(k)).sort()
+  t.deepEqual(functions, EXERCISED.functions, 'functions of the addon (a new one must be exercised in native-binding.spec.ts)')
+  t.deepEqual(classes, Object.keys(EXERCISED.classes).sort(), 'classes of the addon')
+  for (const [name, members] of Object.entries(EXERCISED.classes)) {
+    const proto = (b[name] as { prototype: object }).prototype
+    t.deepEqual(Object.getOwnPropertyNames(proto).filter((n) => n !== 'constructor').sort(), members, `members of ${name}`)
+  }
+  t.log(`${platformTriple()} on Node ${process.version} (${process.arch})`)
+})
+
+test('every binding answers: alignmentOffset, check, extents, openStore and each NativeStore member', async (t) => {
+  const b = binding()
+  const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-binding-'))
+  try {
+    // alignmentOffset: how far into a view its first 4096-aligned byte is.
+    const backing = new Uint8Array(3 * 4096)
+    const off = b.alignmentOffset(backing, 4096)
+    t.true(off >= 0 && off < 4096)
+    t.is(b.alignmentOffset(backing.subarray(off), 4096), 0)
+    t.is(b.alignmentOffset(backing.subarray(off + 1), 4096), 4095)
+
+    const file = join(dir, 'store')
+    writeFileSync(file, Buffer.alloc(4 * 4096, 0x5a))
+
+    // check and extents: a fully written regular file on this machine's filesystem.
+    const info = await b.check(file)
+    t.is(info.fileSize, 4 * 4096)
+    t.is(typeof info.fsType, 'string')
+    t.true(info.fsType.length > 0)
+    t.true(Array.isArray(info.problems))
+    const map = await b.extents(file)
+    t.is(map.fileSize, 4 * 4096)
+    t.true(map.blockSize > 0)
+    t.true(['fiemap', 'fibmap'].includes(map.source))
+    t.true(map.extents.reduce((n, e) => n + e.length, 0) >= 4 * 4096, JSON.stringify(map.extents))
+    await t.throwsAsync(b.check(join(dir, 'missing')), { message: /missing|No such file/i })
+
+    // openStore and every member of the store.
+    const s = await b.openStore(file, 'plain', false)
+    t.true(['direct', 'buffered'].includes(s.mode))
+    t.true(s.reason === null || typeof s.reason === 'string')
+    t.is(s.size, 4 * 4096)
+    t.true(s.alignment >= 512 && (s.alignment & (s.alignment - 1)) === 0)
+    t.true(['statx', 'block-device', 'default'].includes(s.alignmentSource))
+    t.is(s.device, null)
+    t.true(['uring', 'aio', 'threads'].includes(s.engine), s.engine)
+    t.true(s.engineReason === null || typeof s.engineReason === 'string')
+    t.is(s.pending(), 0)
+    t.is(s.error(), null)
+    const aligned = alignedPage(b.alignmentOffset)
+    aligned.fill(0xc3)
+    await s.write(aligned, 4096)
+    t.true(await s.waitIdle(10_000))
+    await s.sync()
+    const back = alignedPage(b.alignmentOffset)
+    await s.read(back, 4096)
+    t.deepEqual(Buffer.from(back), Buffer.from(aligned))
+    await s.read(back, 0)
+    t.is(back[0], 0x5a)
+    await s.close()
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
+
+/** A 4096-byte view aligned to 4096, the way src/io/aligned.ts makes one. */
+function alignedPage(alignmentOffset: (v: Uint8Array, a: number) => number): Uint8Array {
+  const backing = new Uint8Array(2 * 4096)
+  const off = alignmentOffset(backing, 4096)
+  return backing.subarray(off, off + 4096)
+}
