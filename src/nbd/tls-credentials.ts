@@ -9,14 +9,11 @@
  * - Pre-shared keys, `psktool`'s file format (qemu's `keys.psk`, libnbd's
  *   `tls-psk-file`): one `identity:hexkey` per line.
  *
- * Credential files are configuration, not data or metadata files, so they are read
- * here with `node:fs` rather than through the I/O layer.
- *
  * @module
  */
-import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { toMdBitmapError } from '../errors'
+import { MdBitmapError } from '../errors'
+import { readWholeFile } from '../io/files'
 import { NbdError } from './protocol'
 
 /** What an NBD server needs for TLS: X.509 (certificate and key), pre-shared keys, or both. */
@@ -73,10 +70,10 @@ export function parsePskFile(text: string, file = 'the PSK file'): Map<string, B
 
 async function readCredential(file: string, what: string, optional: boolean): Promise<Buffer | undefined> {
   try {
-    return await readFile(file)
+    return await readWholeFile(file)
   } catch (e) {
-    if (optional && (e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-    throw toMdBitmapError(e, { fallback: 'EINVAL', context: `cannot read ${what} ${file}` })
+    if (optional && (e as MdBitmapError).code === 'ENOENT') return undefined
+    throw new MdBitmapError((e as MdBitmapError).code, `${what}: ${(e as MdBitmapError).message}`, { cause: e })
   }
 }
 
