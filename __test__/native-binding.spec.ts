@@ -12,8 +12,11 @@ import { join } from 'node:path'
 import { binding, platformTriple } from '../src/native/load'
 
 const EXERCISED = {
-  functions: ['alignmentOffset', 'check', 'extents', 'openStore', 'punchHole'],
-  classes: { NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'] },
+  functions: ['alignmentOffset', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole'],
+  classes: {
+    NativeFileLock: ['release'],
+    NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'],
+  },
 }
 
 test('census: the addon exports exactly the bindings this spec exercises', (t) => {
@@ -29,7 +32,7 @@ test('census: the addon exports exactly the bindings this spec exercises', (t) =
   t.log(`${platformTriple()} on Node ${process.version} (${process.arch})`)
 })
 
-test('every binding answers: alignmentOffset, check, extents, openStore and each NativeStore member', async (t) => {
+test('every binding answers: alignmentOffset, check, extents, openStore and each NativeStore member, lockFile, NativeFileLock.release, clearImmutable', async (t) => {
   const b = binding()
   const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-binding-'))
   try {
@@ -79,6 +82,17 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     await s.read(back, 0)
     t.is(back[0], 0x5a)
     await s.close()
+
+    // lockFile, NativeFileLock.release and clearImmutable: one owner at a time.
+    const lockPath = join(dir, 'lock')
+    const held = b.lockFile(lockPath, true)
+    t.throws(() => b.lockFile(lockPath, true), { code: 'ELOCKED', message: new RegExp(`locked by process ${process.pid}`) } as object)
+    t.throws(() => b.lockFile(join(dir, 'absent'), false), { code: 'ENOENT' } as object)
+    held.release(true)
+    held.release(false)
+    const again = b.lockFile(lockPath, true)
+    again.release(false)
+    t.false(b.clearImmutable(file), 'a file that is not immutable is left as it is')
   } finally {
     rmSync(dir, { recursive: true, force: true })
   }

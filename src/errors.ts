@@ -57,6 +57,12 @@ export const LibraryErrorCode = {
   ENATIVE_LOAD: 'ENATIVE_LOAD',
   /** The path is not a regular file. */
   ENOT_REGULAR_FILE: 'ENOT_REGULAR_FILE',
+  /**
+   * The bitmap or mirror is held open by another process, or by another open in this
+   * one (one owner at a time); the message names the holder's pid and, for a mirror
+   * with one, its control socket. A holder that dies releases it.
+   */
+  ELOCKED: 'ELOCKED',
   /** Something failed in a way md-bitmap did not foresee: a bug; please report it. */
   EINTERNAL: 'EINTERNAL',
 

@@ -12,7 +12,7 @@ export { check, extents } from './io/file-check'
 export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './io/file-check'
 export type { IoEngine, PageStoreOptions, StoreMode, StoreRequest } from './io/page-store'
 export { Bitmap } from './bitmap/bitmap'
-export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapStats, ByteRange } from './bitmap/bitmap'
+export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapOpenReport, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
 export type {
   CheckOptions,

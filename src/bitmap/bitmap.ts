@@ -19,6 +19,10 @@ import { PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
 import { check } from '../io/file-check'
 import { createWrittenFile, removeFile } from '../io/files'
+import { extendWritten } from '../io/extend'
+import { FileLock, liftImmutable } from '../io/lock'
+import { mdArrayUsingBitmap } from '../io/md-arrays'
+import { readFileStart } from '../io/uncached-read'
 import { volatileFilesystem } from '../io/volatile'
 import {
   SUPERBLOCK_SIZE,
@@ -103,6 +107,31 @@ export interface BitmapStats {
   events: bigint
   /** The event count when bits were last cleared. */
   eventsCleared: bigint
+}
+
+/**
+ * What {@link Bitmap.open} had to do to a file before using it ({@link Bitmap.opened}).
+ * Both happen only while the open holds the file's lock, so nobody else uses it.
+ */
+export interface BitmapOpenReport {
+  /**
+   * The file was left immutable by a device-mode writer that did not close (killed):
+   * `'taken-over'` when this open is in device mode (it pins the file itself, and
+   * unpins it at close), `'lifted'` in file mode (the flag is cleared). Null when the
+   * file was not immutable.
+   */
+  pin: 'taken-over' | 'lifted' | null
+  /**
+   * The file was laid out by Linux md or mdadm (256 bytes plus the bits, not whole
+   * pages) and was extended with zeros, written and synced, to whole pages before any
+   * page write: `from` and `to` are its sizes in bytes. Null when it was whole pages.
+   */
+  extended: {
+    /** The file's size as found, in bytes. */
+    from: number
+    /** Its size now: whole pages. */
+    to: number
+  } | null
 }
 
 /** The events a {@link Bitmap} emits, with the arguments their listeners get. */
@@ -192,6 +221,10 @@ export class Bitmap extends EventEmitter {
     /** True when the bitmap was found stale at open: every chunk was marked for resync. */
     readonly wasStale: boolean,
     private readonly mirrorEvents: bigint | undefined,
+    /** The exclusive lock on the file, held from open to close. */
+    private readonly lock: FileLock,
+    /** What the open had to do to the file first: lift a dead writer's pin, extend an mdadm-made file. */
+    readonly opened: BitmapOpenReport,
   ) {
     super()
     this.bits = image.subarray(SUPERBLOCK_SIZE)
@@ -221,22 +254,53 @@ export class Bitmap extends EventEmitter {
     })
     const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
     file.set(header)
+    // Replacing a file rewrites it in place: not while someone holds it.
+    const held = options.overwrite ? lockIfExists(path) : undefined
     try {
       await createWrittenFile(path, file, { overwrite: options.overwrite })
     } catch (e) {
+      held?.release()
       if ((e as MdBitmapError).code !== 'EEXIST') throw e
       throw new MdBitmapError('EEXIST', `${path} exists; open it with Bitmap.open, or pass overwrite: true to replace it`, { cause: e })
     }
     try {
-      return await Bitmap.open(path, { mode: options.mode, allowVolatile: options.allowVolatile })
+      return await Bitmap.openHeld(path, { mode: options.mode, allowVolatile: options.allowVolatile }, held)
     } catch (e) {
-      await removeFile(path).catch(() => {})
+      // Another open that took the file meanwhile owns it now.
+      if ((e as MdBitmapError).code !== 'ELOCKED') await removeFile(path).catch(() => {})
       throw e
     }
   }
 
-  /** Opens an existing bitmap file. Every set bit is loaded as needing resync. */
+  /**
+   * Opens an existing bitmap file. Every set bit is loaded as needing resync.
+   *
+   * One owner at a time: the open holds an exclusive lock on the file until
+   * {@link Bitmap.close}; a second open, from another process or this one, fails at once
+   * with `ELOCKED` naming the holder's pid (a holder that dies releases it). Holding the
+   * lock, the open repairs what a dead holder or another tool left, and says so in
+   * {@link Bitmap.opened}: an immutable flag left by a killed device-mode writer is taken
+   * over or lifted, and a file laid out by Linux md or mdadm (256 bytes plus the bits) is
+   * extended to whole pages. A file the md driver uses as an active array's bitmap is
+   * refused (`EBUSY`).
+   */
   static async open(path: string, options: BitmapOpenOptions = {}): Promise<Bitmap> {
+    return Bitmap.openHeld(path, options, undefined)
+  }
+
+  /** {@link Bitmap.open}, with the file's lock taken here unless `held` is given; the lock is released if the open fails. */
+  private static async openHeld(path: string, options: BitmapOpenOptions, held: FileLock | undefined): Promise<Bitmap> {
+    const lock = held ?? FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)' })
+    try {
+      return await Bitmap.openLocked(path, options, lock, await prepareLocked(path, options))
+    } catch (e) {
+      lock.release()
+      throw e
+    }
+  }
+
+  /** Opens the page store of a file whose lock is held, reads and loads the bitmap. */
+  private static async openLocked(path: string, options: BitmapOpenOptions, lock: FileLock, opened: BitmapOpenReport): Promise<Bitmap> {
     const report = await check(path)
     const fsType = volatileFilesystem(report)
     if (fsType && !options.allowVolatile) throw volatileError(path, fsType)
@@ -254,7 +318,7 @@ export class Bitmap extends EventEmitter {
       await store.read(image, 0)
       const sb = decode(image, { uuid: options.uuid, fileSize: store.size })
       const stale = (sb.state & STATE_STALE) !== 0 || (options.events !== undefined && sb.events < options.events)
-      const bitmap = new Bitmap(path, store, image, sb, stale, options.events)
+      const bitmap = new Bitmap(path, store, image, sb, stale, options.events, lock, opened)
       await bitmap.load()
       return bitmap
     } catch (e) {
@@ -670,7 +734,51 @@ export class Bitmap extends EventEmitter {
       for (const w of this.fullWaiters.splice(0)) w()
       await this.pages.settledAll()
       await this.store.close().catch((e) => this.kick(e))
+      this.lock.release()
     }
     this.throwIfError()
   }
+}
+
+/**
+ * What an open holding the file's lock does before opening its store: refuse a file
+ * the md driver uses, take over or lift a dead device-mode writer's pin, extend an
+ * mdadm-made file to whole pages.
+ */
+async function prepareLocked(path: string, options: BitmapOpenOptions): Promise<BitmapOpenReport> {
+  const array = await mdArrayUsingBitmap(path)
+  if (array) {
+    throw new MdBitmapError('EBUSY', `${path} is the bitmap of the active md array ${array} (see /proc/mdstat): the kernel owns it; stop the array (mdadm --stop /dev/${array}) before opening it here`)
+  }
+  const lifted = liftImmutable(path)
+  return {
+    pin: lifted ? (options.mode === 'device' ? 'taken-over' : 'lifted') : null,
+    extended: await extendToPages(path),
+  }
+}
+
+/** The lock on `path` if the file exists (ENOENT: nothing to lock), else throws as {@link FileLock.acquire}. */
+function lockIfExists(path: string): FileLock | undefined {
+  try {
+    return FileLock.acquire(path, { hint: 'close it there before replacing it' })
+  } catch (e) {
+    if ((e as MdBitmapError).code === 'ENOENT') return undefined
+    throw e
+  }
+}
+
+/**
+ * Extends a bitmap file laid out by Linux md or mdadm (256 bytes plus the bits, no
+ * page padding) to whole pages, zeros written and synced; the kernel reads a longer
+ * file the same. Says what it did; a file of whole pages is left alone. A file that
+ * is no bitmap, or lacks some of its bits, is refused by the superblock's checks.
+ */
+async function extendToPages(path: string): Promise<BitmapOpenReport['extended']> {
+  const { data, fileSize } = await readFileStart(path, SUPERBLOCK_SIZE)
+  if (fileSize % PAGE_SIZE === 0) return null
+  const sb = decode(data, { fileSize })
+  const to = pagedFileSize(sb, PAGE_SIZE)
+  if (fileSize >= to) return null
+  await extendWritten(path, to)
+  return { from: fileSize, to }
 }

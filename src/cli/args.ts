@@ -8,8 +8,8 @@
 import { parseArgs } from 'node:util'
 import { usage } from './errors'
 
-/** An option: a string value or a boolean switch. */
-export type OptionSpec = { type: 'string' | 'boolean'; short?: string }
+/** An option: a string value or a boolean switch; `multiple`: repeatable, its values gathered in an array. */
+export type OptionSpec = { type: 'string' | 'boolean'; short?: string; multiple?: boolean }
 
 /** Options every command takes. */
 export const COMMON_OPTIONS = { help: { type: 'boolean', short: 'h' } } as const

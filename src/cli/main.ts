@@ -7,6 +7,7 @@
  *   md-bitmap extents FILE [--json]
  *   md-bitmap dirty FILE [--json]
  *   md-bitmap resync --bitmap FILE [--json]
+ *   md-bitmap mirror create|detail|fail|remove|re-add|add|check --bitmap FILE ...
  *   md-bitmap serve --bitmap FILE (--port N [--host ADDR] | --socket PATH) [--export NAME]
  *   md-bitmap demo
  *
@@ -20,6 +21,7 @@ import { describe, errorLine, EXIT_TABLE, usage } from './errors'
 import { examine, HELP as EXAMINE_HELP } from './examine'
 import { extents, HELP as EXTENTS_HELP } from './extents'
 import { processIo, type Io } from './io'
+import { mirror, HELP as MIRROR_HELP } from './mirror'
 import { resync, HELP as RESYNC_HELP } from './resync'
 import { serve, HELP as SERVE_HELP } from './serve'
 
@@ -30,6 +32,7 @@ const COMMANDS: Record<string, { run: Command; help: string; summary: string }> 
   examine: { run: examine, help: EXAMINE_HELP, summary: 'print what mdadm --examine-bitmap prints for a bitmap file' },
   extents: { run: extents, help: EXTENTS_HELP, summary: "a file's extent map, and whether file and device mode can use it" },
   dirty: { run: dirty, help: DIRTY_HELP, summary: 'the dirty byte ranges of a bitmap file (for incremental backups)' },
+  mirror: { run: mirror, help: MIRROR_HELP, summary: 'create a mirror, see its state, fail/remove/re-add/add members, check (mdadm-style)' },
   resync: { run: resync, help: RESYNC_HELP, summary: 'resync a mirror after a crash: copy the dirty chunks' },
   serve: { run: serve, help: SERVE_HELP, summary: 'serve a mirror as an NBD export (--port N or --socket PATH)' },
   demo: { run: demo, help: DEMO_HELP, summary: 'crash a mirror under load, resync the dirty chunks, verify (~10 s)' },

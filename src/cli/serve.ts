@@ -23,6 +23,10 @@ NBD URLs (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH); a member that
 cannot be reached is marked faulty and the mirror is served degraded. The export's
 minimum block size is the mirror's alignment: clients read-modify-write smaller I/O.
 
+While it runs, the mirror listens on its control socket (FILE.mirror.sock beside the
+metadata, owner-only): \`md-bitmap mirror detail|fail|remove|re-add|add|check\` act on
+the served mirror live through it. A second serve of the same mirror fails ELOCKED.
+
 The line "serving URL" goes to stdout once the export accepts connections. SIGINT or
 SIGTERM stops it: requests in flight are answered, clients are disconnected, and the
 mirror is closed cleanly (exit status 0).
@@ -48,6 +52,8 @@ Options:
                       nbdinfo: nbds://HOST:PORT/NAME?tls-certificates=DIR)
   --device-mode       write the bitmap in device mode (needs root)
   --allow-volatile    allow a bitmap on tmpfs
+  --no-control        no control socket (the mirror commands then fail ELOCKED
+                      while it is served)
   -h, --help          this help`
 
 export async function serve(argv: string[], io: Io): Promise<number> {
@@ -68,6 +74,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
       'tls-creds': { type: 'string' },
       'tls-verify-peer': { type: 'boolean' },
       'tls-psk': { type: 'string' },
+      'no-control': { type: 'boolean' },
     },
     { min: 0, max: 0, names: '' },
   )
@@ -92,6 +99,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
     openMember: nbdOpener({ timeoutMs }),
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
+    control: values['no-control'] !== true,
   })
   mirror.on('member-faulty', (e: { index: number; path: string; error: { code: string; message: string } }) => {
     io.err(`serve: member ${e.index} (${e.path}) is faulty: ${e.error.code}: ${e.error.message}; the mirror goes on degraded\n`)
@@ -115,6 +123,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
   for (const m of mirror.members) {
     if (m.state !== 'in-sync') io.err(`serve: member ${m.index} (${m.path}) is ${m.state}${m.error ? `: ${m.error.code}` : ''}; serving degraded\n`)
   }
+  if (mirror.controlSocket) io.err(`serve: control socket ${mirror.controlSocket}\n`)
   if (mirror.needsResync) io.err('serve: some chunks are marked for resync; run `md-bitmap resync` (reads are served from the in-sync members meanwhile)\n')
   io.out(`serving ${server.url} (${bytes(mirror.size)}, block size ${mirror.alignment}, ${mirror.members.length} members)\n`)
 

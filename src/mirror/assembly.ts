@@ -17,14 +17,18 @@
  *           persist ── close the members ─► closed
  * ```
  *
- * Anything that fails before the mirror runs closes what was opened (releaseAll) and
- * rejects; nothing half-open is left behind. Close goes through every step even after
- * one failed, and rejects with the first error.
+ * Every step from create or open to close holds the mirror's lock (`owner.ts`): one
+ * owner at a time, and a second open fails `ELOCKED` at once, before reading anything.
+ * Anything that fails before the mirror runs closes what was opened (releaseAll),
+ * releases the lock and rejects; nothing half-open is left behind. Close goes through
+ * every step even after one failed, releases the lock last, and rejects with the
+ * first error.
  *
  * @module
  */
 import { randomBytes } from 'node:crypto'
 import { statPath } from '../io/files'
+import type { FileLock } from '../io/lock'
 import { resolve } from 'node:path'
 import { Bitmap } from '../bitmap/bitmap'
 import { parseUuid } from '../bitmap/superblock'
@@ -33,6 +37,7 @@ import { FileMember, openFileMember } from '../member'
 import { flushBeforeClear, flushMembers } from './data-path'
 import { isUrl, memberPath, openChecked } from './membership'
 import { metadataPathFor, readMetadata, type MirrorMetadata } from './metadata'
+import { lockMirror } from './owner'
 import { Slot, type MirrorParts, type MirrorState } from './state'
 import type { MirrorCreateOptions, MirrorOpenOptions } from './types'
 
@@ -51,16 +56,17 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
   const bitmapPath = o.bitmap === null ? null : resolve(o.bitmap)
   if (bitmapPath === null && !o.metadata) throw new MdBitmapError('EINVAL', 'a mirror without a bitmap needs a metadata path (metadata option)')
   const metadataPath = resolve(o.metadata ?? metadataPathFor(bitmapPath!))
-  if (!o.overwrite && (await statPath(metadataPath)) !== null) {
-    throw new MdBitmapError('EEXIST', `${metadataPath} exists: a mirror was already created here; open it with Mirror.open, or pass overwrite: true`)
-  }
   const openMember = o.openMember ?? openFileMember
   const paths = o.members.map((m) => memberPath(m.path))
   if (new Set(paths).size !== paths.length) throw new MdBitmapError('EINVAL', `a member is listed twice: ${paths.join(', ')}`)
+  const lock = lockMirror(metadataPath)
 
   const slots: Slot[] = []
   let bitmap: Bitmap | null = null
   try {
+    if (!o.overwrite && (await statPath(metadataPath)) !== null) {
+      throw new MdBitmapError('EEXIST', `${metadataPath} exists: a mirror was already created here; open it with Mirror.open, or pass overwrite: true`)
+    }
     let allCreated = true
     for (const [index, path] of paths.entries()) {
       // Local paths that do not exist are created (sparse, zeros); URLs are the opener's business.
@@ -99,9 +105,9 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
       if (bitmap) await bitmap.markNeeded(0, size)
       else meta.resyncFrom = 0
     }
-    return { metadataPath, meta, bitmap, slots, openMember }
+    return { metadataPath, meta, bitmap, slots, openMember, lock }
   } catch (e) {
-    await releaseAll(bitmap, slots)
+    await releaseAll(bitmap, slots, lock)
     throw e
   }
 }
@@ -110,12 +116,14 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
 export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
   if (!o.bitmap && !o.metadata) throw new MdBitmapError('EINVAL', 'Mirror.open needs the bitmap path (or the metadata path of a mirror without a bitmap)')
   const metadataPath = resolve(o.metadata ?? metadataPathFor(o.bitmap!))
-  const meta = await readMetadata(metadataPath)
-  const bitmapPath = meta.bitmap === null ? null : resolve(o.bitmap ?? meta.bitmap)
+  const lock = lockMirror(metadataPath)
   const openMember = o.openMember ?? openFileMember
-  const slots = meta.members.map((r) => new Slot(r))
+  let slots: Slot[] = []
   let bitmap: Bitmap | null = null
   try {
+    const meta = await readMetadata(metadataPath)
+    const bitmapPath = meta.bitmap === null ? null : resolve(o.bitmap ?? meta.bitmap)
+    slots = meta.members.map((r) => new Slot(r))
     if (bitmapPath) {
       // events: a bitmap older than the mirror missed changes and is taken as stale.
       bitmap = await Bitmap.open(bitmapPath, { uuid: meta.uuid, events: meta.events, mode: o.bitmapMode, allowVolatile: o.allowVolatile })
@@ -144,9 +152,9 @@ export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
     // Without a bitmap, an unclean shutdown may have left any chunk different, below a
     // resync checkpoint too (writes went on there): the resync starts over.
     if (!meta.clean && !bitmap) meta.resyncFrom = 0
-    return { metadataPath, meta, bitmap, slots, openMember }
+    return { metadataPath, meta, bitmap, slots, openMember, lock }
   } catch (e) {
-    await releaseAll(bitmap, slots)
+    await releaseAll(bitmap, slots, lock)
     throw e
   }
 }
@@ -170,7 +178,7 @@ export async function start(state: MirrorState): Promise<void> {
     }
     await state.persist()
   } catch (e) {
-    await releaseAll(state.bitmap, state.slots)
+    await releaseAll(state.bitmap, state.slots, state.lock)
     throw e
   }
 }
@@ -195,11 +203,13 @@ export async function close(state: MirrorState): Promise<void> {
     s.member = undefined
     await m?.close().catch((e) => errors.push(e))
   }
+  state.lock.release({ unlink: true })
   if (errors.length) throw toMdBitmapError(errors[0])
 }
 
 /** Closes what a failed create or open had opened; their own errors are beside the point. */
-async function releaseAll(bitmap: Bitmap | null, slots: Slot[]): Promise<void> {
+async function releaseAll(bitmap: Bitmap | null, slots: Slot[], lock: FileLock): Promise<void> {
   await bitmap?.close().catch(() => {})
   for (const s of slots) await s.member?.close().catch(() => {})
+  lock.release({ unlink: true })
 }

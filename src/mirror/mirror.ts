@@ -19,11 +19,13 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Bitmap } from '../bitmap/bitmap'
-import type { MdBitmapError } from '../errors'
+import { MdBitmapError } from '../errors'
 import * as assembly from './assembly'
 import * as dataPath from './data-path'
 import { zeroRange } from './discard'
 import * as membership from './membership'
+import { controlSocketPathFor } from './owner'
+import { ControlServer } from '../control/server'
 import * as resyncEngine from './resync'
 import { startCheck } from './scrub'
 import { MirrorState, type MirrorParts } from './state'
@@ -62,6 +64,7 @@ export class Mirror extends EventEmitter {
   /** The bitmap, or null for a mirror without one. */
   readonly bitmap: Bitmap | null
   private readonly state: MirrorState
+  private control: ControlServer | undefined
 
   private constructor(parts: MirrorParts) {
     super()
@@ -78,17 +81,25 @@ export class Mirror extends EventEmitter {
 
   /** Creates a mirror: its bitmap, its metadata, and member files that do not exist yet (sparse). */
   static async create(o: MirrorCreateOptions): Promise<Mirror> {
-    return Mirror.start(await assembly.createParts(o))
+    return Mirror.start(await assembly.createParts(o), o.control)
   }
 
   /** Reassembles a mirror from its metadata: opens the bitmap and every member that was in sync or recovering. */
   static async open(o: MirrorOpenOptions): Promise<Mirror> {
-    return Mirror.start(await assembly.openParts(o))
+    return Mirror.start(await assembly.openParts(o), o.control)
   }
 
-  private static async start(parts: MirrorParts): Promise<Mirror> {
+  private static async start(parts: MirrorParts, control: boolean | string | undefined): Promise<Mirror> {
     const mirror = new Mirror(parts)
     await assembly.start(mirror.state)
+    if (control) {
+      try {
+        mirror.control = await ControlServer.listen(mirror, typeof control === 'string' ? control : controlSocketPathFor(parts.metadataPath))
+      } catch (e) {
+        await mirror.close().catch(() => {})
+        throw e
+      }
+    }
     return mirror
   }
 
@@ -144,6 +155,14 @@ export class Mirror extends EventEmitter {
   /** Some member is not in sync: no bit is cleared, and a member lacks data. */
   get degraded(): boolean {
     return this.state.degraded
+  }
+  /** A resync or recovery is running now. */
+  get resyncRunning(): boolean {
+    return this.state.resyncing !== undefined
+  }
+  /** The control socket this mirror listens on (see {@link MirrorOpenOptions.control}), or null. */
+  get controlSocket(): string | null {
+    return this.control?.path ?? null
   }
   /** Whether some chunk is marked for resync (or, without a bitmap, a full resync is due). */
   get needsResync(): boolean {
@@ -272,6 +291,23 @@ export class Mirror extends EventEmitter {
   // -- membership -----------------------------------------------------------------------
 
   /**
+   * Marks member `index` faulty, as a failure would (`mdadm --fail`): the mirror is
+   * degraded and clears no bit until the member is re-added and recovered. Resolves
+   * once that is on disk. The last member in sync cannot be failed
+   * (`EMIRROR_LAST_MEMBER`); a member not in sync or recovering is `EMIRROR_MEMBER`.
+   */
+  async failMember(index: number): Promise<void> {
+    this.state.checkOpen('failMember')
+    const slot = this.state.slotAt(index)
+    if (!slot.active) throw new MdBitmapError('EMIRROR_MEMBER', `member ${index} (${slot.record.path}) is ${slot.record.state}; only a member in sync or recovering can be failed`)
+    if (slot.inSync && this.state.slots.filter((s) => s.inSync).length === 1) {
+      throw new MdBitmapError('EMIRROR_LAST_MEMBER', `member ${index} (${slot.record.path}) is the last one in sync; add another first`)
+    }
+    const recorded = await membership.failMember(this.state, slot, new MdBitmapError('EMIRROR_MEMBER', 'failed on request (md-bitmap mirror fail / failMember)'))
+    if (recorded) throw recorded
+  }
+
+  /**
    * Takes a member out. Its slot stays (the mirror is degraded) so that {@link reAdd}
    * can bring it back cheaply; `forget: true` drops the slot for good.
    */
@@ -305,7 +341,10 @@ export class Mirror extends EventEmitter {
    * members, closes the bitmap (clearing what may be cleared) and records a clean
    * shutdown. Rejects with the first error met, after closing everything all the same.
    */
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    const control = this.control
+    this.control = undefined
+    await control?.close()
     return assembly.close(this.state)
   }
 }

@@ -13,6 +13,7 @@
  * @module
  */
 import type { Bitmap } from '../bitmap/bitmap'
+import type { FileLock } from '../io/lock'
 import { MdBitmapError } from '../errors'
 import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
@@ -53,6 +54,8 @@ export interface MirrorParts {
   slots: Slot[]
   /** Opens members for reAdd and addMember. */
   openMember: OpenMember
+  /** The mirror's exclusive lock, held from create or open to close. */
+  lock: FileLock
 }
 
 /** Where the state reports what no caller can be told by a rejection: the Mirror's events. */
@@ -72,6 +75,7 @@ export class MirrorState implements MirrorParts {
   readonly bitmap: Bitmap | null
   readonly slots: Slot[]
   readonly openMember: OpenMember
+  readonly lock: FileLock
   /** Keeps a resync's copy of a chunk and writes to that chunk apart. */
   readonly barrier = new ChunkBarrier()
   /** Which writes a flush waits for. */
@@ -117,6 +121,7 @@ export class MirrorState implements MirrorParts {
     this.bitmap = parts.bitmap
     this.slots = parts.slots
     this.openMember = parts.openMember
+    this.lock = parts.lock
     this.behindPool = new BufferPool(parts.meta.behindMemoryLimit)
     this.computeAlignment()
   }

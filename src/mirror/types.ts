@@ -52,6 +52,16 @@ export interface MirrorCreateOptions {
   allowVolatile?: boolean
   /** Replace an existing bitmap and metadata. Default false (`EEXIST`). */
   overwrite?: boolean
+  /**
+   * Listen on a control socket while the mirror is open, through which the
+   * `md-bitmap mirror detail|fail|remove|re-add|add|check` commands act on this running
+   * mirror (without it they fail `ELOCKED`, since the mirror is held here): `true` for
+   * the default path beside the metadata (`METADATA` without `.json`, plus `.sock`:
+   * `disk.bitmap.mirror.sock`), or a path. The socket is a Unix socket with owner-only
+   * permissions (0600): only this user (and root) can reach it. It is removed at
+   * {@link Mirror.close}. Default: none.
+   */
+  control?: boolean | string
 }
 
 /** Options of {@link Mirror.open}. */
@@ -66,6 +76,16 @@ export interface MirrorOpenOptions {
   bitmapMode?: 'file' | 'device'
   /** Allow the bitmap on a filesystem that does not survive a reboot (tmpfs). */
   allowVolatile?: boolean
+  /**
+   * Listen on a control socket while the mirror is open, through which the
+   * `md-bitmap mirror detail|fail|remove|re-add|add|check` commands act on this running
+   * mirror (without it they fail `ELOCKED`, since the mirror is held here): `true` for
+   * the default path beside the metadata (`METADATA` without `.json`, plus `.sock`:
+   * `disk.bitmap.mirror.sock`), or a path. The socket is a Unix socket with owner-only
+   * permissions (0600): only this user (and root) can reach it. It is removed at
+   * {@link Mirror.close}. Default: none.
+   */
+  control?: boolean | string
 }
 
 /** A member as {@link Mirror.members} shows it. */

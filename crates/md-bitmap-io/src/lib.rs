@@ -24,3 +24,6 @@ pub use engine::{Engine, EngineKind};
 pub use pending::Pending;
 pub use punch::punch_hole;
 pub use store::{Mode, PageStore, Requested};
+
+pub mod lock;
+pub use lock::{clear_immutable, FileLock};

@@ -420,3 +420,5 @@ impl NativeStore {
         run(env, On::OwnThread, move || s.close(), |_, ()| Ok(()))
     }
 }
+
+pub mod lock;

@@ -1,0 +1,103 @@
+/**
+ * The operations of `md-bitmap mirror detail|fail|remove|re-add|add|check` on an open
+ * mirror: one implementation, run by a mirror's control server for a running mirror,
+ * and by the command itself on a mirror it opened. Each resolves to the JSON the
+ * command prints with `--json`.
+ *
+ * @internal
+ * @module
+ */
+import { MdBitmapError } from '../errors'
+import type { Mirror } from '../mirror/mirror'
+import { describeMirror, operationProgress, type OperationProgress } from './detail'
+import { CONTROL_OPS, type ControlRequest } from './protocol'
+
+/** What `mirror check` gets back from {@link Mirror.check} (the scrub). */
+export interface CheckResult {
+  /** 512-byte sectors that differ between members, as md's `mismatch_cnt`. */
+  mismatchSectors: number
+  /** The chunks in which some member differs. */
+  mismatchedChunks: number[]
+  /** Chunks compared. */
+  chunksChecked: number
+  /** Bytes read from the members. */
+  bytesRead: number
+  /** Whether (or how many) differing chunks were copied from the resync source. */
+  repaired: boolean | number
+}
+
+/** The scrub's entry point, as the mirror provides it. */
+interface Scrubbing {
+  check(options: { repair?: boolean; maxRate?: number; onProgress?: (p: object) => void; signal?: AbortSignal }): Promise<CheckResult>
+}
+
+/** `mirror re-add --json`, `mirror add --json`. */
+export interface RecoveryResult {
+  index: number
+  recovery: 'bitmap' | 'full'
+  chunksCopied: number
+  bytesCopied: number
+}
+
+/** `mirror fail --json`, `mirror remove --json`: the member after the change. */
+export interface MemberResult {
+  index: number
+  path: string
+  state: string
+  forgotten?: boolean
+}
+
+/** Checks a request read from a socket or built from a command line; throws `EINVAL` if malformed. */
+export function checkRequest(r: unknown): ControlRequest {
+  const req = r as ControlRequest
+  if (typeof req !== 'object' || req === null || !CONTROL_OPS.includes(req.op)) {
+    throw new MdBitmapError('EINVAL', `not a control request: op must be one of ${CONTROL_OPS.join(', ')}`)
+  }
+  if (req.member !== undefined && (!Number.isSafeInteger(req.member) || req.member < 0)) throw new MdBitmapError('EINVAL', `member must be a slot number, got ${JSON.stringify(req.member)}`)
+  if ((req.op === 'fail' || req.op === 'remove' || req.op === 're-add') && req.member === undefined) throw new MdBitmapError('EINVAL', `${req.op} needs a member`)
+  if (req.path !== undefined && (typeof req.path !== 'string' || !req.path)) throw new MdBitmapError('EINVAL', 'path must be a non-empty string')
+  if (req.op === 'add' && req.path === undefined) throw new MdBitmapError('EINVAL', 'add needs a path')
+  if (req.maxRate !== undefined && (typeof req.maxRate !== 'number' || !(req.maxRate > 0))) throw new MdBitmapError('EINVAL', `maxRate must be a positive number of bytes per second, got ${JSON.stringify(req.maxRate)}`)
+  return req
+}
+
+/**
+ * Runs `req` on `mirror`; `onProgress` hears the progress of a recovery or check,
+ * `running` is the long operation already in progress (for `detail`).
+ */
+export async function perform(mirror: Mirror, req: ControlRequest, onProgress: (p: OperationProgress) => void, running?: OperationProgress): Promise<unknown> {
+  switch (req.op) {
+    case 'detail':
+      return describeMirror(mirror, running)
+    case 'fail': {
+      await mirror.failMember(req.member!)
+      return memberResult(mirror, req.member!)
+    }
+    case 'remove': {
+      const { path } = memberResult(mirror, req.member!)
+      await mirror.removeMember(req.member!, { forget: req.forget === true })
+      return req.forget ? { index: req.member!, path, state: 'removed', forgotten: true } : memberResult(mirror, req.member!)
+    }
+    case 're-add': {
+      const r = await mirror.reAdd(req.member!, { path: req.path, onProgress: (p) => onProgress(operationProgress('recovery', { ...p })) })
+      return { index: req.member!, recovery: r.recovery ?? 'full', chunksCopied: r.chunksCopied, bytesCopied: r.bytesCopied } satisfies RecoveryResult
+    }
+    case 'add': {
+      const index = mirror.members.length
+      const r = await mirror.addMember({ path: req.path!, writeMostly: req.writeMostly === true }, { onProgress: (p) => onProgress(operationProgress('recovery', { ...p })) })
+      return { index, recovery: 'full', chunksCopied: r.chunksCopied, bytesCopied: r.bytesCopied } satisfies RecoveryResult
+    }
+    case 'check': {
+      const scrub = mirror as unknown as Partial<Scrubbing>
+      if (typeof scrub.check !== 'function') throw new MdBitmapError('ENOTSUP', 'this md-bitmap has no scrub (Mirror.check); upgrade it')
+      const action = req.repair ? 'repair' : 'check'
+      return scrub.check({ repair: req.repair === true, maxRate: req.maxRate, onProgress: (p) => onProgress(operationProgress(action, { ...p })) })
+    }
+  }
+}
+
+function memberResult(mirror: Mirror, index: number): MemberResult {
+  const m = mirror.members[index]
+  if (!m) throw new MdBitmapError('EINVAL', `no member ${index}: the mirror has ${mirror.members.length}`)
+  return { index, path: m.path, state: m.state }
+}
