@@ -184,6 +184,35 @@ withQemu('live control: detail, fail, remove, re-add, add act on the served mirr
   t.true(cmp(join(d, 'a.img'), join(d, 'c.img')), 'the added member holds the data')
 })
 
+withQemu('mirror check live through serve: 3 sectors corrupted in two chunks of member 1 behind the mirror’s back: exit 3 with mismatchSectors 3 and those chunks; --repair fixes them; a second check finds 0', async (t) => {
+  const d = join(dir, 'check')
+  mkdirSync(d)
+  await json(t, d, ['mirror', 'create', '--bitmap', 'disk.bitmap', '--size', '4M', '--chunk', '64K', '--member', 'a.img', '--member', 'b.img'])
+  const s = await serve(t, d, 'check')
+  await qemuIo(s.url, ['write -P 0x5a 0 4M', 'flush'])
+  // Behind the mirror's back: sectors 130 and 131 (chunk 1) and 1100 (chunk 8) of member 1.
+  for (const sector of [130, 131, 1100]) {
+    execFileSync('dd', ['if=/dev/urandom', `of=${join(d, 'b.img')}`, 'bs=512', 'count=1', `seek=${sector}`, 'conv=notrunc', 'oflag=direct', 'status=none'])
+  }
+  const found = await cli(d, ['mirror', 'check', '--bitmap', 'disk.bitmap', '--json'])
+  t.is(found.status, 3, found.stderr)
+  t.regex(found.stderr, /^md-bitmap: EVERIFY: the members differ in 3 sectors; [^\n]+\n$/)
+  const report = JSON.parse(found.stdout)
+  t.is(report.mismatchSectors, 3)
+  t.deepEqual(report.mismatchedChunks, [1, 8])
+  t.is(report.chunksChecked, 64)
+  t.falsy(report.repaired)
+  const repaired = await json(t, d, ['mirror', 'check', '--bitmap', 'disk.bitmap', '--repair'])
+  t.is(repaired.mismatchSectors, 3)
+  t.truthy(repaired.repaired)
+  const clean = await json(t, d, ['mirror', 'check', '--bitmap', 'disk.bitmap'])
+  t.is(clean.mismatchSectors, 0)
+  t.deepEqual(clean.mismatchedChunks, [])
+  s.child.kill('SIGTERM')
+  t.is(await s.exited, 0, s.err())
+  t.true(cmp(join(d, 'a.img'), join(d, 'b.img')), 'cmp: identical after the repair')
+})
+
 test('an application holding a mirror with control: true: `mirror add` runs live, and `mirror detail` meanwhile shows recovering with progress, rate and ETA', async (t) => {
   const d = join(dir, 'app')
   mkdirSync(d)

@@ -12,25 +12,6 @@ import type { Mirror } from '../mirror/mirror'
 import { describeMirror, operationProgress, type OperationProgress } from './detail'
 import { CONTROL_OPS, type ControlRequest } from './protocol'
 
-/** What `mirror check` gets back from {@link Mirror.check} (the scrub). */
-export interface CheckResult {
-  /** 512-byte sectors that differ between members, as md's `mismatch_cnt`. */
-  mismatchSectors: number
-  /** The chunks in which some member differs. */
-  mismatchedChunks: number[]
-  /** Chunks compared. */
-  chunksChecked: number
-  /** Bytes read from the members. */
-  bytesRead: number
-  /** Whether (or how many) differing chunks were copied from the resync source. */
-  repaired: boolean | number
-}
-
-/** The scrub's entry point, as the mirror provides it. */
-interface Scrubbing {
-  check(options: { repair?: boolean; maxRate?: number; onProgress?: (p: object) => void; signal?: AbortSignal }): Promise<CheckResult>
-}
-
 /** `mirror re-add --json`, `mirror add --json`. */
 export interface RecoveryResult {
   index: number
@@ -88,10 +69,8 @@ export async function perform(mirror: Mirror, req: ControlRequest, onProgress: (
       return { index, recovery: 'full', chunksCopied: r.chunksCopied, bytesCopied: r.bytesCopied } satisfies RecoveryResult
     }
     case 'check': {
-      const scrub = mirror as unknown as Partial<Scrubbing>
-      if (typeof scrub.check !== 'function') throw new MdBitmapError('ENOTSUP', 'this md-bitmap has no scrub (Mirror.check); upgrade it')
       const action = req.repair ? 'repair' : 'check'
-      return scrub.check({ repair: req.repair === true, maxRate: req.maxRate, onProgress: (p) => onProgress(operationProgress(action, { ...p })) })
+      return mirror.check({ repair: req.repair === true, maxRate: req.maxRate, onProgress: (p) => onProgress(operationProgress(action, { ...p })) })
     }
   }
 }

@@ -5,7 +5,7 @@
  * @internal
  * @module
  */
-import type { CheckResult } from '../../control/operations'
+import type { CheckReport } from '../../mirror/types'
 import { parseSize } from '../args'
 import { CliError, EXIT_VERIFY } from '../errors'
 import { bytes } from '../format'
@@ -34,7 +34,7 @@ export async function check(argv: string[], io: Io): Promise<number> {
   const values = parseMirror('check', HELP, argv, { repair: { type: 'boolean' }, 'max-rate': { type: 'string' } }, io)
   if (!values) return 0
   const maxRate = values['max-rate'] === undefined ? undefined : parseSize(values['max-rate'] as string, '--max-rate', 'mirror check')
-  const r = (await act(values, { op: 'check', repair: values.repair === true, maxRate }, io, values.repair ? 'repair:' : 'check:')) as CheckResult
+  const r = (await act(values, { op: 'check', repair: values.repair === true, maxRate }, io, values.repair ? 'repair:' : 'check:')) as CheckReport
   const chunks = Array.isArray(r.mismatchedChunks) ? r.mismatchedChunks : []
   report(values, io, r, () =>
     [
