@@ -71,6 +71,8 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     await state.barrier.enterWrite(first, last)
     // Fast members first: their writes are issued before the write-behind copy is made.
     const active = state.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
+    // Taken with the member list: a member that becomes active later waits for this write to end.
+    const epoch = state.memberEpochs.join()
     const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
     // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
     const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
@@ -85,6 +87,7 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     } catch (e) {
       if (behind) releaseBehind(state, len)
       state.barrier.exitWrite(first, last)
+      state.memberEpochs.leave(epoch)
       throw e
     }
     state.counts.writes++
@@ -110,6 +113,7 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
       // Every member's write settled: no I/O reads the copy any more.
       if (copy) state.behindPool.give(copy)
       state.barrier.exitWrite(first, last)
+      state.memberEpochs.leave(epoch)
     })
     // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
     const waitFor = active.map((slot, i) => ({ slot, p: outcomes[i] })).filter(({ slot }) => !behind || !slot.record.writeMostly)

@@ -43,6 +43,7 @@ export async function zeroRange(state: MirrorState, kind: ZeroKind, offset: numb
     const last = Math.floor((offset + length - 1) / cs)
     await state.barrier.enterWrite(first, last)
     const active = state.slots.filter((s) => s.active)
+    const epoch = state.memberEpochs.join()
     const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
     const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
     try {
@@ -73,6 +74,7 @@ export async function zeroRange(state: MirrorState, kind: ZeroKind, offset: numb
       }
     } finally {
       state.barrier.exitWrite(first, last)
+      state.memberEpochs.leave(epoch)
     }
   } finally {
     state.flushFence.leave(generation)

@@ -154,8 +154,12 @@ async function startRecovery(state: MirrorState, slot: Slot, member: Member, pat
   slot.record.fullRecovery = full || undefined
   delete slot.record.error
   slot.member = member
+  // From here on new writes include the member; the recovery's list of chunks is built
+  // only once every write that started without it has ended (member-epochs.ts).
+  const epoch = state.memberEpochs.advance()
   state.meta.events++
   state.updateDegraded()
   state.computeAlignment()
   await state.persist()
+  await state.memberEpochs.drainedBefore(epoch)
 }

@@ -19,6 +19,7 @@ import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
 import { BufferPool } from './buffer-pool'
 import { FlushFence } from './flush-fence'
+import { MemberEpochs } from './member-epochs'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
 import type { MemberFaultyEvent, MirrorStats, ResyncReport } from './types'
 import { WriteOrder } from './write-order'
@@ -80,6 +81,8 @@ export class MirrorState implements MirrorParts {
   readonly barrier = new ChunkBarrier()
   /** Which writes a flush waits for. */
   readonly flushFence = new FlushFence()
+  /** Which writes were issued before a member became active (a recovery waits for them). */
+  readonly memberEpochs = new MemberEpochs()
   /** The write-behind copies, reused; it keeps at most behindMemoryLimit bytes. */
   readonly behindPool: BufferPool
   readonly counts: DataPathCounts = {
