@@ -105,7 +105,7 @@ export const LibraryErrorCode = {
   EMIRROR_MEMBER: 'EMIRROR_MEMBER',
   /** The request would leave no member in sync. */
   EMIRROR_LAST_MEMBER: 'EMIRROR_LAST_MEMBER',
-  /** A resync or recovery is already running. */
+  /** A resync, recovery or check is already running. */
   EMIRROR_BUSY: 'EMIRROR_BUSY',
   /** The operation was aborted through its `AbortSignal`. */
   EABORTED: 'EABORTED',

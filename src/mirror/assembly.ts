@@ -187,8 +187,8 @@ export async function start(state: MirrorState): Promise<void> {
 export async function close(state: MirrorState): Promise<void> {
   if (state.closing) return
   state.closing = true
-  state.resyncAbort?.abort()
-  await state.resyncing?.catch(() => {})
+  state.syncAbort?.abort()
+  await state.syncAction?.catch(() => {})
   await state.barrier.idle()
   const errors: unknown[] = []
   await flushMembers(state, false).catch((e) => errors.push(e))

@@ -79,7 +79,7 @@ export function failMember(state: MirrorState, slot: Slot, e: unknown): Promise<
 /** Takes a member out (see {@link Mirror.removeMember}). */
 export async function removeMember(state: MirrorState, index: number, forget: boolean): Promise<void> {
   const slot = state.slotAt(index)
-  if (state.resyncing) throw new MdBitmapError('EMIRROR_BUSY', 'a resync or recovery is running; wait for it (or abort it) before removing a member')
+  if (state.syncAction) throw new MdBitmapError('EMIRROR_BUSY', 'a resync, recovery or check is running; wait for it (or abort it) before removing a member')
   if (slot.inSync && state.slots.filter((s) => s.inSync).length === 1) {
     throw new MdBitmapError('EMIRROR_LAST_MEMBER', `member ${index} (${slot.record.path}) is the last one in sync; add another first`)
   }

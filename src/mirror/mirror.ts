@@ -156,9 +156,9 @@ export class Mirror extends EventEmitter {
   get degraded(): boolean {
     return this.state.degraded
   }
-  /** A resync or recovery is running now. */
+  /** A resync, recovery or check is running now. */
   get resyncRunning(): boolean {
-    return this.state.resyncing !== undefined
+    return this.state.syncAction !== undefined
   }
   /** The control socket this mirror listens on (see {@link MirrorOpenOptions.control}), or null. */
   get controlSocket(): string | null {

@@ -75,6 +75,7 @@ import { MdBitmapError } from '../errors'
 import { BufferPool } from './buffer-pool'
 import { flushSlots } from './data-path'
 import { failMember } from './membership'
+import { progressReporter } from './progress'
 import type { MirrorState, Slot } from './state'
 import type { ResyncOptions, ResyncReport } from './types'
 
@@ -95,22 +96,15 @@ export function startResync(state: MirrorState, options: ResyncOptions): Promise
   } catch (e) {
     return Promise.reject(e)
   }
-  if (state.resyncing) return Promise.reject(new MdBitmapError('EMIRROR_BUSY', 'a resync or recovery is already running; wait for it, or abort it with its signal'))
+  if (state.syncAction) return Promise.reject(new MdBitmapError('EMIRROR_BUSY', 'a resync, recovery or check is already running; wait for it, or abort it with its signal'))
   const inFlight = options.inFlight ?? DEFAULT_RESYNC_IN_FLIGHT
   if (!Number.isSafeInteger(inFlight) || inFlight < 1) return Promise.reject(new MdBitmapError('EINVAL', `inFlight must be a positive integer (chunks copied at once), got ${inFlight}`))
-  const abort = new AbortController()
-  state.resyncAbort = abort
-  const signal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal
-  state.resyncing = run(state, { ...options, signal, inFlight }).finally(() => {
-    state.resyncing = undefined
-    state.resyncAbort = undefined
-  })
-  return state.resyncing
+  return state.startSyncAction(options.signal, (signal) => run(state, { ...options, signal, inFlight }))
 }
 
 /** Waits for any running resync (whatever its outcome), then starts one: a recovery's. */
 export async function resyncAfterOthers(state: MirrorState, options: ResyncOptions): Promise<ResyncReport> {
-  while (state.resyncing) await state.resyncing.catch(() => {})
+  while (state.syncAction) await state.syncAction.catch(() => {})
   return startResync(state, options)
 }
 
@@ -143,15 +137,14 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
   report.chunksTotal = list.length
   const bytesTotal = list.reduce((n, c) => n + chunkLen(c), 0)
   let done = 0
-  let lastProgress = 0
-  const interval = o.progressIntervalMs ?? 200
-  const progress = (force: boolean) => {
-    const now = performance.now()
-    if (!o.onProgress || (!force && now - lastProgress < interval)) return
-    lastProgress = now
-    const elapsedMs = now - t0
-    o.onProgress({ chunksDone: done, chunksTotal: list.length, bytesCopied: report.bytesCopied, bytesTotal, rate: elapsedMs > 0 ? (report.bytesCopied * 1000) / elapsedMs : 0, elapsedMs })
-  }
+  const progress = progressReporter(o.onProgress, o.progressIntervalMs ?? 200, t0, (elapsedMs) => ({
+    chunksDone: done,
+    chunksTotal: list.length,
+    bytesCopied: report.bytesCopied,
+    bytesTotal,
+    rate: elapsedMs > 0 ? (report.bytesCopied * 1000) / elapsedMs : 0,
+    elapsedMs,
+  }))
   let lastCheckpoint = performance.now()
   // Without a bitmap: a recovery started meanwhile set resyncFrom back to 0; the checkpoint is then its.
   const resets = state.resyncFromResets

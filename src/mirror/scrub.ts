@@ -44,7 +44,7 @@ import { flushSlots } from './data-path'
 import { failMember } from './membership'
 import { progressReporter } from './progress'
 import type { MirrorState, Slot } from './state'
-import type { CheckOptions, CheckReport, ResyncReport } from './types'
+import type { CheckOptions, CheckReport } from './types'
 
 /** Bytes compared at once per member. */
 const PIECE = 2 ** 20
@@ -59,20 +59,8 @@ export function startCheck(state: MirrorState, options: CheckOptions): Promise<C
   } catch (e) {
     return Promise.reject(e)
   }
-  if (state.resyncing) return Promise.reject(new MdBitmapError('EMIRROR_BUSY', 'a resync, recovery or check is already running; wait for it, or abort it with its signal'))
-  const abort = new AbortController()
-  const signal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal
-  const running = run(state, { ...options, signal })
-  // The check holds the mirror's one sync slot, which resync, reAdd, addMember,
-  // removeMember and close honour; they only wait for it and never read its value.
-  // (Nothing else can take the slot while it is held, so the check frees it.)
-  const slot = running.finally(() => {
-    state.resyncing = undefined
-    state.resyncAbort = undefined
-  })
-  state.resyncing = slot as unknown as Promise<ResyncReport>
-  state.resyncAbort = abort
-  return slot
+  // The mirror's one sync action: resync, reAdd, addMember, removeMember and close honour it.
+  return state.startSyncAction(options.signal, (signal) => run(state, { ...options, signal }))
 }
 
 async function run(state: MirrorState, o: CheckOptions & { signal: AbortSignal }): Promise<CheckReport> {

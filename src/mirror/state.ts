@@ -21,7 +21,7 @@ import { BufferPool } from './buffer-pool'
 import { FlushFence } from './flush-fence'
 import { MemberEpochs } from './member-epochs'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
-import type { MemberFaultyEvent, MirrorStats, ResyncReport } from './types'
+import type { MemberFaultyEvent, MirrorStats } from './types'
 import { WriteOrder } from './write-order'
 
 /** One member slot: its record in the metadata, and the member while it is open. */
@@ -107,10 +107,10 @@ export class MirrorState implements MirrorParts {
   closing = false
   /** The bitmap is closed: its event count is no longer written. */
   bitmapClosed = false
-  /** The resync or recovery running now, if one is. */
-  resyncing: Promise<ResyncReport> | undefined
-  /** Aborts the running resync (close does). */
-  resyncAbort: AbortController | undefined
+  /** The one sync action running now (a resync, a recovery or a check), if one is. */
+  syncAction: Promise<unknown> | undefined
+  /** Aborts the running sync action (close does). */
+  syncAbort: AbortController | undefined
   /** The last metadata write queued; the next one runs after it. */
   private persisted: Promise<unknown> = Promise.resolve()
 
@@ -148,6 +148,22 @@ export class MirrorState implements MirrorParts {
   }
 
   /** Tells the bitmap whether the mirror is degraded (then it clears no bit, and every write ends NEEDED). */
+  /**
+   * Runs `run` as the mirror's one sync action (resync, recovery or check): rejects
+   * EMIRROR_BUSY while another runs; `run`'s signal fires on `signal` or on close.
+   */
+  startSyncAction<T>(signal: AbortSignal | undefined, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.syncAction) return Promise.reject(new MdBitmapError('EMIRROR_BUSY', 'a resync, recovery or check is already running; wait for it, or abort it with its signal'))
+    const abort = new AbortController()
+    this.syncAbort = abort
+    const running = run(signal ? AbortSignal.any([signal, abort.signal]) : abort.signal).finally(() => {
+      this.syncAction = undefined
+      this.syncAbort = undefined
+    })
+    this.syncAction = running
+    return running
+  }
+
   updateDegraded(): void {
     if (this.bitmap) this.bitmap.degraded = this.degraded
   }
