@@ -26,7 +26,9 @@
  *   --pattern P        rand (default) or seq
  *   --depths A,B       default 1,32
  *   --syncs A,B        fdatasync,none (default both)
- *   --engines A,B      uring,aio,threads (default all three)
+ *   --engines A,B      uring,aio,threads (default all three); `ENGINE@SUBMIT` runs that
+ *                      engine with MD_BITMAP_IO_SUBMIT=SUBMIT (tick, write or a batch
+ *                      size), e.g. --engines uring@tick,uring@8,uring@write
  *   --no-node          skip the fs.promises and node O_DIRECT rows
  *   --no-fio           skip fio
  *   --out FILE         default bench/out/io.json
@@ -66,7 +68,8 @@ interface Options {
 
 /** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight. */
 type SyncMode = 'fdatasync' | 'none'
-type Engine = 'uring' | 'aio' | 'threads'
+/** An engine, optionally with the submission policy it runs under: `uring`, `uring@tick`. */
+type Engine = string
 
 function parseArgs(argv: string[]): Options {
   const a = parseOptions(
@@ -95,7 +98,7 @@ function parseArgs(argv: string[]): Options {
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
   if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none')) throw new Error('bad --syncs')
-  if (!o.engines.every((e) => ['uring', 'aio', 'threads'].includes(e))) throw new Error('bad --engines')
+  if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?$/.test(e))) throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N')
   return o
 }
 
@@ -319,7 +322,7 @@ interface ChildJob {
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
   await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
-    env: { ...process.env, MD_BITMAP_IO_ENGINE: engine },
+    env: { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) },
     maxBuffer: 64 << 20,
   })
   const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
@@ -330,7 +333,7 @@ async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sampl
 async function childMain(job: ChildJob): Promise<void> {
   const store = await PageStore.open(job.file)
   const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
-  const submit = process.env.MD_BITMAP_IO_SUBMIT ?? 'tick (default)'
+  const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '8 (default)'
   const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, engine=${store.engine}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
   try {
     const bufs = randomBufs(job.depth, true)

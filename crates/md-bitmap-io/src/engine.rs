@@ -33,8 +33,9 @@
 //!
 //! `in_flight()` counts operations from `submit` until their `Done` has run; the
 //! binding keeps the loop alive (its poll handle referenced) while it is non-zero.
-//! Submission is per write (`flush` inside `submit`) or batched (`submit` only queues;
-//! the owner calls `flush()` once per loop turn and after each `reap()`).
+//! Submission is per write (`flush` inside `submit`) or batched (`submit` only queues,
+//! and flushes once `batch_limit` operations are queued; the owner calls `flush()` once
+//! per loop turn and after each `reap()`).
 //! Invariants: every operation's `Done` runs exactly once, on the thread that calls
 //! `reap()`; a buffer passed in an `Op` is owned by its `Done` closure, so it stays
 //! alive until the kernel is finished with it.
@@ -49,6 +50,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// Under batched submission, queued operations go to the kernel once this many are
+/// queued, not only at the end of the loop turn. A whole turn's worth at once (up to
+/// the depth) leaves the device idle while the JavaScript thread works through the
+/// completions that made it: measured in docs/benchmarks.md ("I/O engine: submission
+/// batches").
+pub const DEFAULT_BATCH_LIMIT: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineKind {
@@ -189,6 +197,8 @@ struct KernelState {
     on_kernel: usize,
     /// Operations waiting for room on the kernel queue.
     backlog: VecDeque<*mut Flight>,
+    /// Operations queued since the last flush.
+    unflushed: usize,
 }
 // SAFETY: the raw flights are owned by the state (created by Box::into_raw in `submit`
 // and reclaimed exactly once in `reap`); the state is only used under its mutex.
@@ -222,6 +232,8 @@ pub struct Engine {
     kind: EngineKind,
     reason: Option<String>,
     batch: bool,
+    /// Under `batch`, a flush also happens as soon as this many operations are queued.
+    batch_limit: usize,
     kernel: Option<Mutex<KernelState>>,
     completions: Arc<Completions>,
     in_flight: AtomicUsize,
@@ -263,13 +275,13 @@ impl Engine {
         for &kind in order {
             match make(kind) {
                 Ok(queue) => {
-                    let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new() }));
+                    let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new(), unflushed: 0 }));
                     let reason = match forced {
                         Some(_) => Some("forced by MD_BITMAP_IO_ENGINE".to_string()),
                         None if refusals.is_empty() => None,
                         None => Some(refusals.join("; ")),
                     };
-                    return Ok(Engine { kind, reason, batch, kernel, completions, in_flight: AtomicUsize::new(0) });
+                    return Ok(Engine { kind, reason, batch, batch_limit: batch_limit_from_env(), kernel, completions, in_flight: AtomicUsize::new(0) });
                 }
                 Err(e) => {
                     let what = if kind == EngineKind::Uring { "io_uring_setup" } else { "io_setup" };
@@ -315,10 +327,12 @@ impl Engine {
                 if k.on_kernel < k.queue.capacity() {
                     k.on_kernel += 1;
                     k.queue.queue(flight);
+                    k.unflushed += 1;
                 } else {
                     k.backlog.push_back(flight);
                 }
-                if !self.batch {
+                if !self.batch || k.unflushed >= self.batch_limit {
+                    k.unflushed = 0;
                     k.queue.flush();
                 }
             }
@@ -343,7 +357,9 @@ impl Engine {
     /// Hands every queued operation to the kernel.
     pub fn flush(&self) {
         if let Some(kernel) = &self.kernel {
-            kernel.lock().unwrap().queue.flush();
+            let mut k = kernel.lock().unwrap();
+            k.unflushed = 0;
+            k.queue.flush();
         }
     }
 
@@ -407,5 +423,72 @@ impl Engine {
                 }
             })
             .expect("cannot start the completion thread");
+    }
+}
+
+
+/// How many queued operations make a batch go to the kernel before the loop turn ends:
+/// `MD_BITMAP_IO_SUBMIT=N`, or `tick` for none (only the turn's end flushes); default
+/// [`DEFAULT_BATCH_LIMIT`].
+fn batch_limit_from_env() -> usize {
+    match std::env::var("MD_BITMAP_IO_SUBMIT").as_deref() {
+        Ok("tick") => usize::MAX,
+        Ok(v) => v.parse().ok().filter(|&n| n > 0).unwrap_or(DEFAULT_BATCH_LIMIT),
+        Err(_) => DEFAULT_BATCH_LIMIT,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn completions_within(engine: &Engine, ms: i32) -> usize {
+        let mut pfd = libc::pollfd { fd: engine.eventfd(), events: libc::POLLIN, revents: 0 };
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+        engine.reap()
+    }
+
+    /// Batched submission: operations wait for `flush()` until `DEFAULT_BATCH_LIMIT` are
+    /// queued, and then go to the kernel without it.
+    #[test]
+    fn a_full_batch_goes_to_the_kernel_without_a_flush() {
+        for kind in [EngineKind::Uring, EngineKind::Aio] {
+            let Ok(engine) = Engine::new(Some(kind), true) else { panic!("{} is unavailable on this machine", kind.name()) };
+            let file = unlinked_temp_file();
+            let done = Arc::new(AtomicUsize::new(0));
+            let page = vec![7u8; 512];
+            let submit = |i: usize| {
+                let d = done.clone();
+                let op = Op::Write { fd: file.as_raw_fd(), buf: page.as_ptr(), len: page.len(), offset: (i * 512) as u64 };
+                engine.submit(op, Route::Kernel, Box::new(move |r| {
+                    r.unwrap();
+                    d.fetch_add(1, Ordering::SeqCst);
+                }));
+            };
+            for i in 0..DEFAULT_BATCH_LIMIT - 1 {
+                submit(i);
+            }
+            assert_eq!(completions_within(&engine, 200), 0, "{}: a partial batch reached the kernel unflushed", kind.name());
+            submit(DEFAULT_BATCH_LIMIT - 1);
+            let mut settled = 0;
+            for _ in 0..50 {
+                settled += completions_within(&engine, 100);
+                if settled == DEFAULT_BATCH_LIMIT {
+                    break;
+                }
+            }
+            assert_eq!(settled, DEFAULT_BATCH_LIMIT, "{}: the full batch did not complete", kind.name());
+            assert_eq!(done.load(Ordering::SeqCst), DEFAULT_BATCH_LIMIT);
+            assert_eq!(engine.in_flight(), 0);
+        }
+    }
+
+    fn unlinked_temp_file() -> std::fs::File {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("md-bitmap-engine-batch-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
     }
 }
