@@ -78,6 +78,7 @@ import {
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { adoptWithUserBuffer } from './user-buffer-socket'
 import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
 import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
 import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
@@ -179,6 +180,8 @@ const OPTION_DATA_LIMIT = 64 * 1024
  * 256 KiB, or 32 requests of 2 MiB.
  */
 const POOL_BYTES = 64 * 2 ** 20
+/** The buffer a plain-text connection reads into (see user-buffer-socket.ts). */
+const READ_BUFFER_BYTES = 256 * 1024
 const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
 const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
@@ -213,7 +216,8 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     zeroes: null,
   }
   const conns = new Set<Connection>()
-  const server = createServer({ noDelay: true }, (socket) => {
+  // Without TLS, connections are read into a buffer of their own (see Connection), so they start paused.
+  const server = createServer({ noDelay: true, pauseOnConnect: ctx.tls === undefined }, (socket) => {
     if (ctx.shuttingDown) {
       socket.destroy()
       return
@@ -333,20 +337,38 @@ class Connection {
   private structured = false
   /** The metadata contexts chosen by NBD_OPT_SET_META_CONTEXT. */
   private selected: SelectedContext[] = []
+  /** Where the bytes of a socket read into our buffer go: the handshake's reader (a copy), then the request parser. */
+  private sink: (bytes: Uint8Array) => void = (b) => this.reader?.push(b.slice())
+  private parser: RequestParser | null = null
+  private socket: Socket
 
   constructor(
-    private socket: Socket,
+    raw: Socket,
     private readonly ctx: Context,
   ) {
+    // Plain text (no TLS to start): reads go into one buffer of this connection's, not a new one per read.
+    let socket = raw
+    if (ctx.tls === undefined) {
+      socket = adoptWithUserBuffer(raw, new Uint8Array(READ_BUFFER_BYTES), (b) => this.sink(b)) ?? raw
+      socket.resume()
+    }
+    this.socket = socket
     this.done = new Promise((r) => (this.resolveDone = r))
     this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix client'
     socket.on('error', () => {})
-    socket.on('close', () => this.resolveDone())
+    socket.on('close', this.closed)
     this.reader = new SocketReader(socket, this.peer)
     void this.handshake().catch((e) => {
       if (!(e instanceof NbdError && e.code === 'ENBD_DISCONNECTED')) ctx.log(`${this.peer}: handshake ended: ${(e as Error).message}`)
       socket.destroy()
     })
+  }
+
+  private readonly closed = () => {
+    // A write received in part is never served: its buffer goes back.
+    const partial = this.parser?.abandon()
+    if (partial) this.ctx.pool.give(partial)
+    this.resolveDone()
   }
 
   /** Server shutdown: answer what was received, then hang up. */
@@ -499,7 +521,7 @@ class Connection {
     ack()
     const secure = await acceptTls(this.socket, creds, timeoutMs, this.peer)
     secure.on('error', () => {})
-    secure.on('close', () => this.resolveDone())
+    secure.on('close', this.closed)
     this.socket = secure
     this.reader = new SocketReader(secure, this.peer)
     this.secure = true
@@ -525,11 +547,12 @@ class Connection {
     this.transmitting = true
     const { pool, bufferAlign } = this.ctx
     const parser = new RequestParser(this.ctx.maxPayload, (n) => pool.take(n, bufferAlign))
-    const onData = (chunk: Uint8Array) => {
+    this.parser = parser
+    const onData = (chunk: Uint8Array, transient = false) => {
       if (this.disconnecting) return
       let requests: Request[]
       try {
-        requests = parser.feed(chunk)
+        requests = parser.feed(chunk, transient)
       } catch (e) {
         this.ctx.log(`${this.peer}: disconnected: ${(e as Error).message}`)
         this.socket.destroy()
@@ -548,7 +571,8 @@ class Connection {
         this.socket.pause()
       }
     }
-    this.socket.on('data', onData)
+    this.socket.on('data', (b: Uint8Array) => onData(b))
+    this.sink = (b) => onData(b, true)
     for (const b of leftover) onData(b)
   }
 

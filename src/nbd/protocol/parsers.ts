@@ -80,10 +80,12 @@ export interface Request extends RequestHeader {
 
 /**
  * The server's side of the transmission phase: fed the bytes from the client in any
- * chunking, returns the requests completed (a write with its payload). Payloads above
- * `maxPayload` are consumed and dropped (the request comes out with `tooBig`), so a
- * hostile length cannot make the server allocate. Throws ENBD_PROTOCOL on a bad
- * magic; it is unusable after a throw.
+ * chunking, returns the requests completed (a write with its payload, in a buffer from
+ * `alloc`). Payloads above `maxPayload` are consumed and dropped (the request comes
+ * out with `tooBig`), so a hostile length cannot make the server allocate. Throws
+ * ENBD_PROTOCOL on a bad magic; it is unusable after a throw. Fed a `transient` chunk
+ * (memory the caller reuses), it keeps a copy of the few bytes it holds back (a
+ * header's start), never a view.
  */
 export class RequestParser {
   private readonly q = new ByteQueue()
@@ -95,7 +97,7 @@ export class RequestParser {
     private readonly alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n),
   ) {}
 
-  feed(chunk: Uint8Array): Request[] {
+  feed(chunk: Uint8Array, transient = false): Request[] {
     if (this.dead) throw this.dead
     this.q.push(chunk)
     const out: Request[] = []
@@ -126,6 +128,14 @@ export class RequestParser {
       this.dead = toMdBitmapError(e, { fallback: 'ENBD_PROTOCOL' })
       throw this.dead
     }
+    if (transient) this.q.own()
     return out
+  }
+
+  /** The connection ended: the buffer of a payload received in part, if any (from `alloc`), now unused. */
+  abandon(): Uint8Array | null {
+    const data = this.current?.data ?? null
+    this.current = null
+    return data
   }
 }
