@@ -161,7 +161,7 @@ const requestArb = fc.record({
   seed: fc.integer({ min: 1, max: 255 }),
 })
 
-test('RequestParser: any chunking of a request stream gives the same requests, from fresh or reused memory; oversized payloads are skipped', (t) => {
+test('RequestParser: any chunking of a request stream gives the same requests, from fresh or reused memory or read in place; oversized payloads are skipped', (t) => {
   fc.assert(
     fc.property(fc.array(requestArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 10 }), fc.integer({ min: 0, max: 300 }), (reqs, cuts, max) => {
       const wire = concat(reqs.flatMap((r) => [P.encodeRequest(r), ...(r.type === 1 ? [new Uint8Array(r.length).fill(r.seed)] : [])]))
@@ -194,6 +194,35 @@ test('RequestParser: any chunking of a request stream gives the same requests, f
     }),
     { numRuns: 300 },
   )
+  // A reader that takes each payload's rest in place when the parser lends it (directTarget), else reads into a reused buffer.
+  let runsInPlace = 0
+  fc.assert(
+    fc.property(fc.array(requestArb, { maxLength: 12 }), fc.array(fc.integer({ min: 1, max: 90 }), { minLength: 1, maxLength: 10 }), fc.integer({ min: 1, max: 64 }), (reqs, sizes, min) => {
+      const wire = concat(reqs.flatMap((r) => [P.encodeRequest(r), ...(r.type === 1 ? [new Uint8Array(r.length).fill(r.seed)] : [])]))
+      const parser = new P.RequestParser(300)
+      const scratch = new Uint8Array(90)
+      const got: P.Request[] = []
+      let inPlace = 0
+      for (let at = 0, i = 0; at < wire.length; i++) {
+        const into = parser.directTarget(min) ?? scratch
+        const n = Math.min(sizes[i % sizes.length], into.length, wire.length - at)
+        into.set(wire.subarray(at, at + n))
+        at += n
+        if (into !== scratch) inPlace += n
+        got.push(...parser.feed(into.subarray(0, n), true))
+        scratch.fill(0xee)
+      }
+      const payloads = reqs.reduce((k, r) => k + (r.type === 1 && r.length <= 300 ? r.length : 0), 0)
+      if (inPlace > 0) runsInPlace++
+      return (
+        inPlace <= payloads &&
+        got.length === reqs.length &&
+        reqs.every((r, i) => got[i].cookie === r.cookie && got[i].offset === r.offset && (r.type !== 1 || r.length === 0 || r.length > 300 || got[i].data!.every((x) => x === r.seed)))
+      )
+    }),
+    { numRuns: 300 },
+  )
+  t.true(runsInPlace > 10, `payloads were read in place in ${runsInPlace} runs`)
   fc.assert(fc.property(fc.array(bytes(100), { maxLength: 6 }), (chunks) => {
     const parser = new P.RequestParser(1024)
     return typed(() => chunks.forEach((c) => parser.feed(c)))
@@ -207,7 +236,7 @@ test('adoptWithUserBuffer: an accepted socket reads into the buffer given, every
   const views = new Set<ArrayBufferLike>()
   const closed = new Promise<void>((resolve) => {
     const server: Server = createServer({ pauseOnConnect: true }, (raw) => {
-      const s = adoptWithUserBuffer(raw, buffer, (b) => {
+      const s = adoptWithUserBuffer(raw, () => buffer, (b) => {
         views.add(b.buffer)
         seen.push(...b)
       })

@@ -182,6 +182,8 @@ const OPTION_DATA_LIMIT = 64 * 1024
 const POOL_BYTES = 64 * 2 ** 20
 /** The buffer a plain-text connection reads into (see user-buffer-socket.ts). */
 const READ_BUFFER_BYTES = 256 * 1024
+/** A write payload with at least this much still to come is read in place, not through that buffer. */
+const DIRECT_READ_MIN = 16 * 1024
 const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
 const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
@@ -337,6 +339,8 @@ class Connection {
   private structured = false
   /** The metadata contexts chosen by NBD_OPT_SET_META_CONTEXT. */
   private selected: SelectedContext[] = []
+  /** Replies are being gathered into one socket write until the current tick's work is done. */
+  private gathering = false
   /** Where the bytes of a socket read into our buffer go: the handshake's reader (a copy), then the request parser. */
   private sink: (bytes: Uint8Array) => void = (b) => this.reader?.push(b.slice())
   private parser: RequestParser | null = null
@@ -349,7 +353,10 @@ class Connection {
     // Plain text (no TLS to start): reads go into one buffer of this connection's, not a new one per read.
     let socket = raw
     if (ctx.tls === undefined) {
-      socket = adoptWithUserBuffer(raw, new Uint8Array(READ_BUFFER_BYTES), (b) => this.sink(b)) ?? raw
+      const scratch = new Uint8Array(READ_BUFFER_BYTES)
+      // The rest of a large write's payload is read straight into its buffer.
+      const next = () => this.parser?.directTarget(DIRECT_READ_MIN) ?? scratch
+      socket = adoptWithUserBuffer(raw, next, (b) => this.sink(b)) ?? raw
       socket.resume()
     }
     this.socket = socket
@@ -639,11 +646,18 @@ class Connection {
     else if (Array.isArray(data)) out = data
     else if (this.structured && r.type === Cmd.READ && data) out = readChunks(cookie, Number(r.offset), data, (r.flags & CmdFlag.DF) !== 0)
     else out = error === 0 && data ? [encodeSimpleReply(0, cookie), data] : [encodeSimpleReply(error, cookie)]
-    s.cork()
+    // Every reply of the requests completed together (one reap of the target's completions) goes out in one write.
+    if (!this.gathering) {
+      this.gathering = true
+      s.cork()
+      process.nextTick(() => {
+        this.gathering = false
+        s.uncork()
+      })
+    }
     for (let i = 0; i < out.length - 1; i++) s.write(out[i])
-    // The last write's callback comes once the socket is done with every corked write (sent, or dropped with the socket).
+    // The last write's callback comes once the socket is done with it (sent, or dropped with the socket).
     s.write(out[out.length - 1], lent ? () => pool.give(lent) : undefined)
-    s.uncork()
   }
 
   /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE. */

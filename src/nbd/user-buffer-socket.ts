@@ -1,8 +1,9 @@
 /**
- * A served connection read into one buffer of ours: Node's `onread` (the socket reads
- * into a buffer the caller gives and hands over the byte count; no new buffer per
- * read, so nothing for the garbage collector, and reads as large as that buffer
- * instead of 64 KiB), which `net.Server` does not offer for the sockets it accepts.
+ * A served connection read into buffers of ours: Node's `onread` (the socket reads
+ * into a buffer the caller chooses before each read, and hands over the byte count; no
+ * new buffer per read, so nothing for the garbage collector, reads as large as that
+ * buffer instead of 64 KiB, and a payload can be read straight where it belongs),
+ * which `net.Server` does not offer for the sockets it accepts.
  *
  * {@link adoptWithUserBuffer} moves an accepted socket's handle, before anything was
  * read from it (the server listens with `pauseOnConnect`), to a new `net.Socket` made
@@ -12,22 +13,24 @@
  * cannot be had (a Node without `_handle` on its sockets), it answers null and the
  * caller reads the socket as usual.
  *
- * The bytes a callback gets are valid only during the call: the next read overwrites
- * them.
+ * `next()` gives the buffer for each read (called once at the start and after each
+ * read); `sink` gets the bytes read, a view of the buffer `next()` gave. The caller
+ * owns what it reuses: bytes in a buffer it hands out again are overwritten.
  *
  * @internal
  * @module
  */
 import { Socket } from 'node:net'
 
-/** Called with each read's bytes (a view of the reused buffer, valid during the call only). */
+/** Called with each read's bytes: a view of the start of the buffer the read went into. */
 export type UserBufferSink = (bytes: Uint8Array) => void
 
 /**
  * The socket `raw` (accepted with `pauseOnConnect`, nothing read yet) as a new socket
- * that reads into `buffer` and hands each read to `sink`; null where that cannot be done.
+ * that reads into the buffers `next()` gives and hands each read to `sink`; null where
+ * that cannot be done.
  */
-export function adoptWithUserBuffer(raw: Socket, buffer: Uint8Array, sink: UserBufferSink): Socket | null {
+export function adoptWithUserBuffer(raw: Socket, next: () => Uint8Array, sink: UserBufferSink): Socket | null {
   const r = raw as Socket & { _handle?: unknown }
   const handle = r._handle
   if (handle === null || typeof handle !== 'object' || raw.destroyed) return null
@@ -35,7 +38,7 @@ export function adoptWithUserBuffer(raw: Socket, buffer: Uint8Array, sink: UserB
   const adopted = new Socket({
     handle,
     onread: {
-      buffer,
+      buffer: next,
       callback: (n: number, b: Uint8Array) => {
         sink(b.subarray(0, n))
       },
