@@ -712,3 +712,29 @@ test('server close: requests in flight are answered, the client sees the disconn
   const { existsSync } = await import('node:fs')
   t.false(existsSync(path))
 })
+
+test('one connection: requests are served at once and answered as each completes (a held read does not hold later writes and reads); large writes arrive whole over TCP and a Unix socket', async (t) => {
+  for (const where of [{ port: 0, host: '127.0.0.1' }, { socket: sockPath() }]) {
+    let release!: () => void
+    const gate = new Promise<void>((r) => (release = r))
+    const mem = memoryTarget(8 << 20)
+    const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, read: async (b, o) => (o === 0 ? await gate : undefined, mem.read(b, o)) }
+    const srv = await serveNbd(target, where)
+    const m = await NbdMember.open(srv.url)
+    let held = false
+    const first = m.read(new Uint8Array(4096), 0).then(() => (held = true))
+    // 4 MiB written in one request (the payload read in place), and a read, both answered while the first read waits.
+    const big = new Uint8Array(4 << 20).map((_, i) => (i * 7) & 0xff)
+    await m.write(big, 1 << 20)
+    const back = new Uint8Array(4 << 20)
+    await m.read(back, 1 << 20)
+    t.false(held, 'the first read is still held')
+    t.true(Buffer.from(back).equals(Buffer.from(big)), 'the large write arrived whole')
+    t.true(Buffer.from(mem.data.subarray(1 << 20, 5 << 20)).equals(Buffer.from(big)))
+    release()
+    await first
+    t.true(held)
+    await m.close()
+    await srv.close()
+  }
+})
