@@ -18,7 +18,11 @@
  * READ_ONLY when asked). With structured replies, reads answer with OFFSET_DATA and
  * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
  * BLOCK_STATUS with one chunk per selected context. Requests are served
- * concurrently, replies go out as each completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
+ * concurrently, replies go out as each completes, matched by handle (those completed
+ * in one tick in one socket write). A plain-text connection is read into a buffer of
+ * its own, the rest of a large write payload straight into the payload's buffer
+ * (`user-buffer-socket.ts`); payload and read buffers come from a pool the
+ * connections share, reused once the target or the socket is done with them. FLUSH → `target.flush()`; FUA → the write, then a
  * flush; TRIM → `target.discard` (a mirror's punches holes in its members and reads
  * back zeroes), else `target.trim`, else accepted and ignored (the protocol lets a
  * server ignore it); WRITE_ZEROES → `target.writeZeroes` unless the client set
