@@ -696,12 +696,15 @@ test('server close: requests in flight are answered, the client sees the disconn
   let release!: () => void
   const gate = new Promise<void>((r) => (release = r))
   const mem = memoryTarget(1 << 20)
-  const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, write: async (d, o) => (await gate, mem.write(d, o)) }
+  let entered!: () => void
+  const inWrite = new Promise<void>((r) => (entered = r))
+  const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, write: async (d, o) => (entered(), await gate, mem.write(d, o)) }
   const path = sockPath()
   const srv = await serveNbd(target, { socket: path })
   const m = await NbdMember.open(srv.url)
   const w = m.write(new Uint8Array(512).fill(1), 0)
-  await new Promise((r) => setTimeout(r, 50))
+  // The write is in flight at the server (not merely sent) when the server closes.
+  await inWrite
   const closing = srv.close()
   setTimeout(release, 50)
   await w
