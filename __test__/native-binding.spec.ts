@@ -6,13 +6,13 @@
  * is exercised here.
  */
 import test from 'ava'
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { binding, platformTriple } from '../src/native/load'
 
 const EXERCISED = {
-  functions: ['alignmentOffset', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole'],
+  functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole'],
   classes: {
     NativeFileLock: ['release'],
     NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'],
@@ -104,6 +104,31 @@ function alignedPage(alignmentOffset: (v: Uint8Array, a: number) => number): Uin
   const off = alignmentOffset(backing, 4096)
   return backing.subarray(off, off + 4096)
 }
+
+test('allocatedRanges: the data ranges of a sparse file as SEEK_DATA/SEEK_HOLE see them, clipped, capped; a missing file is ENOENT', async (t) => {
+  const b = binding()
+  const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-binding-'))
+  try {
+    const file = join(dir, 'sparse')
+    const M = 2 ** 20
+    const fd = openSync(file, 'w')
+    ftruncateSync(fd, 16 * M)
+    for (const at of [M, 5 * M, 9 * M]) writeSync(fd, Buffer.alloc(M, 0xab), 0, M, at)
+    closeSync(fd)
+    const all = await b.allocatedRanges(file, 0, 16 * M)
+    if (all.ranges.length === 1 && all.ranges[0].length === 16 * M) {
+      // A filesystem without SEEK_DATA says all of it is data; nothing more to check there.
+      t.deepEqual(all, { ranges: [{ offset: 0, length: 16 * M }], end: 16 * M })
+      return
+    }
+    t.deepEqual(all, { ranges: [{ offset: M, length: M }, { offset: 5 * M, length: M }, { offset: 9 * M, length: M }], end: 16 * M })
+    t.deepEqual(await b.allocatedRanges(file, 1.5 * M, 4 * M), { ranges: [{ offset: 1.5 * M, length: 0.5 * M }, { offset: 5 * M, length: 0.5 * M }], end: 5.5 * M })
+    t.deepEqual(await b.allocatedRanges(file, 0, 16 * M, 2), { ranges: [{ offset: M, length: M }, { offset: 5 * M, length: M }], end: 6 * M }, 'capped at two ranges')
+    await t.throwsAsync(b.allocatedRanges(join(dir, 'missing'), 0, M), { code: 'ENOENT' })
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})
 
 test('punchHole: the range reads as zeroes, the size is kept; past the end is EOUT_OF_RANGE', async (t) => {
   const b = binding()

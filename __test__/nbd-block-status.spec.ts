@@ -5,7 +5,8 @@
  *
  * - `nbdinfo --map` (base:allocation) of a sparse mirror equals the data ranges of the
  *   source member as SEEK_DATA/SEEK_HOLE see them (`qemu-img map` of the raw file, which
- *   asks lseek), and `qemu-img map` through NBD agrees;
+ *   asks lseek), a preallocated (unwritten) range included, which FIEMAP would call an
+ *   extent; and `qemu-img map` through NBD agrees;
  * - `nbdinfo --map=md-bitmap:write-intent` lists exactly the ranges `md-bitmap dirty`
  *   reads from the bitmap file;
  * - `nbdcopy --connections=4` into and out of the export with NBD_FLAG_CAN_MULTI_CONN,
@@ -25,6 +26,7 @@ import { join } from 'node:path'
 import { Cmd, CmdFlag, Opt, Rep, encodeInfoRequest, encodeOption, encodeRequest } from '../src/nbd/protocol'
 import { encodeMetaContextRequest } from '../src/nbd/meta-context'
 import { ReplyType } from '../src/nbd/protocol/structured-reply'
+import { extents } from '../src/io/file-check'
 import { requires } from './helpers/env'
 import { diskTempDir, removeDir } from './helpers/tmp'
 import { KiB, MiB } from './helpers/mirror'
@@ -77,8 +79,12 @@ withLibnbd('nbdinfo --map (base:allocation) of a sparse mirror equals SEEK_DATA 
   const { server, members, settled } = await servedMirror(t, 'allocation')
   await qemuIo(server.url, ['write -P 0x11 0 64k', 'write -P 0x22 3M 1M', 'write -P 0x33 17M 256k', 'write -P 0x44 31M 1M', 'flush'])
   await settled()
+  // Preallocated, never written: an extent to FIEMAP, a hole to SEEK_DATA (and it reads as zeroes).
+  await run('fallocate', ['-o', String(8 * MiB), '-l', String(2 * MiB), members[0]])
+  t.true((await extents(members[0])).extents.some((e) => e.flags.includes('unwritten') && e.logical <= 8 * MiB && e.logical + e.length >= 10 * MiB), 'FIEMAP lists the preallocated range')
   const seek = await qemuImgData(members[0])
   t.true(seek.length >= 3, `the source member is sparse: ${JSON.stringify(seek)}`)
+  t.false(seek.some((r) => r.offset < 10 * MiB && r.offset + r.length > 8 * MiB), `SEEK_DATA calls the preallocated range a hole: ${JSON.stringify(seek)}`)
   const viaNbd = await nbdinfoMap(server.url, undefined, (type) => (type & 1) === 0)
   t.deepEqual(viaNbd, seek)
   // The written ranges are inside the data, the rest of the data is filesystem rounding at most.

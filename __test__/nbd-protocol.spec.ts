@@ -13,6 +13,7 @@ import { join } from 'node:path'
 
 import { MdBitmapError, NbdError, NbdMember, allocAligned, listNbdExports, serveNbd, type NbdTarget } from '../src'
 import * as P from '../src/nbd/protocol'
+import { adoptWithUserBuffer } from '../src/nbd/user-buffer-socket'
 import { removeDir } from './helpers/tmp'
 
 const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-nbd-proto-'))
@@ -160,7 +161,7 @@ const requestArb = fc.record({
   seed: fc.integer({ min: 1, max: 255 }),
 })
 
-test('RequestParser: any chunking of a request stream gives the same requests; oversized payloads are skipped', (t) => {
+test('RequestParser: any chunking of a request stream gives the same requests, from fresh or reused memory or read in place; oversized payloads are skipped', (t) => {
   fc.assert(
     fc.property(fc.array(requestArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 10 }), fc.integer({ min: 0, max: 300 }), (reqs, cuts, max) => {
       const wire = concat(reqs.flatMap((r) => [P.encodeRequest(r), ...(r.type === 1 ? [new Uint8Array(r.length).fill(r.seed)] : [])]))
@@ -177,11 +178,86 @@ test('RequestParser: any chunking of a request stream gives the same requests; o
     }),
     { numRuns: 300 },
   )
+  // Fed from one reused buffer (a socket read into memory of the caller's), scribbled over after each feed: the same requests.
+  fc.assert(
+    fc.property(fc.array(requestArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 10 }), (reqs, cuts) => {
+      const wire = concat(reqs.flatMap((r) => [P.encodeRequest(r), ...(r.type === 1 ? [new Uint8Array(r.length).fill(r.seed)] : [])]))
+      const parser = new P.RequestParser(300)
+      const reused = new Uint8Array(wire.length)
+      const got = split(wire, cuts).flatMap((c) => {
+        reused.set(c)
+        const out = parser.feed(reused.subarray(0, c.length), true)
+        reused.fill(0xee)
+        return out
+      })
+      return got.length === reqs.length && reqs.every((r, i) => got[i].cookie === r.cookie && got[i].offset === r.offset && (r.type !== 1 || r.length === 0 || r.length > 300 || got[i].data!.every((x) => x === r.seed)))
+    }),
+    { numRuns: 300 },
+  )
+  // A reader that takes each payload's rest in place when the parser lends it (directTarget), else reads into a reused buffer.
+  let runsInPlace = 0
+  fc.assert(
+    fc.property(fc.array(requestArb, { maxLength: 12 }), fc.array(fc.integer({ min: 1, max: 90 }), { minLength: 1, maxLength: 10 }), fc.integer({ min: 1, max: 64 }), (reqs, sizes, min) => {
+      const wire = concat(reqs.flatMap((r) => [P.encodeRequest(r), ...(r.type === 1 ? [new Uint8Array(r.length).fill(r.seed)] : [])]))
+      const parser = new P.RequestParser(300)
+      const scratch = new Uint8Array(90)
+      const got: P.Request[] = []
+      let inPlace = 0
+      for (let at = 0, i = 0; at < wire.length; i++) {
+        const into = parser.directTarget(min) ?? scratch
+        const n = Math.min(sizes[i % sizes.length], into.length, wire.length - at)
+        into.set(wire.subarray(at, at + n))
+        at += n
+        if (into !== scratch) inPlace += n
+        got.push(...parser.feed(into.subarray(0, n), true))
+        scratch.fill(0xee)
+      }
+      const payloads = reqs.reduce((k, r) => k + (r.type === 1 && r.length <= 300 ? r.length : 0), 0)
+      if (inPlace > 0) runsInPlace++
+      return (
+        inPlace <= payloads &&
+        got.length === reqs.length &&
+        reqs.every((r, i) => got[i].cookie === r.cookie && got[i].offset === r.offset && (r.type !== 1 || r.length === 0 || r.length > 300 || got[i].data!.every((x) => x === r.seed)))
+      )
+    }),
+    { numRuns: 300 },
+  )
+  t.true(runsInPlace > 10, `payloads were read in place in ${runsInPlace} runs`)
   fc.assert(fc.property(fc.array(bytes(100), { maxLength: 6 }), (chunks) => {
     const parser = new P.RequestParser(1024)
     return typed(() => chunks.forEach((c) => parser.feed(c)))
   }), { numRuns: 300 })
   t.pass()
+})
+
+test('adoptWithUserBuffer: an accepted socket reads into the buffer given, every byte in order; writes and close work as on any socket', async (t) => {
+  const buffer = new Uint8Array(4096)
+  const seen: number[] = []
+  const views = new Set<ArrayBufferLike>()
+  const closed = new Promise<void>((resolve) => {
+    const server: Server = createServer({ pauseOnConnect: true }, (raw) => {
+      const s = adoptWithUserBuffer(raw, () => buffer, (b) => {
+        views.add(b.buffer)
+        seen.push(...b)
+      })
+      if (!s) return void raw.destroy()
+      s.on('end', () => s.end(Buffer.from('bye')))
+      s.on('close', () => server.close(() => resolve()))
+    })
+    server.listen(sockPath(), () => {
+      const c = connect((server.address() as string), () => {
+        for (let i = 0; i < 40; i++) c.write(new Uint8Array(1000).fill(i))
+        c.end()
+      })
+      let reply = ''
+      c.on('data', (d) => (reply += d))
+      c.on('close', () => t.is(reply, 'bye'))
+    })
+  })
+  await closed
+  t.is(seen.length, 40_000)
+  t.true(seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
+  t.deepEqual([...views], [buffer.buffer], 'read into the buffer given, never another')
 })
 
 test('ReplyParser: read payloads land in their buffers in any chunking; unknown handles and bad magic are typed errors', (t) => {
@@ -620,12 +696,15 @@ test('server close: requests in flight are answered, the client sees the disconn
   let release!: () => void
   const gate = new Promise<void>((r) => (release = r))
   const mem = memoryTarget(1 << 20)
-  const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, write: async (d, o) => (await gate, mem.write(d, o)) }
+  let entered!: () => void
+  const inWrite = new Promise<void>((r) => (entered = r))
+  const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, write: async (d, o) => (entered(), await gate, mem.write(d, o)) }
   const path = sockPath()
   const srv = await serveNbd(target, { socket: path })
   const m = await NbdMember.open(srv.url)
   const w = m.write(new Uint8Array(512).fill(1), 0)
-  await new Promise((r) => setTimeout(r, 50))
+  // The write is in flight at the server (not merely sent) when the server closes.
+  await inWrite
   const closing = srv.close()
   setTimeout(release, 50)
   await w
@@ -635,4 +714,30 @@ test('server close: requests in flight are answered, the client sees the disconn
   await m.close()
   const { existsSync } = await import('node:fs')
   t.false(existsSync(path))
+})
+
+test('one connection: requests are served at once and answered as each completes (a held read does not hold later writes and reads); large writes arrive whole over TCP and a Unix socket', async (t) => {
+  for (const where of [{ port: 0, host: '127.0.0.1' }, { socket: sockPath() }]) {
+    let release!: () => void
+    const gate = new Promise<void>((r) => (release = r))
+    const mem = memoryTarget(8 << 20)
+    const target: NbdTarget = { ...mem, size: mem.size, alignment: 512, read: async (b, o) => (o === 0 ? await gate : undefined, mem.read(b, o)) }
+    const srv = await serveNbd(target, where)
+    const m = await NbdMember.open(srv.url)
+    let held = false
+    const first = m.read(new Uint8Array(4096), 0).then(() => (held = true))
+    // 4 MiB written in one request (the payload read in place), and a read, both answered while the first read waits.
+    const big = new Uint8Array(4 << 20).map((_, i) => (i * 7) & 0xff)
+    await m.write(big, 1 << 20)
+    const back = new Uint8Array(4 << 20)
+    await m.read(back, 1 << 20)
+    t.false(held, 'the first read is still held')
+    t.true(Buffer.from(back).equals(Buffer.from(big)), 'the large write arrived whole')
+    t.true(Buffer.from(mem.data.subarray(1 << 20, 5 << 20)).equals(Buffer.from(big)))
+    release()
+    await first
+    t.true(held)
+    await m.close()
+    await srv.close()
+  }
 })

@@ -31,6 +31,13 @@
  *    c. `nbdcopy --connections=1` against `--connections=4` (and `--threads` the
  *       same) of the source into that served mirror (NBD_FLAG_CAN_MULTI_CONN):
  *       MB/s and the ratio 4/1.
+ *    For b and c, CPU is counted beside the wall time, since a shared machine's wall
+ *    times swing with other work: the server's (this process, `process.cpuUsage`,
+ *    its I/O threads included) per request and per MB, the client's (the child,
+ *    from the children's times in /proc/self/stat), and the event-loop utilisation
+ *    of the serving thread; each run's line gives the load average. Ratios are
+ *    given per round (the kinds of a round run back to back, in rotated order) and
+ *    over all rounds.
 
  *
  * Options:
@@ -40,6 +47,7 @@
  *   --rtt-ms MS      delay added to each remote write in the second latency set (default 2)
  *   --source MIB     size of the convert source (default 256)
  *   --quick          1 s per configuration, 1 round, 64 MiB source
+ *   --parts LIST     which parts to run, e.g. `3` or `1,2` (default 1,2,3)
  *   --out FILE       default bench/out/nbd.json
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
@@ -59,14 +67,15 @@ interface Options {
   rounds: number
   rttMs: number
   sourceMiB: number
+  parts: Set<number>
   out: string
 }
 
 function parseArgs(argv: string[]): Options {
   const a = parseOptions(
     argv,
-    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', 'rtt-ms': 'value', source: 'value', out: 'value' },
-    'usage: npm run bench:nbd -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--rtt-ms MS] [--source MIB] [--out FILE]',
+    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', 'rtt-ms': 'value', source: 'value', parts: 'value', out: 'value' },
+    'usage: npm run bench:nbd -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--rtt-ms MS] [--source MIB] [--parts 1,2,3] [--out FILE]',
   )
   const quick = a.flag('quick')
   const o: Options = {
@@ -75,9 +84,10 @@ function parseArgs(argv: string[]): Options {
     rounds: a.number('rounds', quick ? 1 : 2),
     rttMs: a.number('rtt-ms', 2),
     sourceMiB: a.number('source', quick ? 64 : 256),
+    parts: new Set((a.value('parts') ?? '1,2,3').split(',').map(Number)),
     out: path.resolve(a.value('out') ?? path.join(__dirname, 'out', 'nbd.json')),
   }
-  if (!(o.durationS > 0) || !(o.rounds >= 1) || !(o.rttMs >= 0) || !(o.sourceMiB >= 1)) throw new Error('bad option value')
+  if (!(o.durationS > 0) || !(o.rounds >= 1) || !(o.rttMs >= 0) || !(o.sourceMiB >= 1) || ![...o.parts].every((p) => p >= 1 && p <= 3)) throw new Error('bad option value')
   return o
 }
 
@@ -172,7 +182,6 @@ async function latencyRun(o: Options, files: { bitmap: string; local: string }, 
 }
 
 // ---------------------------------------------------------------------------------------
-// Part 2: qemu-img convert
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2))
@@ -196,9 +205,32 @@ async function main(): Promise<void> {
     fs.fsyncSync(fd)
     fs.closeSync(fd)
   }
+  const src = path.join(dir, 'src.raw')
+  const srcSize = o.sourceMiB * MiB
+  {
+    const fd = fs.openSync(src, 'w')
+    const piece = Buffer.alloc(4 * MiB)
+    for (let off = 0; off < srcSize; off += piece.length) {
+      randomFillSync(piece)
+      fs.writeSync(fd, piece, 0, Math.min(piece.length, srcSize - off), off)
+    }
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
   const q = await qemuNbd(remote, 'remote')
+  const latency = o.parts.has(1) ? await latencyPart(o, dir, local, q.url) : undefined
+  const convert = o.parts.has(2) ? await convertPart(o, dir, local, q.url, src, srcSize) : undefined
+  await q.stop()
+  const tls = o.parts.has(3) ? await tlsPart(o, dir, { local, remote, src, srcSize }) : undefined
+  console.log(`at end: ${loadLine()}`)
+  fs.mkdirSync(path.dirname(o.out), { recursive: true })
+  fs.writeFileSync(o.out, JSON.stringify({ date: new Date().toISOString(), options: { ...o, parts: [...o.parts] }, ...latency, convert, tls }, null, 2))
+}
 
-  // -- Part 1
+// ---------------------------------------------------------------------------------------
+// Part 1: ack latency, write-behind against synchronous
+
+async function latencyPart(o: Options, dir: string, local: string, remoteUrl: string) {
   const configs = [
     { key: `sync, remote as is`, writeBehind: 0, rtt: 0 },
     { key: `behind, remote as is`, writeBehind: 256, rtt: 0 },
@@ -209,7 +241,7 @@ async function main(): Promise<void> {
   for (let round = 0; round < o.rounds; round++) {
     const order = configs.map((_, i) => configs[(i + round) % configs.length])
     for (const c of order) {
-      const r = await latencyRun(o, { bitmap: path.join(dir, 'bitmap'), local }, q.url, c.writeBehind, c.rtt, 1234 + round)
+      const r = await latencyRun(o, { bitmap: path.join(dir, 'bitmap'), local }, remoteUrl, c.writeBehind, c.rtt, 1234 + round)
       const acc = results.get(c.key)!
       acc.writes += r.writes
       acc.seconds += r.seconds
@@ -239,19 +271,13 @@ async function main(): Promise<void> {
   console.log('\nRatios (behind / sync):')
   for (const [k, v] of Object.entries(ratios)) console.log(`  ${k.padEnd(40)} ${v.toFixed(2)}`)
 
-  // -- Part 2
-  const src = path.join(dir, 'src.raw')
-  const srcSize = o.sourceMiB * MiB
-  {
-    const fd = fs.openSync(src, 'w')
-    const piece = Buffer.alloc(4 * MiB)
-    for (let off = 0; off < srcSize; off += piece.length) {
-      randomFillSync(piece)
-      fs.writeSync(fd, piece, 0, Math.min(piece.length, srcSize - off), off)
-    }
-    fs.fsyncSync(fd)
-    fs.closeSync(fd)
-  }
+  return { latency: summary, ratios }
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 2: qemu-img convert into the served mirror and into qemu-nbd
+
+async function convertPart(o: Options, dir: string, local: string, remoteUrl: string, src: string, srcSize: number) {
   const plain = path.join(dir, 'plain.img')
   fs.writeFileSync(plain, '')
   fs.truncateSync(plain, srcSize)
@@ -271,7 +297,7 @@ async function main(): Promise<void> {
       }
       const mirror = await Mirror.create({
         bitmap: path.join(dir, 'bitmap'),
-        members: which === 'single' ? [{ path: local }] : [{ path: local }, { path: q.url, writeMostly: true }],
+        members: which === 'single' ? [{ path: local }] : [{ path: local }, { path: remoteUrl, writeMostly: true }],
         size: srcSize,
         chunkSize: 4 * MiB,
         writeBehind: 256,
@@ -306,15 +332,9 @@ async function main(): Promise<void> {
   console.log(`write-mostly member drained ${conv.drainMs.map((x) => fmt(x)).join(' / ')} ms after qemu-img exited`)
   console.log(`at ${loadLine()}`)
 
-  const tls = await tlsPart(o, dir, { local, remote, src, srcSize })
-  console.log(`at end: ${loadLine()}`)
-  fs.mkdirSync(path.dirname(o.out), { recursive: true })
-  fs.writeFileSync(
-    o.out,
-    JSON.stringify({ date: new Date().toISOString(), options: o, latency: summary, ratios, convert: { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio }, tls }, null, 2),
-  )
+
   await p.stop()
-  await q.stop()
+  return { ...conv, mbMirror: mbps(conv.mirror), mbSingle: mbps(conv.single), mbPlain: mbps(conv.plain), ratio: convRatio }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -323,9 +343,6 @@ async function main(): Promise<void> {
 async function tlsPart(o: Options, dir: string, f: { local: string; remote: string; src: string; srcSize: number }) {
   const pki = await makePki(path.join(dir, 'pki'))
   const creds: NbdServerTlsCredentials = await readServerTlsCredentials({ dir: pki.server })
-  const mean = (a: number[]) => a.reduce((s, x) => s + x, 0) / a.length
-  const mbps = (secs: number[]) => f.srcSize / 1e6 / mean(secs)
-
   // a. ack latency, synchronous mirroring to qemu-nbd, plain and TLS
   const plainRemote = await qemuNbd(f.remote, 'remote')
   const tlsRemote = await qemuNbd(f.remote, 'remote', ['--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.server},verify-peer=off`, '--tls-creds', 'tls0'])
@@ -349,53 +366,116 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
   console.log(table([['remote', 'writes', 'p50 µs', 'p99 µs'], ...(['plain', 'tls'] as const).map((k) => [k === 'plain' ? 'nbd:// (plain)' : 'nbds:// (TLS 1.3, X.509)', fmt(latency[k].writes), fmt(latency[k].p50), fmt(latency[k].p99)])]))
 
   // b, c. qemu-img convert (plain, TLS) and nbdcopy (1, 4 connections) into a served mirror of one local member
-  const served = async (tls: NbdServerTlsCredentials | undefined, work: (port: number, url: string) => Promise<void>) => {
+  const served = async (tls: NbdServerTlsCredentials | undefined, work: (port: number, url: string) => Promise<void>): Promise<StreamRun> => {
     const mirror = await Mirror.create({ bitmap: path.join(dir, 'bitmap'), members: [{ path: f.local }], size: f.srcSize, chunkSize: 4 * MiB, writeBehind: 0, daemonSleep: 5, assumeClean: true, overwrite: true })
     const server = await serveNbd(mirror, { port: 0, exportName: 'mirror', tls })
     try {
+      const elu0 = performance.eventLoopUtilization()
+      const cpu0 = process.cpuUsage()
+      const child0 = childrenCpuSeconds()
       const t0 = performance.now()
       await work((server.address as { port: number }).port, server.url)
-      return (performance.now() - t0) / 1000
+      const seconds = (performance.now() - t0) / 1000
+      const cpu = process.cpuUsage(cpu0)
+      return {
+        seconds,
+        serverCpu: (cpu.user + cpu.system) / 1e6,
+        clientCpu: childrenCpuSeconds() - child0,
+        requests: server.requests,
+        elu: performance.eventLoopUtilization(elu0).utilization,
+        load1: os.loadavg()[0],
+      }
     } finally {
       await server.close()
       await mirror.close()
     }
   }
-  const runs: Record<'plain' | 'tls' | 'copy1' | 'copy4', number[]> = { plain: [], tls: [], copy1: [], copy4: [] }
   const kinds = ['plain', 'tls', 'copy1', 'copy4'] as const
+  const runs: Record<(typeof kinds)[number], StreamRun[]> = { plain: [], tls: [], copy1: [], copy4: [] }
+  const label = { plain: 'qemu-img convert, plain', tls: 'qemu-img convert, TLS (X.509)', copy1: 'nbdcopy --connections=1', copy4: 'nbdcopy --connections=4' }
   for (let round = 0; round < o.rounds; round++) {
     for (const k of kinds.map((_, i) => kinds[(i + round) % kinds.length])) {
-      if (k === 'plain') runs.plain.push(await served(undefined, (_p, url) => run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', f.src, url])))
+      let r: StreamRun
+      if (k === 'plain') r = await served(undefined, (_p, url) => run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', f.src, url]))
       else if (k === 'tls') {
-        runs.tls.push(
-          await served(creds, (port) =>
-            run('qemu-img', ['convert', '-n', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.anonymous}`, '-f', 'raw', f.src, '--target-image-opts', `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=mirror,file.tls-creds=tls0`]),
-          ),
+        r = await served(creds, (port) =>
+          run('qemu-img', ['convert', '-n', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.anonymous}`, '-f', 'raw', f.src, '--target-image-opts', `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=mirror,file.tls-creds=tls0`]),
         )
       } else {
         const n = k === 'copy1' ? 1 : 4
-        runs[k].push(await served(undefined, (_p, url) => run('nbdcopy', [`--connections=${n}`, `--threads=${n}`, f.src, url])))
+        r = await served(undefined, (_p, url) => run('nbdcopy', [`--connections=${n}`, `--threads=${n}`, f.src, url]))
       }
+      runs[k].push(r)
+      process.stderr.write(
+        `  round ${round + 1} ${label[k]}: ${fmt(f.srcSize / 1e6 / r.seconds, 1)} MB/s, server CPU ${r.serverCpu.toFixed(2)} s (${fmt((r.serverCpu * 1e6) / r.requests)} µs/request), client CPU ${r.clientCpu.toFixed(2)} s, event loop ${(r.elu * 100).toFixed(0)} % busy, load ${r.load1.toFixed(2)}\n`,
+      )
     }
-    process.stderr.write(`  TLS/nbdcopy round ${round + 1} done\n`)
   }
-  const row = (label: string, a: number[]) => [label, fmt(mean(a), 2), fmt(mbps(a), 1), a.map((x) => x.toFixed(2)).join(' / ')]
+  const sum = (a: StreamRun[], key: 'seconds' | 'serverCpu' | 'clientCpu' | 'requests') => a.reduce((n, r) => n + r[key], 0)
+  const mbOf = (a: StreamRun[]) => (f.srcSize * a.length) / 1e6 / sum(a, 'seconds')
+  /** Server CPU milliseconds per MB copied. */
+  const cpuPerMb = (a: StreamRun[]) => (sum(a, 'serverCpu') * 1000) / ((f.srcSize * a.length) / 1e6)
   console.log(`\nInto a served mirror of one local member, ${o.sourceMiB} MiB of random data\n`)
   console.log(
     table([
-      ['client', 'seconds (mean)', 'MB/s', 'per run (s)'],
-      row('qemu-img convert, plain', runs.plain),
-      row('qemu-img convert, TLS (X.509)', runs.tls),
-      row('nbdcopy --connections=1', runs.copy1),
-      row('nbdcopy --connections=4', runs.copy4),
+      ['client', 'MB/s', 'per run (s)', 'server CPU ms/MB', 'µs/request', 'client CPU s', 'loop busy', 'load (1 min)'],
+      ...kinds.map((k) => {
+        const a = runs[k]
+        return [
+          label[k],
+          fmt(mbOf(a), 1),
+          a.map((r) => r.seconds.toFixed(2)).join(' / '),
+          fmt(cpuPerMb(a), 2),
+          fmt((sum(a, 'serverCpu') * 1e6) / sum(a, 'requests')),
+          fmt(sum(a, 'clientCpu') / a.length, 2),
+          `${fmt((100 * a.reduce((n, r) => n + r.elu, 0)) / a.length)} %`,
+          a.map((r) => r.load1.toFixed(1)).join(' / '),
+        ]
+      }),
     ]),
   )
-  const tlsRatio = mbps(runs.tls) / mbps(runs.plain)
-  const connRatio = mbps(runs.copy4) / mbps(runs.copy1)
-  console.log(`\nRatio TLS / plain (MB/s): ${tlsRatio.toFixed(2)} (goal ≥ 0.85); nbdcopy 4 / 1 connections: ${connRatio.toFixed(2)} (goal ≥ 1.5)`)
+  // Per round: the kinds of one round ran back to back, so their ratio shares that round's load.
+  const perRound = (num: (typeof kinds)[number], den: (typeof kinds)[number]) => runs[num].map((r, i) => runs[den][i].seconds / r.seconds)
+  const tlsRatio = mbOf(runs.tls) / mbOf(runs.plain)
+  const connRatio = mbOf(runs.copy4) / mbOf(runs.copy1)
+  const tlsCpuRatio = cpuPerMb(runs.plain) / cpuPerMb(runs.tls)
+  console.log(`\nRatio TLS / plain (MB/s): ${tlsRatio.toFixed(2)} (goal ≥ 0.85); per round ${perRound('tls', 'plain').map((x) => x.toFixed(2)).join(' / ')}`)
+  console.log(`  server CPU per MB, plain / TLS: ${tlsCpuRatio.toFixed(2)} (what TLS costs the serving process)`)
+  console.log(`nbdcopy 4 / 1 connections (MB/s): ${connRatio.toFixed(2)} (goal ≥ 1.5); per round ${perRound('copy4', 'copy1').map((x) => x.toFixed(2)).join(' / ')}`)
   console.log(`TLS ack latency p50 ${(latency.tls.p50 / latency.plain.p50).toFixed(2)}×, p99 ${(latency.tls.p99 / latency.plain.p99).toFixed(2)}× plain`)
-  return { latency, runs, mbPlain: mbps(runs.plain), mbTls: mbps(runs.tls), mbCopy1: mbps(runs.copy1), mbCopy4: mbps(runs.copy4), tlsRatio, connRatio }
+  return {
+    latency,
+    runs,
+    mbPlain: mbOf(runs.plain),
+    mbTls: mbOf(runs.tls),
+    mbCopy1: mbOf(runs.copy1),
+    mbCopy4: mbOf(runs.copy4),
+    cpuMsPerMb: Object.fromEntries(kinds.map((k) => [k, cpuPerMb(runs[k])])),
+    tlsRatio,
+    tlsCpuRatio,
+    connRatio,
+  }
 }
+
+/** One run of part 3: wall seconds, CPU seconds of the server (this process) and of the client (the child), requests served, event-loop utilisation, 1-minute load at its end. */
+interface StreamRun {
+  seconds: number
+  serverCpu: number
+  clientCpu: number
+  requests: number
+  elu: number
+  load1: number
+}
+
+/** CPU seconds (user + system) of this process's children that have ended and been waited for, from /proc/self/stat. */
+function childrenCpuSeconds(): number {
+  const stat = fs.readFileSync('/proc/self/stat', 'utf8')
+  // Fields after the command name (which may hold spaces) start at field 3; cutime and cstime are fields 16 and 17.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS
+}
+/** USER_HZ: the unit of /proc's times (100 on Linux everywhere it runs). */
+const CLOCK_TICKS = 100
 
 main().catch((e) => {
   console.error(e)

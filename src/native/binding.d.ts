@@ -57,6 +57,30 @@ export declare class NativeStore {
  */
 export declare function alignmentOffset(view: Uint8Array, align: number): number
 
+/** The data ranges of a byte range of a file, and how far the answer reaches. */
+export interface AllocatedInfo {
+  /** Data ranges, sorted and disjoint, clipped to the range asked; the rest reads as zeroes. */
+  ranges: Array<AllocatedRange>
+  /**
+   * Where the answer ends: the end of the range asked (or of the file, if nearer),
+   * or less when `maxRanges` ranges were found first.
+   */
+  end: number
+}
+
+/** One data range. */
+export interface AllocatedRange {
+  offset: number
+  length: number
+}
+
+/**
+ * The data ranges of `length` bytes at `offset` of the file at `path`, from
+ * `lseek(SEEK_DATA)`/`lseek(SEEK_HOLE)`, in one call: at most `maxRanges` of them
+ * (0 or absent: no limit).
+ */
+export declare function allocatedRanges(path: string, offset: number, length: number, maxRanges?: number | undefined | null): Promise<AllocatedInfo>
+
 export declare function check(path: string): Promise<CheckInfo>
 
 /** What `check` found about a file: whether file mode and device mode may use it. */

@@ -4,11 +4,12 @@
  *
  * - `base:allocation` (the NBD standard's): holes and zeroes of the resync source
  *   member — the first in-sync member that is not write-mostly and is a local file —,
- *   from its extent map (FIEMAP, through the I/O layer): a gap between extents is
- *   `NBD_STATE_HOLE | NBD_STATE_ZERO`, an unwritten (preallocated) extent
- *   `NBD_STATE_ZERO`, anything else data (0). Where that is unknown (no such member, a
- *   remote one, a filesystem that cannot map its blocks), everything is data: never
- *   a hole over data.
+ *   from `lseek(SEEK_DATA)`/`lseek(SEEK_HOLE)` on it (one call through the I/O layer
+ *   per request, `allocatedRanges`): what the filesystem calls a hole (a gap, an
+ *   unwritten extent) is `NBD_STATE_HOLE | NBD_STATE_ZERO`, data is 0. At most
+ *   {@link MAX_ALLOCATION_RANGES} data ranges per answer (the reply then stops short,
+ *   as the protocol allows). Where that is unknown (no such member, a remote one, a
+ *   failed query), everything is data: never a hole over data.
  * - `md-bitmap:write-intent`: the write-intent map, `MD_STATE_DIRTY` (1) on the chunks
  *   whose bits are set — what a resync would copy, the same ranges `md-bitmap dirty`
  *   lists from the bitmap file —, 0 elsewhere.
@@ -17,7 +18,7 @@
  */
 import type { ByteRange } from '../bitmap/bitmap'
 import { isNbdUrl } from './protocol'
-import { extents as fileExtents } from '../io/file-check'
+import { allocatedRanges } from '../io/allocated-ranges'
 import type { MetaContext } from './meta-context'
 import type { StatusExtent } from './protocol/structured-reply'
 
@@ -84,6 +85,9 @@ function describe(offset: number, length: number, ranges: Iterable<{ offset: num
   return out
 }
 
+/** The most data ranges one `base:allocation` answer lists (8 bytes each on the wire). */
+export const MAX_ALLOCATION_RANGES = 65536
+
 /** `base:allocation` of the file `path()` names (null: unknown, all data). */
 export function allocationContext(path: () => string | null): MetaContext {
   return {
@@ -92,16 +96,15 @@ export function allocationContext(path: () => string | null): MetaContext {
       const p = path()
       const allData = [{ length, flags: 0 }]
       if (p === null) return allData
-      let map
+      let found
       try {
-        map = await fileExtents(p)
+        found = await allocatedRanges(p, offset, length, MAX_ALLOCATION_RANGES)
       } catch {
         return allData
       }
-      // FIBMAP cannot tell unwritten blocks from written ones.
-      if (map.source !== 'fiemap') return allData
-      const allocated = map.extents.map((e) => ({ offset: e.logical, length: e.length, flags: e.flags.includes('unwritten') ? NBD_STATE_ZERO : 0 }))
-      return describe(offset, length, allocated, NBD_STATE_HOLE | NBD_STATE_ZERO)
+      // Cut short only where the list was: past the file's end (never, for a member) reads zeroes.
+      const covered = found.ranges.length === MAX_ALLOCATION_RANGES ? found.end - offset : length
+      return describe(offset, covered, found.ranges.map((r) => ({ ...r, flags: 0 })), NBD_STATE_HOLE | NBD_STATE_ZERO)
     },
   }
 }

@@ -18,7 +18,11 @@
  * READ_ONLY when asked). With structured replies, reads answer with OFFSET_DATA and
  * OFFSET_HOLE chunks (see `structured-reply.ts`), errors with ERROR chunks, and
  * BLOCK_STATUS with one chunk per selected context. Requests are served
- * concurrently, replies go out as each completes, matched by handle. FLUSH → `target.flush()`; FUA → the write, then a
+ * concurrently, replies go out as each completes, matched by handle (those completed
+ * in one tick in one socket write). A plain-text connection is read into a buffer of
+ * its own, the rest of a large write payload straight into the payload's buffer
+ * (`user-buffer-socket.ts`); payload and read buffers come from a pool the
+ * connections share, reused once the target or the socket is done with them. FLUSH → `target.flush()`; FUA → the write, then a
  * flush; TRIM → `target.discard` (a mirror's punches holes in its members and reads
  * back zeroes), else `target.trim`, else accepted and ignored (the protocol lets a
  * server ignore it); WRITE_ZEROES → `target.writeZeroes` unless the client set
@@ -42,6 +46,7 @@ import { lstat, unlink } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { MdBitmapError, toMdBitmapError } from '../errors'
 import { allocAligned } from '../io/aligned'
+import { BufferPool } from '../mirror/buffer-pool'
 import {
   Cmd,
   CmdFlag,
@@ -77,6 +82,7 @@ import {
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
+import { adoptWithUserBuffer } from './user-buffer-socket'
 import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
 import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
 import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
@@ -90,9 +96,16 @@ export interface NbdTarget {
   readonly size: number
   /** Offsets and lengths must be multiples of this: the export's minimum block size. */
   readonly alignment: number
-  /** Reads `target.length` bytes at `offset` into `target`. */
+  /**
+   * Reads `target.length` bytes at `offset` into `target`, all of them (or rejects):
+   * the server lends a reused buffer, and sends all of it.
+   */
   read(target: Uint8Array, offset: number): Promise<void>
-  /** Writes `data` at `offset`; resolves once it is acknowledged. */
+  /**
+   * Writes `data` at `offset`; resolves once it is acknowledged. The server reuses
+   * `data`'s memory once this settles (resolved or rejected), so nothing may read it
+   * after that.
+   */
   write(data: Uint8Array, offset: number): Promise<void>
   /** Makes completed writes durable (NBD_CMD_FLUSH). */
   flush(): Promise<void>
@@ -164,6 +177,17 @@ export interface NbdServer {
 }
 
 const OPTION_DATA_LIMIT = 64 * 1024
+/**
+ * Bytes of request buffers (write payloads, read data) a server keeps for reuse across
+ * its connections, instead of allocating and zero-filling one per request (which the
+ * garbage collector then has to reclaim): enough for 4 connections × 64 requests of
+ * 256 KiB, or 32 requests of 2 MiB.
+ */
+const POOL_BYTES = 64 * 2 ** 20
+/** The buffer a plain-text connection reads into (see user-buffer-socket.ts). */
+const READ_BUFFER_BYTES = 256 * 1024
+/** A write payload with at least this much still to come is read in place, not through that buffer. */
+const DIRECT_READ_MIN = 16 * 1024
 const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
 const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
@@ -193,9 +217,13 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     tls: options.tls,
     metaContexts: options.metaContexts ?? (isBlockStatusMirror(target) ? mirrorMetaContexts(target) : []),
     multiConn: options.multiConn ?? true,
+    pool: new BufferPool(POOL_BYTES),
+    bufferAlign: Math.max(4096, target.alignment),
+    zeroes: null,
   }
   const conns = new Set<Connection>()
-  const server = createServer({ noDelay: true }, (socket) => {
+  // Without TLS, connections are read into a buffer of their own (see Connection), so they start paused.
+  const server = createServer({ noDelay: true, pauseOnConnect: ctx.tls === undefined }, (socket) => {
     if (ctx.shuttingDown) {
       socket.destroy()
       return
@@ -291,6 +319,12 @@ interface Context {
   tls: NbdServerTlsCredentials | undefined
   metaContexts: MetaContext[]
   multiConn: boolean
+  /** Request buffers: a write's payload until the target has it, a read's data until the socket has it. */
+  pool: BufferPool
+  /** Their alignment: the target's, at least 4 KiB. */
+  bufferAlign: number
+  /** Zeroes for WRITE_ZEROES the target cannot do itself (made once, only read from). */
+  zeroes: Uint8Array | null
 }
 
 /** One client: its handshake, then its requests. */
@@ -309,20 +343,43 @@ class Connection {
   private structured = false
   /** The metadata contexts chosen by NBD_OPT_SET_META_CONTEXT. */
   private selected: SelectedContext[] = []
+  /** Replies are being gathered into one socket write until the current tick's work is done. */
+  private gathering = false
+  /** Where the bytes of a socket read into our buffer go: the handshake's reader (a copy), then the request parser. */
+  private sink: (bytes: Uint8Array) => void = (b) => this.reader?.push(b.slice())
+  private parser: RequestParser | null = null
+  private socket: Socket
 
   constructor(
-    private socket: Socket,
+    raw: Socket,
     private readonly ctx: Context,
   ) {
+    // Plain text (no TLS to start): reads go into one buffer of this connection's, not a new one per read.
+    let socket = raw
+    if (ctx.tls === undefined) {
+      const scratch = new Uint8Array(READ_BUFFER_BYTES)
+      // The rest of a large write's payload is read straight into its buffer.
+      const next = () => this.parser?.directTarget(DIRECT_READ_MIN) ?? scratch
+      socket = adoptWithUserBuffer(raw, next, (b) => this.sink(b)) ?? raw
+      socket.resume()
+    }
+    this.socket = socket
     this.done = new Promise((r) => (this.resolveDone = r))
     this.peer = socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix client'
     socket.on('error', () => {})
-    socket.on('close', () => this.resolveDone())
+    socket.on('close', this.closed)
     this.reader = new SocketReader(socket, this.peer)
     void this.handshake().catch((e) => {
       if (!(e instanceof NbdError && e.code === 'ENBD_DISCONNECTED')) ctx.log(`${this.peer}: handshake ended: ${(e as Error).message}`)
       socket.destroy()
     })
+  }
+
+  private readonly closed = () => {
+    // A write received in part is never served: its buffer goes back.
+    const partial = this.parser?.abandon()
+    if (partial) this.ctx.pool.give(partial)
+    this.resolveDone()
   }
 
   /** Server shutdown: answer what was received, then hang up. */
@@ -475,7 +532,7 @@ class Connection {
     ack()
     const secure = await acceptTls(this.socket, creds, timeoutMs, this.peer)
     secure.on('error', () => {})
-    secure.on('close', () => this.resolveDone())
+    secure.on('close', this.closed)
     this.socket = secure
     this.reader = new SocketReader(secure, this.peer)
     this.secure = true
@@ -499,13 +556,14 @@ class Connection {
     const leftover = this.reader!.detach()
     this.reader = null
     this.transmitting = true
-    const align = Math.max(512, this.ctx.target.alignment)
-    const parser = new RequestParser(this.ctx.maxPayload, (n) => allocAligned(n, align))
-    const onData = (chunk: Uint8Array) => {
+    const { pool, bufferAlign } = this.ctx
+    const parser = new RequestParser(this.ctx.maxPayload, (n) => pool.take(n, bufferAlign))
+    this.parser = parser
+    const onData = (chunk: Uint8Array, transient = false) => {
       if (this.disconnecting) return
       let requests: Request[]
       try {
-        requests = parser.feed(chunk)
+        requests = parser.feed(chunk, transient)
       } catch (e) {
         this.ctx.log(`${this.peer}: disconnected: ${(e as Error).message}`)
         this.socket.destroy()
@@ -524,7 +582,8 @@ class Connection {
         this.socket.pause()
       }
     }
-    this.socket.on('data', onData)
+    this.socket.on('data', (b: Uint8Array) => onData(b))
+    this.sink = (b) => onData(b, true)
     for (const b of leftover) onData(b)
   }
 
@@ -551,6 +610,10 @@ class Connection {
   private dispatch(r: Request): void {
     this.ctx.requests++
     const p = this.serve(r)
+      .finally(() => {
+        // The target is done with a write's payload once the write settled (see NbdTarget.write).
+        if (r.data) this.ctx.pool.give(r.data)
+      })
       .then(
         (data) => this.reply(r, 0, data),
         (e) =>
@@ -571,19 +634,34 @@ class Connection {
   /**
    * Answers `r`: a simple reply, or with structured replies a read's data/hole chunks,
    * block status chunks (`data` is then the chunks), an error chunk with `message`.
+   * A read's buffer goes back to the pool once the socket is done with it.
    */
   private reply(r: Request, error: number, data?: Uint8Array | Uint8Array[], message?: string): void {
     const s = this.socket
-    if (s.destroyed || !s.writable) return
+    const pool = this.ctx.pool
+    const lent = r.type === Cmd.READ && data instanceof Uint8Array ? data : undefined
+    if (s.destroyed || !s.writable) {
+      if (lent) pool.give(lent)
+      return
+    }
     const cookie = r.cookie
     let out: Uint8Array[]
     if (this.structured && error !== 0) out = [encodeErrorChunk(cookie, error, message ?? errnoName(error))]
     else if (Array.isArray(data)) out = data
     else if (this.structured && r.type === Cmd.READ && data) out = readChunks(cookie, Number(r.offset), data, (r.flags & CmdFlag.DF) !== 0)
     else out = error === 0 && data ? [encodeSimpleReply(0, cookie), data] : [encodeSimpleReply(error, cookie)]
-    s.cork()
-    for (const b of out) s.write(b)
-    s.uncork()
+    // Every reply of the requests completed together (one reap of the target's completions) goes out in one write.
+    if (!this.gathering) {
+      this.gathering = true
+      s.cork()
+      process.nextTick(() => {
+        this.gathering = false
+        s.uncork()
+      })
+    }
+    for (let i = 0; i < out.length - 1; i++) s.write(out[i])
+    // The last write's callback comes once the socket is done with it (sent, or dropped with the socket).
+    s.write(out[out.length - 1], lent ? () => pool.give(lent) : undefined)
   }
 
   /** NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE. */
@@ -622,8 +700,13 @@ class Connection {
       case Cmd.READ: {
         if (r.length > ctx.maxPayload) throw NbdErrno.EINVAL
         const offset = check()
-        const buf = allocAligned(r.length, Math.max(4096, t.alignment))
-        await t.read(buf, offset)
+        const buf = ctx.pool.take(r.length, ctx.bufferAlign)
+        try {
+          await t.read(buf, offset)
+        } catch (e) {
+          ctx.pool.give(buf)
+          throw e
+        }
         return buf
       }
       case Cmd.WRITE: {
@@ -641,7 +724,8 @@ class Connection {
           return undefined
         }
         const piece = Math.min(ZERO_PIECE - (ZERO_PIECE % Math.max(1, t.alignment)), r.length)
-        const zeroes = allocAligned(piece, Math.max(4096, t.alignment))
+        if (!ctx.zeroes || ctx.zeroes.length < piece) ctx.zeroes = allocAligned(piece, ctx.bufferAlign)
+        const zeroes = ctx.zeroes
         const all: Promise<void>[] = []
         for (let o = 0; o < r.length; o += piece) all.push(t.write(zeroes.subarray(0, Math.min(piece, r.length - o)), offset + o))
         const results = await Promise.allSettled(all)

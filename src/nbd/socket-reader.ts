@@ -62,7 +62,12 @@ export class SocketReader {
     return new NbdError('ENBD_DISCONNECTED', `${this.peer}: the connection closed while waiting for ${what}${cause.cause ? ` (${(cause.cause as Error).message})` : ''}`, { cause: cause.cause ?? cause })
   }
 
-  private readonly onData = (chunk: Buffer) => {
+  /** Takes bytes read by other means than `data` events (a socket read into a buffer of the caller's: copy them first). */
+  push(chunk: Uint8Array): void {
+    this.onData(chunk)
+  }
+
+  private readonly onData = (chunk: Uint8Array) => {
     if (this.detached) return
     this.q.push(chunk)
     const w = this.waiter

@@ -4,6 +4,7 @@
 //! how many writes are in flight.
 
 pub mod align;
+pub mod allocated;
 pub mod check;
 pub mod device;
 pub mod error;
@@ -16,6 +17,7 @@ mod aio;
 mod uring;
 pub mod store;
 
+pub use allocated::{allocated_ranges, Allocated};
 pub use align::{dio_alignment, AlignSource, DioAlignment};
 pub use check::{check, CheckReport, Problem};
 pub use error::{IoError, Result};

@@ -5,6 +5,7 @@
 //! Errors reach JavaScript as `Error` objects whose `code` is the core's (an errno
 //! name, or one of the project's own such as `EEXTENT_HOLE`).
 
+pub mod allocated;
 pub mod punch;
 mod reactor;
 

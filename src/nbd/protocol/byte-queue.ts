@@ -64,6 +64,19 @@ export class ByteQueue {
     }
   }
 
+  /**
+   * Copies the bytes queued into memory of the queue's own: for chunks whose memory is
+   * reused once the caller returns (a socket's read buffer).
+   */
+  own(): void {
+    if (this.length === 0) return
+    const all = new Uint8Array(this.length)
+    this.copyTo(all, 0, this.length)
+    this.chunks = [all]
+    this.head = 0
+    this.length = all.length
+  }
+
   /** Removes and returns everything queued. */
   drain(): Uint8Array[] {
     const out = this.chunks.map((c, i) => (i === 0 ? c.subarray(this.head) : c))

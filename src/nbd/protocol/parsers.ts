@@ -80,25 +80,46 @@ export interface Request extends RequestHeader {
 
 /**
  * The server's side of the transmission phase: fed the bytes from the client in any
- * chunking, returns the requests completed (a write with its payload). Payloads above
- * `maxPayload` are consumed and dropped (the request comes out with `tooBig`), so a
- * hostile length cannot make the server allocate. Throws ENBD_PROTOCOL on a bad
- * magic; it is unusable after a throw.
+ * chunking, returns the requests completed (a write with its payload, in a buffer from
+ * `alloc`). Payloads above `maxPayload` are consumed and dropped (the request comes
+ * out with `tooBig`), so a hostile length cannot make the server allocate. Throws
+ * ENBD_PROTOCOL on a bad magic; it is unusable after a throw. Fed a `transient` chunk
+ * (memory the caller reuses), it keeps a copy of the few bytes it holds back (a
+ * header's start), never a view.
+ *
+ * A reader may receive the rest of a large payload in place: {@link directTarget} lends
+ * the part of the payload's buffer still to come, and a chunk fed back that is (a
+ * prefix of) that very view counts as received where it lies, with no copy.
  */
 export class RequestParser {
   private readonly q = new ByteQueue()
   private current: { req: Request; data: Uint8Array | null; left: number } | null = null
   private dead: MdBitmapError | null = null
+  /** The view {@link directTarget} lent last. */
+  private lent: Uint8Array | null = null
 
   constructor(
     private readonly maxPayload: number = DEFAULT_MAX_PAYLOAD,
     private readonly alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n),
   ) {}
 
-  feed(chunk: Uint8Array): Request[] {
+  feed(chunk: Uint8Array, transient = false): Request[] {
     if (this.dead) throw this.dead
-    this.q.push(chunk)
     const out: Request[] = []
+    const lent = this.lent
+    this.lent = null
+    const cur = this.current
+    if (lent && cur && cur.data && chunk.buffer === lent.buffer && chunk.byteOffset === lent.byteOffset && chunk.length <= lent.length) {
+      // Received in place (see directTarget).
+      cur.left -= chunk.length
+      if (cur.left === 0) {
+        cur.req.data = cur.data
+        this.current = null
+        out.push(cur.req)
+      }
+      return out
+    }
+    this.q.push(chunk)
     try {
       for (;;) {
         const cur = this.current
@@ -126,6 +147,26 @@ export class RequestParser {
       this.dead = toMdBitmapError(e, { fallback: 'ENBD_PROTOCOL' })
       throw this.dead
     }
+    if (transient) this.q.own()
     return out
+  }
+
+  /**
+   * The rest of the payload being received, as a view to read into (then {@link feed}
+   * it back), when at least `min` bytes of it are still to come and nothing is queued
+   * before them; else null.
+   */
+  directTarget(min: number): Uint8Array | null {
+    const cur = this.current
+    if (this.dead || !cur || !cur.data || cur.left < min || this.q.length) return null
+    this.lent = cur.data.subarray(cur.data.length - cur.left)
+    return this.lent
+  }
+
+  /** The connection ended: the buffer of a payload received in part, if any (from `alloc`), now unused. */
+  abandon(): Uint8Array | null {
+    const data = this.current?.data ?? null
+    this.current = null
+    return data
   }
 }
