@@ -14,6 +14,7 @@ export type { IoEngine, PageStoreOptions, StoreMode, StoreRequest } from './io/p
 export { Bitmap } from './bitmap/bitmap'
 export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapOpenReport, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
+export type { TrackedBitmapInfo, TrackingRecord, TrackOptions } from './mirror/tracking'
 export type {
   CheckOptions,
   CheckProgress,
