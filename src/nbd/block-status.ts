@@ -65,7 +65,10 @@ export interface BlockStatusMirror {
     dirtyChunks(): ByteRange[]
   } | null
   /** The changed-block tracking bitmaps, by name (a `Mirror` has them). */
-  tracked?(): readonly { readonly name: string }[]
+  tracked?(): readonly {
+    /** The tracking bitmap's name: its context is `qemu:dirty-bitmap:NAME`. */
+    readonly name: string
+  }[]
   /** The ranges tracking bitmap `name` has set. */
   changes?(name: string): ByteRange[]
 }
