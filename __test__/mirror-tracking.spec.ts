@@ -232,3 +232,55 @@ test('property: the tracked set is exactly the chunks written since the last che
   )
   t.is(runs >= 25, true)
 })
+
+test('property, concurrent: checkpoints among writes in flight lose no change', async (t) => {
+  const op = fc.oneof(
+    { weight: 4, arbitrary: fc.record({ kind: fc.constantFrom('write', 'discard'), page: fc.integer({ min: 0, max: MiB / (4 * KiB) - 1 }), pages: fc.integer({ min: 1, max: 24 }), gap: fc.integer({ min: 0, max: 2 }) }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('checkpoint'), gap: fc.integer({ min: 0, max: 2 }) }) },
+  )
+  const delays = fc.tuple(fc.integer({ min: 0, max: 3 }), fc.integer({ min: 0, max: 6 }))
+  let runs = 0
+  await fc.assert(
+    fc.asyncProperty(fc.array(op, { minLength: 2, maxLength: 30 }), delays, async (ops, [d0, d1]) => {
+      const rig = await makeRig(dir, [{ delayMs: d0 }, { writeMostly: true, delayMs: d1 }], { writeBehind: 8 })
+      const { mirror } = rig
+      try {
+        await mirror.track('p', { path: join(rig.dir, 'p') })
+        let clock = 0
+        const writes: { chunks: number[]; called: number; resolved: number }[] = []
+        const checkpoints: { cleared: Set<number>; resolved: number }[] = []
+        const running: Promise<unknown>[] = []
+        for (const o of ops) {
+          if (o.kind === 'checkpoint') {
+            running.push(mirror.checkpoint('p').then((r) => void checkpoints.push({ cleared: new Set(chunksOf(r)), resolved: ++clock })))
+          } else {
+            const offset = o.page * 4 * KiB
+            const length = Math.min(o.pages * 4 * KiB, MiB - offset)
+            const w = { chunks: chunksOf([{ offset: Math.floor(offset / CHUNK) * CHUNK, length: Math.ceil((offset + length) / CHUNK) * CHUNK - Math.floor(offset / CHUNK) * CHUNK }]), called: ++clock, resolved: Infinity }
+            writes.push(w)
+            const p = o.kind === 'write' ? mirror.write(allocAligned(length).fill(o.page & 0xff), offset) : mirror.discard(offset, length)
+            running.push(p.then(() => void (w.resolved = ++clock)))
+          }
+          if (o.gap) await new Promise((r) => setTimeout(r, o.gap))
+        }
+        await Promise.all(running)
+        const final = new Set(chunksOf(mirror.changes('p')))
+        const last = checkpoints.length ? checkpoints[checkpoints.length - 1].resolved : -1
+        for (const w of writes) {
+          // Acknowledged after the last checkpoint resolved: it was in flight or started after the clear.
+          if (w.resolved > last && !w.chunks.every((c) => final.has(c))) return false
+          // Every change is in the final set or cleared by a checkpoint that resolved after the write was called.
+          const later = checkpoints.filter((c) => c.resolved > w.called)
+          if (!w.chunks.every((c) => final.has(c) || later.some((cp) => cp.cleared.has(c)))) return false
+        }
+        const written = new Set(writes.flatMap((w) => w.chunks))
+        return [...final].every((c) => written.has(c))
+      } finally {
+        runs++
+        await mirror.close().catch(() => {})
+      }
+    }),
+    { numRuns: 30 },
+  )
+  t.is(runs >= 30, true)
+})
