@@ -330,7 +330,7 @@ export class Tracking {
       await b.close().catch(() => {})
       throw new MdBitmapError(
         'ETRACK_GEOMETRY',
-        `${context} covers ${b.size} bytes in ${b.chunkSize}-byte chunks; this mirror needs ${meta.size} bytes in ${chunkSize ?? `${meta.chunkSize}-byte (or a multiple)`}${chunkSize ? '-byte' : ''} chunks`,
+        `${context} covers ${b.size} bytes in ${b.chunkSize}-byte chunks; this mirror needs ${meta.size} bytes in ${chunkSize ? `${chunkSize}-byte` : `${meta.chunkSize}-byte (or a power-of-two multiple)`} chunks`,
       )
     }
     // Only a checkpoint clears its bits, and its counters count the writes in flight.
