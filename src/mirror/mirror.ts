@@ -287,7 +287,9 @@ export class Mirror extends EventEmitter {
    * cleared — what changed since the previous checkpoint (or since track), which an
    * incremental backup copies now. A write in flight at the checkpoint keeps its bits
    * (it may land after the copy read its chunk), so it is copied next time too.
-   * `ETRACK_UNKNOWN` if no bitmap is tracked under `name`.
+   * `ETRACK_UNKNOWN` if no bitmap is tracked under `name`. A crash during the call
+   * leaves either every bit set or the checkpoint done: a caller that did not get the
+   * ranges takes its next backup in full.
    */
   checkpoint(name: string): Promise<ByteRange[]> {
     this.state.checkOpen('checkpoint')

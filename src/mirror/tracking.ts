@@ -39,7 +39,10 @@
  *   STALE before any cleared bit reaches the disk and unmarks it last; a stale file,
  *   or one whose event count is older than the mirror's (it missed writes: it was
  *   untracked, or kicked by a failed write), is loaded with every bit set. So after a
- *   crash every chunk that may have been written since the checkpoint is set.
+ *   crash every chunk that may have been written since the last checkpoint that
+ *   ended on disk is set. A checkpoint that ended on disk but whose caller never got
+ *   its ranges (a crash in between) cannot be told from one that did: a caller whose
+ *   checkpoint did not resolve takes the next backup in full.
  * - Each in-flight write carries the list of tracking bitmaps it started on
  *   ({@link TrackedWrite}) and ends on exactly those: a bitmap tracked or untracked
  *   meanwhile never sees an unmatched end. Track joins the writes already in flight.

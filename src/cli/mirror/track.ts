@@ -43,7 +43,8 @@ Takes a checkpoint of tracking bitmap NAME: clears, at one instant and durably, 
 bits of every chunk with no write in flight, and prints the ranges it cleared: what
 changed since the previous checkpoint, which an incremental backup copies now
 (writes in flight keep their bits and are copied next time too). Keep the list until
-the copy is done: the bitmap no longer has it.
+the copy is done: the bitmap no longer has it. If this command fails, the checkpoint
+may have been taken without its list reaching you: take the next backup in full.
 
 JSON: { name, bytes, ranges: [{ offset, length }] }
 
