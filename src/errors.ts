@@ -109,6 +109,12 @@ export const LibraryErrorCode = {
   EMIRROR_BUSY: 'EMIRROR_BUSY',
   /** The operation was aborted through its `AbortSignal`. */
   EABORTED: 'EABORTED',
+  /** No changed-block tracking bitmap of that name is tracked by the mirror. */
+  ETRACK_UNKNOWN: 'ETRACK_UNKNOWN',
+  /** A tracking bitmap of that name, or on that file, exists already (or the file is the mirror's write-intent bitmap). */
+  ETRACK_EXISTS: 'ETRACK_EXISTS',
+  /** A tracking bitmap's size or chunk size does not fit the mirror (its chunk size must be the mirror's or a power-of-two multiple). */
+  ETRACK_GEOMETRY: 'ETRACK_GEOMETRY',
 
   // -- NBD
   /** The NBD peer sent bytes that break the protocol. */

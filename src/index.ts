@@ -14,6 +14,7 @@ export type { IoEngine, PageStoreOptions, StoreMode, StoreRequest } from './io/p
 export { Bitmap } from './bitmap/bitmap'
 export type { BitmapCreateOptions, BitmapEvents, BitmapOpenOptions, BitmapOpenReport, BitmapStats, ByteRange } from './bitmap/bitmap'
 export { Mirror } from './mirror/mirror'
+export type { TrackedBitmapInfo, TrackingRecord, TrackOptions } from './mirror/tracking'
 export type {
   CheckOptions,
   CheckProgress,
@@ -44,7 +45,7 @@ export { parsePskFile, readClientTlsCredentials, readPskFile, readServerTlsCrede
 export type { NbdClientTlsOptions, NbdServerTlsCredentials } from './nbd/tls-credentials'
 export { formatNbdUrlTls, parseNbdUrlTls } from './nbd/tls-url'
 export type { NbdUrlTls } from './nbd/tls-url'
-export { BASE_ALLOCATION, MD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO, WRITE_INTENT, allocationContext, mirrorMetaContexts, writeIntentContext } from './nbd/block-status'
+export { BASE_ALLOCATION, DIRTY_BITMAP_PREFIX, MD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO, QEMU_STATE_DIRTY, WRITE_INTENT, allocationContext, dirtyBitmapContext, mirrorMetaContexts, writeIntentContext } from './nbd/block-status'
 export type { BlockStatusMember, BlockStatusMirror } from './nbd/block-status'
 export type { MetaContext } from './nbd/meta-context'
 export type { StatusExtent } from './nbd/protocol/structured-reply'

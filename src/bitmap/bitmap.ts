@@ -574,16 +574,17 @@ export class Bitmap extends EventEmitter {
   /** The byte ranges whose bits are set: what a resync or an incremental backup must copy. */
   dirtyChunks(): ByteRange[] {
     const out: ByteRange[] = []
-    const cs = this.sb.chunkSize
-    for (let c = 0; c < this.chunks; c++) {
-      if (!getBit(this.bits, c, this.bitVersion)) continue
-      const offset = c * cs
-      const length = Math.min(cs, this.size - offset)
-      const prev = out[out.length - 1]
-      if (prev && prev.offset + prev.length === offset) prev.length += length
-      else out.push({ offset, length })
-    }
+    for (let c = 0; c < this.chunks; c++) if (getBit(this.bits, c, this.bitVersion)) this.appendChunk(out, c)
     return out
+  }
+
+  /** Appends chunk `c`'s byte range to `out` (ranges in order), merged with the last one when adjacent. */
+  private appendChunk(out: ByteRange[], c: number): void {
+    const offset = c * this.sb.chunkSize
+    const length = Math.min(this.sb.chunkSize, this.size - offset)
+    const prev = out[out.length - 1]
+    if (prev && prev.offset + prev.length === offset) prev.length += length
+    else out.push({ offset, length })
   }
 
   /** A snapshot of the bitmap's geometry, dirty chunks and write-behind counts. */
@@ -616,6 +617,37 @@ export class Bitmap extends EventEmitter {
     if (this._error) return
     await this.pages.flushNeedWrite()
     this.throwIfError()
+  }
+
+  /**
+   * Clears, durably, the bit of every chunk that has no write in flight, and resolves
+   * with the byte ranges whose bits it cleared: the checkpoint of a changed-block
+   * tracking bitmap (`mirror/tracking.ts`), which the daemon never clears. A chunk
+   * with a write started and not yet ended keeps its bit. The clear itself is one
+   * synchronous step, so no write slips between the ranges reported and the bits
+   * cleared. On disk: the superblock is marked STALE before any cleared bit can reach
+   * a page, and unmarked once every page is written, so a crash in between leaves a
+   * bitmap the next open takes as all set, never a half-cleared one.
+   */
+  async clearIdle(): Promise<ByteRange[]> {
+    if (this.closed) throw new MdBitmapError('ECLOSED', `clearIdle on ${this.path}: the bitmap is closed`)
+    this.throwIfError()
+    this.sb.state |= STATE_STALE
+    await this.syncSuperblock()
+    this.throwIfError()
+    const out: ByteRange[] = []
+    for (let c = 0; c < this.chunks; c++) {
+      if (!getBit(this.bits, c, this.bitVersion) || !this.counters.clearIdle(c)) continue
+      clearBit(this.bits, c, this.bitVersion)
+      this.pages.markNeedWrite(this.pageOf(c))
+      this.appendChunk(out, c)
+    }
+    await this.pages.flushNeedWrite()
+    this.throwIfError()
+    this.sb.state &= ~STATE_STALE
+    await this.syncSuperblock()
+    this.throwIfError()
+    return out
   }
 
   /** The chunks that are NEEDED or in resync, in order: what a resync must visit. */

@@ -39,6 +39,9 @@
  *   are on the whole 16-bit value, a chunk with NEEDED or RESYNC never decays, and the
  *   daemon clears nothing while the mirror is degraded.
  * - Load from disk: every set bit becomes 2 | NEEDED, so the next resync copies it.
+ * - Clear idle (a changed-block tracking checkpoint, never the daemon): a chunk with
+ *   no write in flight (count < 3) goes straight to 0 with its bit cleared, flags
+ *   dropped; a chunk with writes in flight keeps its count and its bit.
  * - Sync: `startSync` answers whether a chunk must be copied (NEEDED or RESYNC); if
  *   NEEDED and not degraded it trades NEEDED for RESYNC. `endSync` drops RESYNC; an
  *   aborted sync puts NEEDED back; a completed one leaves the chunk a candidate.
@@ -149,6 +152,18 @@ export class Counters {
   loadDirty(chunk: number): void {
     this.values[chunk] = 2 | NEEDED
     this.candidates.delete(chunk)
+  }
+
+  /**
+   * A checkpoint's clear: a chunk with no write in flight goes to 0 (flags dropped)
+   * and true is returned (its bit must be cleared); a chunk with writes in flight is
+   * left alone.
+   */
+  clearIdle(chunk: number): boolean {
+    if ((this.values[chunk] & COUNTER_MAX) >= 3) return false
+    this.values[chunk] = 0
+    this.candidates.delete(chunk)
+    return true
   }
 
   /** Marks a chunk for resync (its bit must be, or be made, set). */

@@ -1,6 +1,7 @@
 /**
  * `md-bitmap dirty FILE`: the byte ranges of the data whose chunks are dirty, read from
- * the bitmap file as it is on disk: what an incremental backup must copy.
+ * the bitmap file as it is on disk (a write-intent bitmap, or a changed-block tracking
+ * bitmap: the same format): what an incremental backup must copy.
  *
  * @internal
  * @module
@@ -17,6 +18,10 @@ Lists the byte ranges of the data whose chunks are dirty in the bitmap file FILE
 (adjacent chunks merged, the last chunk cut at the end of the data): the ranges that
 may differ between members, or have changed since the bits were last cleared — what
 an incremental backup or a resync must copy. The file is only read.
+
+FILE is a mirror's write-intent bitmap, or one of its changed-block tracking
+bitmaps (\`md-bitmap mirror track\`): then the ranges are those changed since its
+last checkpoint, and a running mirror may hold it open meanwhile.
 
 A STALE bitmap (out of date) cannot tell which chunks changed: then the whole data is
 reported dirty, and "stale" is true in --json.

@@ -1,5 +1,5 @@
 /**
- * The operations of `md-bitmap mirror detail|fail|remove|re-add|add|check` on an open
+ * The operations of `md-bitmap mirror detail|fail|remove|re-add|add|check|track|checkpoint|untrack` on an open
  * mirror: one implementation, run by a mirror's control server for a running mirror,
  * and by the command itself on a mirror it opened. Each resolves to the JSON the
  * command prints with `--json`.
@@ -28,6 +28,14 @@ export interface MemberResult {
   forgotten?: boolean
 }
 
+/** `mirror checkpoint --json`: the ranges the checkpoint cleared, which the backup copies now. */
+export interface CheckpointResult {
+  name: string
+  /** Bytes in `ranges`. */
+  bytes: number
+  ranges: { offset: number; length: number }[]
+}
+
 /** Checks a request read from a socket or built from a command line; throws `EINVAL` if malformed. */
 export function checkRequest(r: unknown): ControlRequest {
   const req = r as ControlRequest
@@ -38,6 +46,9 @@ export function checkRequest(r: unknown): ControlRequest {
   if ((req.op === 'fail' || req.op === 'remove' || req.op === 're-add') && req.member === undefined) throw new MdBitmapError('EINVAL', `${req.op} needs a member`)
   if (req.path !== undefined && (typeof req.path !== 'string' || !req.path)) throw new MdBitmapError('EINVAL', 'path must be a non-empty string')
   if (req.op === 'add' && req.path === undefined) throw new MdBitmapError('EINVAL', 'add needs a path')
+  if ((req.op === 'track' || req.op === 'checkpoint' || req.op === 'untrack') && (typeof req.name !== 'string' || !req.name)) throw new MdBitmapError('EINVAL', `${req.op} needs the tracking bitmap's name`)
+  if (req.op === 'track' && req.path === undefined) throw new MdBitmapError('EINVAL', 'track needs a path')
+  if (req.chunkSize !== undefined && !Number.isSafeInteger(req.chunkSize)) throw new MdBitmapError('EINVAL', `chunkSize must be an integer, got ${JSON.stringify(req.chunkSize)}`)
   if (req.maxRate !== undefined && (typeof req.maxRate !== 'number' || !(req.maxRate > 0))) throw new MdBitmapError('EINVAL', `maxRate must be a positive number of bytes per second, got ${JSON.stringify(req.maxRate)}`)
   return req
 }
@@ -72,6 +83,16 @@ export async function perform(mirror: Mirror, req: ControlRequest, onProgress: (
       const action = req.repair ? 'repair' : 'check'
       return mirror.check({ repair: req.repair === true, maxRate: req.maxRate, onProgress: (p) => onProgress(operationProgress(action, { ...p })) })
     }
+    case 'track':
+      return mirror.track(req.name!, { path: req.path!, chunkSize: req.chunkSize })
+    case 'checkpoint': {
+      const ranges = await mirror.checkpoint(req.name!)
+      return { name: req.name!, bytes: ranges.reduce((n, r) => n + r.length, 0), ranges } satisfies CheckpointResult
+    }
+    case 'untrack':
+      return mirror.untrack(req.name!)
+    case 'tracked':
+      return mirror.tracked()
   }
 }
 

@@ -18,10 +18,10 @@
  */
 
 /** What a control request asks for: one `md-bitmap mirror` subcommand each. */
-export type ControlOp = 'detail' | 'fail' | 'remove' | 're-add' | 'add' | 'check'
+export type ControlOp = 'detail' | 'fail' | 'remove' | 're-add' | 'add' | 'check' | 'track' | 'checkpoint' | 'untrack' | 'tracked'
 
 /** The operations a control socket serves. */
-export const CONTROL_OPS: readonly ControlOp[] = ['detail', 'fail', 'remove', 're-add', 'add', 'check']
+export const CONTROL_OPS: readonly ControlOp[] = ['detail', 'fail', 'remove', 're-add', 'add', 'check', 'track', 'checkpoint', 'untrack', 'tracked']
 
 /** One request: the operation and its arguments. */
 export interface ControlRequest {
@@ -30,8 +30,12 @@ export interface ControlRequest {
   member?: number
   /** remove: drop the slot for good. */
   forget?: boolean
-  /** re-add: a new path for the member; add: the new member's path. */
+  /** re-add: a new path for the member; add: the new member's path; track: the tracking bitmap file. */
   path?: string
+  /** track, checkpoint, untrack: the tracking bitmap's name. */
+  name?: string
+  /** track: bytes of data per bit of the tracking bitmap. */
+  chunkSize?: number
   /** add: the new member is write-mostly. */
   writeMostly?: boolean
   /** check: copy each differing chunk from the resync source. */

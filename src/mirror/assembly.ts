@@ -9,11 +9,12 @@
  *   open:   read the metadata ── open the bitmap (older than the metadata: stale, full ├─► parts
  *           resync) ── open the members in sync or recovering (one that fails to open │
  *           is faulty: degraded, not stopped) ── at least one in sync ── no bitmap and │
- *           an unclean shutdown: a full resync is due ─────────────────────────────────┘
+ *           an unclean shutdown: a full resync is due ── open the tracking bitmaps ────┘
  *   start:  event count + 1, clean = false, degraded told to the bitmap, the bitmap's
  *           hooks set (member flush before a clear; kicked → 'error'), persisted ─► running
  *   close:  closing (no new request) ── abort the resync ── wait for every write, behind
- *           ones too ── flush the members ── close the bitmap ── clean = nothing failed ──
+ *           ones too ── flush the members ── close the bitmap and the tracking bitmaps ──
+ *           clean = nothing failed ──
  *           persist ── close the members ─► closed
  * ```
  *
@@ -39,6 +40,7 @@ import { isUrl, memberPath, openChecked } from './membership'
 import { metadataPathFor, readMetadata, type MirrorMetadata } from './metadata'
 import { lockMirror } from './owner'
 import { Slot, type MirrorParts, type MirrorState } from './state'
+import { Tracking } from './tracking'
 import type { MirrorCreateOptions, MirrorOpenOptions } from './types'
 
 const DEFAULT_BEHIND_MEMORY = 64 * 2 ** 20
@@ -105,7 +107,8 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
       if (bitmap) await bitmap.markNeeded(0, size)
       else meta.resyncFrom = 0
     }
-    return { metadataPath, meta, bitmap, slots, openMember, lock }
+    const tracking = await Tracking.open(meta, { mode: o.bitmapMode, allowVolatile: o.allowVolatile })
+    return { metadataPath, meta, bitmap, slots, openMember, tracking, lock }
   } catch (e) {
     await releaseAll(bitmap, slots, lock)
     throw e
@@ -152,7 +155,9 @@ export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
     // Without a bitmap, an unclean shutdown may have left any chunk different, below a
     // resync checkpoint too (writes went on there): the resync starts over.
     if (!meta.clean && !bitmap) meta.resyncFrom = 0
-    return { metadataPath, meta, bitmap, slots, openMember, lock }
+    // The tracking bitmaps resume (last: nothing else can fail after them).
+    const tracking = await Tracking.open(meta, { mode: o.bitmapMode, allowVolatile: o.allowVolatile })
+    return { metadataPath, meta, bitmap, slots, openMember, tracking, lock }
   } catch (e) {
     await releaseAll(bitmap, slots, lock)
     throw e
@@ -176,8 +181,16 @@ export async function start(state: MirrorState): Promise<void> {
         state.events.error(e)
       })
     }
+    // A tracking bitmap that failed a write: a newer event count than it holds, so
+    // the next open takes it as stale (every bit set).
+    state.tracking.onError = (e) => {
+      state.meta.events++
+      void state.persist().catch(() => {})
+      state.events.error(e)
+    }
     await state.persist()
   } catch (e) {
+    await state.tracking.close().catch(() => {})
     await releaseAll(state.bitmap, state.slots, state.lock)
     throw e
   }
@@ -196,6 +209,7 @@ export async function close(state: MirrorState): Promise<void> {
     await state.bitmap.close().catch((e) => errors.push(e))
     state.bitmapClosed = true
   }
+  await state.tracking.close().catch((e) => errors.push(e))
   state.meta.clean = errors.length === 0
   await state.persist().catch((e) => errors.push(e))
   for (const s of state.slots) {

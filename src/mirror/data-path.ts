@@ -10,7 +10,8 @@
  *     │ decide: behind? ── needs a write-mostly member, a bitmap that allows
  *     │                    write-behind and is not kicked, behind writes below
  *     │                    the bitmap's limit, and the copy within behindMemoryLimit
- *     │ bitmap.startWrite ─ bits set and durable (group commit)
+ *     │ bitmap.startWrite ─ bits set and durable (group commit); the tracking
+ *     │                     bitmaps' bits (tracking.ts) at the same time
  *     ├──────────── sync ─────────────┐          ┌──────────── behind ────────────┐
  *     │ write every active member     │          │ fast members: the caller's buf │
  *     │ (the caller's buffer)         │          │ write-mostly: a private copy   │
@@ -55,6 +56,7 @@ import { MdBitmapError, toMdBitmapError } from '../errors'
 import { allocAlignedUninit, isAligned } from '../io/aligned'
 import { failMember } from './membership'
 import type { MirrorState, Slot } from './state'
+import { startWriteBits, type TrackedWrite } from './tracking'
 
 /** Writes `data` at `offset` on every active member (see {@link Mirror.write}). */
 export async function write(state: MirrorState, data: Uint8Array, offset: number): Promise<void> {
@@ -77,13 +79,14 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
     const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
     let behind = false
+    let tracked: TrackedWrite
     try {
       // Closed while this write waited at the barrier: the bitmap may be gone.
       state.checkOpen('write')
       if (ackers.size === 0) throw state.failedError('write')
       behind = fastInSync.length > 0 && mayGoBehind(state, active, len)
       if (behind) reserveBehind(state, len)
-      if (state.bitmap) await state.bitmap.startWrite(offset, len, behind)
+      tracked = await startWriteBits(state, offset, len, behind)
     } catch (e) {
       if (behind) releaseBehind(state, len)
       state.barrier.exitWrite(first, last)
@@ -109,6 +112,7 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
       } catch (e) {
         state.events.error(toMdBitmapError(e))
       }
+      state.tracking.endWrite(tracked)
       if (behind) releaseBehind(state, len)
       // Every member's write settled: no I/O reads the copy any more.
       if (copy) state.behindPool.give(copy)

@@ -9,7 +9,8 @@
  *   discard / writeZeroes (offset, length)
  *     │ enter the flush fence (a flush called from now on waits for it)
  *     │ enter the chunks' barrier (waits while a resync copies or a check compares one)
- *     │ bitmap.startWrite ─ bits set and durable before any member is touched
+ *     │ bitmap.startWrite ─ bits set and durable before any member is touched (the
+ *     │                     tracking bitmaps' too: tracking.ts)
  *     │ every active member, in its write order (after its overlapping writes in
  *     │ flight, behind ones included): discard / writeZeroes if it has them, else
  *     │ zeroes written through write; a member that fails becomes faulty
@@ -28,6 +29,7 @@ import { MdBitmapError, toMdBitmapError } from '../errors'
 import { zeroFill, type Member } from '../member'
 import { failMember } from './membership'
 import type { MirrorState } from './state'
+import { startWriteBits } from './tracking'
 
 /** How the range is zeroed on members that can do it cheaply. */
 export type ZeroKind = 'discard' | 'writeZeroes'
@@ -49,7 +51,7 @@ export async function zeroRange(state: MirrorState, kind: ZeroKind, offset: numb
     try {
       state.checkOpen(kind)
       if (ackers.size === 0) throw state.failedError(kind)
-      if (state.bitmap) await state.bitmap.startWrite(offset, length, false)
+      const tracked = await startWriteBits(state, offset, length, false)
       const outcomes = await Promise.all(
         active.map((slot) =>
           slot.order.run(offset, length, () => zeroMember(slot.member!, kind, offset, length)).then(
@@ -64,6 +66,7 @@ export async function zeroRange(state: MirrorState, kind: ZeroKind, offset: numb
       } catch (e) {
         state.events.error(toMdBitmapError(e))
       }
+      state.tracking.endWrite(tracked)
       const metaErr = outcomes.find((o) => o.err?.code === 'EMIRROR_METADATA')
       if (metaErr) throw metaErr.err
       if (!outcomes.some((o) => ackers.has(o.slot) && o.err === undefined)) {

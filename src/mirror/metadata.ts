@@ -34,6 +34,14 @@ export interface MemberRecord {
   error?: { code: string; message: string }
 }
 
+/** A changed-block tracking bitmap the mirror keeps (see `tracking.ts`). */
+export interface TrackingRecord {
+  /** The name it is tracked under (the NBD context `qemu:dirty-bitmap:NAME`). */
+  name: string
+  /** The bitmap file (absolute). */
+  path: string
+}
+
 export interface MirrorMetadata {
   uuid: string
   size: number
@@ -48,6 +56,8 @@ export interface MirrorMetadata {
   /** Without a bitmap: where an unfinished full resync resumes (bytes), or null. */
   resyncFrom: number | null
   members: MemberRecord[]
+  /** The changed-block tracking bitmaps, opened and resumed with the mirror; absent when none was ever tracked. */
+  tracking?: TrackingRecord[]
 }
 
 const FORMAT = 'md-bitmap-mirror'
@@ -103,7 +113,12 @@ export async function readMetadata(path: string): Promise<MirrorMetadata> {
     if (m.error && typeof m.error === 'object') rec.error = m.error as MemberRecord['error']
     return rec
   })
+  const tracking = j.tracking
+  if (tracking !== undefined && (!Array.isArray(tracking) || tracking.some((r) => typeof r?.name !== 'string' || !r.name || typeof r?.path !== 'string' || !r.path))) {
+    throw bad(path, 'tracking is not a list of { name, path }')
+  }
   return {
+    ...(tracking ? { tracking: (tracking as TrackingRecord[]).map((r) => ({ name: r.name, path: r.path })) } : {}),
     uuid: j.uuid,
     size: int(j.size, 'size'),
     chunkSize: int(j.chunkSize, 'chunkSize'),

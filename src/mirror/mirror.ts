@@ -10,6 +10,7 @@
  * - `resync.ts`: the resync engine (its run and its checkpoints);
  * - `scrub.ts`: the check and repair of the members against each other;
  * - `discard.ts`: discard and write-zeroes (a range made zeroes on every member);
+ * - `tracking.ts`: changed-block tracking bitmaps and their checkpoints;
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
  * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`,
@@ -18,7 +19,7 @@
  * @module
  */
 import { EventEmitter } from 'node:events'
-import type { Bitmap } from '../bitmap/bitmap'
+import type { Bitmap, ByteRange } from '../bitmap/bitmap'
 import { MdBitmapError } from '../errors'
 import * as assembly from './assembly'
 import * as dataPath from './data-path'
@@ -29,6 +30,7 @@ import { ControlServer } from '../control/server'
 import * as resyncEngine from './resync'
 import { startCheck } from './scrub'
 import { MirrorState, type MirrorParts } from './state'
+import type { TrackedBitmapInfo, TrackingRecord, TrackOptions } from './tracking'
 import type { CheckOptions, CheckReport, MemberInfo, MemberOptions, MirrorCreateOptions, MirrorEvents, MirrorOpenOptions, MirrorStats, ResyncOptions, ResyncReport } from './types'
 
 /**
@@ -252,6 +254,70 @@ export class Mirror extends EventEmitter {
    */
   writeZeroes(offset: number, length: number): Promise<void> {
     return zeroRange(this.state, 'writeZeroes', offset, length)
+  }
+
+  // -- changed-block tracking ---------------------------------------------------------
+
+  /**
+   * Starts changed-block tracking under `name` (see `tracking.ts`): a second bitmap
+   * file, in md's format, that records every chunk written, discarded or zeroed from
+   * now on, each bit on stable storage before the write that sets it is issued, and
+   * cleared only by {@link Mirror.checkpoint}. `options.path` is created (all clear) or,
+   * if it exists, adopted: it must be this mirror's (`EUUID`) with a fitting geometry
+   * (`ETRACK_GEOMETRY`); one that missed writes (untracked meanwhile) comes back all
+   * set. The mirror's metadata remembers it, so {@link Mirror.open} resumes it. Served
+   * over NBD it is the meta context `qemu:dirty-bitmap:NAME`. A name or file tracked
+   * already is `ETRACK_EXISTS`.
+   *
+   * @example
+   * ```ts
+   * await mirror.track('backup', { path: '/var/lib/vm/disk.backup.bitmap' })
+   * // … a full copy of the disk, then at each incremental backup:
+   * const changed = await mirror.checkpoint('backup')  // the ranges to copy now
+   * ```
+   */
+  track(name: string, options: TrackOptions): Promise<TrackedBitmapInfo> {
+    this.state.checkOpen('track')
+    return this.state.tracking.track(name, options, () => this.state.persist())
+  }
+
+  /**
+   * A checkpoint of tracking bitmap `name`: clears the bits of every chunk with no
+   * write in flight, in one step, durably, and resolves with the byte ranges it
+   * cleared — what changed since the previous checkpoint (or since track), which an
+   * incremental backup copies now. A write in flight at the checkpoint keeps its bits
+   * (it may land after the copy read its chunk), so it is copied next time too.
+   * `ETRACK_UNKNOWN` if no bitmap is tracked under `name`. A crash during the call
+   * leaves either every bit set or the checkpoint done: a caller that did not get the
+   * ranges takes its next backup in full.
+   */
+  checkpoint(name: string): Promise<ByteRange[]> {
+    this.state.checkOpen('checkpoint')
+    return this.state.tracking.checkpoint(name)
+  }
+
+  /**
+   * Stops tracking `name`: it is dropped from the metadata and its file is closed,
+   * not removed (adopted again by {@link Mirror.track}, it comes back with every bit
+   * set, since it missed writes). Resolves with its name and path.
+   */
+  untrack(name: string): Promise<TrackingRecord> {
+    this.state.checkOpen('untrack')
+    return this.state.tracking.untrack(name, () => this.state.persist())
+  }
+
+  /** The tracking bitmaps, in the order they were tracked: name, file, chunk size, chunks set. */
+  tracked(): TrackedBitmapInfo[] {
+    return this.state.tracking.list()
+  }
+
+  /**
+   * The byte ranges whose bits are set in tracking bitmap `name` now: what changed
+   * since its last checkpoint (with the writes in flight). The same ranges `md-bitmap
+   * dirty` lists from the file and NBD's `qemu:dirty-bitmap:NAME` reports.
+   */
+  changes(name: string): ByteRange[] {
+    return this.state.tracking.changes(name)
   }
 
   // -- resync ---------------------------------------------------------------------------

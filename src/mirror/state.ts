@@ -5,8 +5,8 @@
  * the resync engine are functions over it.
  *
  * Event counts, the one invariant kept here: the mirror's count is bumped at every open
- * and member change and written by {@link MirrorState.persist} to the bitmap first, the
- * metadata second (a bitmap behind the metadata is stale, and stale means full resync).
+ * and member change (and untrack) and written by {@link MirrorState.persist} to the
+ * bitmap and the tracking bitmaps first, the metadata second (a bitmap behind the metadata is stale, and stale means full resync).
  * A member's count is the mirror's when it was last in sync: every persist stamps the
  * in-sync members with the current count. Persists run one at a time, in call order.
  *
@@ -21,6 +21,7 @@ import { BufferPool } from './buffer-pool'
 import { FlushFence } from './flush-fence'
 import { MemberEpochs } from './member-epochs'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
+import type { Tracking } from './tracking'
 import type { MemberFaultyEvent, MirrorStats } from './types'
 import { WriteOrder } from './write-order'
 
@@ -55,6 +56,8 @@ export interface MirrorParts {
   slots: Slot[]
   /** Opens members for reAdd and addMember. */
   openMember: OpenMember
+  /** The changed-block tracking bitmaps (`tracking.ts`). */
+  tracking: Tracking
   /** The mirror's exclusive lock, held from create or open to close. */
   lock: FileLock
 }
@@ -76,6 +79,7 @@ export class MirrorState implements MirrorParts {
   readonly bitmap: Bitmap | null
   readonly slots: Slot[]
   readonly openMember: OpenMember
+  readonly tracking: Tracking
   readonly lock: FileLock
   /** Keeps a resync's copy of a chunk and writes to that chunk apart. */
   readonly barrier = new ChunkBarrier()
@@ -124,6 +128,7 @@ export class MirrorState implements MirrorParts {
     this.bitmap = parts.bitmap
     this.slots = parts.slots
     this.openMember = parts.openMember
+    this.tracking = parts.tracking
     this.lock = parts.lock
     this.behindPool = new BufferPool(parts.meta.behindMemoryLimit)
     this.computeAlignment()
@@ -135,6 +140,7 @@ export class MirrorState implements MirrorParts {
       for (const s of this.slots) if (s.record.state === 'in-sync') s.record.events = this.meta.events
       const bm = this.bitmap
       if (bm && !bm.kicked && !this.bitmapClosed) await bm.setEvents(this.meta.events).catch(() => {})
+      await this.tracking.setEvents(this.meta.events)
       await writeMetadata(this.metadataPath, this.meta)
     }
     const p = this.persisted.then(run)

@@ -13,6 +13,12 @@
  * - `md-bitmap:write-intent`: the write-intent map, `MD_STATE_DIRTY` (1) on the chunks
  *   whose bits are set — what a resync would copy, the same ranges `md-bitmap dirty`
  *   lists from the bitmap file —, 0 elsewhere.
+ * - `qemu:dirty-bitmap:NAME`, one per changed-block tracking bitmap (QEMU's name, so
+ *   its tools ask for it): `QEMU_STATE_DIRTY` (1) on the chunks changed since the
+ *   bitmap's last checkpoint, 0 elsewhere. QEMU's `qemu-img map` with
+ *   `x-dirty-bitmap=qemu:dirty-bitmap:NAME` reads it in place of `base:allocation`, so
+ *   it prints the changed ranges as `"data": false`. The list follows tracking: a
+ *   bitmap tracked later is offered to the connections that select contexts after.
  *
  * @module
  */
@@ -28,6 +34,12 @@ export const NBD_STATE_HOLE = 1
 export const NBD_STATE_ZERO = 2
 /** `md-bitmap:write-intent`: the range's chunk has its bit set. */
 export const MD_STATE_DIRTY = 1
+
+/** `qemu:dirty-bitmap:NAME`: the range's chunk changed since the bitmap's last checkpoint. */
+export const QEMU_STATE_DIRTY = 1
+
+/** The prefix of a tracking bitmap's context name (QEMU's). */
+export const DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:'
 
 /** The name of the NBD standard's allocation context. */
 export const BASE_ALLOCATION = 'base:allocation'
@@ -53,6 +65,13 @@ export interface BlockStatusMirror {
     /** The byte ranges whose bits are set. */
     dirtyChunks(): ByteRange[]
   } | null
+  /** The changed-block tracking bitmaps, by name (a `Mirror` has them). */
+  tracked?(): readonly {
+    /** The tracking bitmap's name: its context is `qemu:dirty-bitmap:NAME`. */
+    readonly name: string
+  }[]
+  /** The ranges tracking bitmap `name` has set. */
+  changes?(name: string): ByteRange[]
 }
 
 /** Whether `target` offers what {@link mirrorMetaContexts} needs. */
@@ -120,8 +139,22 @@ export function writeIntentContext(bitmap: () => BlockStatusMirror['bitmap']): M
   }
 }
 
-/** The contexts a served mirror offers: `base:allocation` and `md-bitmap:write-intent`. */
+/** `qemu:dirty-bitmap:NAME` of the tracking bitmap whose set ranges `changes()` lists. */
+export function dirtyBitmapContext(name: string, changes: () => ByteRange[]): MetaContext {
+  return {
+    name: DIRTY_BITMAP_PREFIX + name,
+    async extents(offset, length) {
+      return describe(offset, length, changes().map((r) => ({ ...r, flags: QEMU_STATE_DIRTY })), 0)
+    },
+  }
+}
+
+/**
+ * The contexts a served mirror offers now: `base:allocation`, `md-bitmap:write-intent`,
+ * and `qemu:dirty-bitmap:NAME` for each tracking bitmap.
+ */
 export function mirrorMetaContexts(mirror: BlockStatusMirror): MetaContext[] {
   const source = () => mirror.members.find((m) => m.state === 'in-sync' && !m.writeMostly && !isNbdUrl(m.path))?.path ?? null
-  return [allocationContext(source), writeIntentContext(() => mirror.bitmap)]
+  const tracked = (mirror.tracked?.() ?? []).map(({ name }) => dirtyBitmapContext(name, () => mirror.changes!(name)))
+  return [allocationContext(source), writeIntentContext(() => mirror.bitmap), ...tracked]
 }

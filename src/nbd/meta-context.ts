@@ -10,7 +10,9 @@
  * Selection: with no query, LIST lists every context and SET selects none. A query is
  * a context's full name; for LIST, a query that ends in `:` (a namespace, `base:`, or
  * a prefix such as `qemu:dirty-bitmap:`) lists every context under it. A context's id
- * is its place in the export's list, from 1, the same on every connection.
+ * is its place in the export's list, from 1, when it was selected (the list may
+ * grow and shrink with a mirror's tracking bitmaps; a connection keeps the ids it was
+ * given).
  *
  * @module
  */

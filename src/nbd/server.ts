@@ -147,8 +147,9 @@ export interface ServeNbdOptions {
   tls?: NbdServerTlsCredentials
   /**
    * The metadata contexts NBD_CMD_BLOCK_STATUS answers (after NBD_OPT_STRUCTURED_REPLY
-   * and NBD_OPT_SET_META_CONTEXT). Default: for a mirror, `base:allocation` and
-   * `md-bitmap:write-intent` (see `mirrorMetaContexts`); for other targets, none.
+   * and NBD_OPT_SET_META_CONTEXT). Default: for a mirror, `base:allocation`,
+   * `md-bitmap:write-intent` and `qemu:dirty-bitmap:NAME` per tracking bitmap (see
+   * `mirrorMetaContexts`); for other targets, none.
    */
   metaContexts?: MetaContext[]
   /**
@@ -192,6 +193,12 @@ const MAX_OPTIONS = 1000
 const ZERO_PIECE = 2 ** 20
 const KNOWN_FLAGS = CmdFlag.FUA | CmdFlag.NO_HOLE | CmdFlag.DF | CmdFlag.FAST_ZERO | CmdFlag.REQ_ONE
 
+/** The contexts `target` offers: `given`, else a mirror's as they are at each query. */
+function metaContextsOf(target: NbdTarget, given: MetaContext[] | undefined): () => MetaContext[] {
+  if (given) return () => given
+  return isBlockStatusMirror(target) ? () => mirrorMetaContexts(target) : () => []
+}
+
 /** Serves `target` as an NBD export. See the module comment. */
 export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Promise<NbdServer> {
   const exportName = options.exportName ?? ''
@@ -215,7 +222,7 @@ export async function serveNbd(target: NbdTarget, options: ServeNbdOptions): Pro
     shuttingDown: false,
     requests: 0,
     tls: options.tls,
-    metaContexts: options.metaContexts ?? (isBlockStatusMirror(target) ? mirrorMetaContexts(target) : []),
+    metaContexts: metaContextsOf(target, options.metaContexts),
     multiConn: options.multiConn ?? true,
     pool: new BufferPool(POOL_BYTES),
     bufferAlign: Math.max(4096, target.alignment),
@@ -317,7 +324,8 @@ interface Context {
   requests: number
   /** TLS credentials: TLS is required. */
   tls: NbdServerTlsCredentials | undefined
-  metaContexts: MetaContext[]
+  /** The contexts offered now (a mirror's follow its tracking bitmaps). */
+  metaContexts: () => MetaContext[]
   multiConn: boolean
   /** Request buffers: a write's payload until the target has it, a read's data until the socket has it. */
   pool: BufferPool
@@ -510,7 +518,7 @@ class Connection {
             error(Rep.ERR_UNKNOWN, `no export named "${req.exportName}"`)
             break
           }
-          const chosen = selectContexts(ctx.metaContexts, req.queries, !set)
+          const chosen = selectContexts(ctx.metaContexts(), req.queries, !set)
           if (set) this.selected = chosen
           for (const c of chosen) reply(Rep.META_CONTEXT, encodeMetaContextReply(c.id, c.context.name))
           reply(Rep.ACK)

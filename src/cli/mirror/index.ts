@@ -15,6 +15,7 @@ import { detail, HELP as DETAIL_HELP } from './detail'
 import { fail, HELP as FAIL_HELP } from './fail'
 import { reAdd, HELP as RE_ADD_HELP } from './re-add'
 import { remove, HELP as REMOVE_HELP } from './remove'
+import { checkpoint, CHECKPOINT_HELP, track, TRACK_HELP, untrack, UNTRACK_HELP } from './track'
 
 const SUBCOMMANDS: Record<string, { run: (argv: string[], io: Io) => Promise<number>; help: string; summary: string }> = {
   create: { run: create, help: CREATE_HELP, summary: 'create a mirror: bitmap, metadata, member files' },
@@ -24,18 +25,21 @@ const SUBCOMMANDS: Record<string, { run: (argv: string[], io: Io) => Promise<num
   're-add': { run: reAdd, help: RE_ADD_HELP, summary: 'bring a member back; copies only the dirty chunks when it can' },
   add: { run: add, help: ADD_HELP, summary: 'add a member and copy everything to it' },
   check: { run: check, help: CHECK_HELP, summary: 'compare the members (scrub); --repair fixes differences' },
+  track: { run: track, help: TRACK_HELP, summary: 'start changed-block tracking under a name (--list: list them)' },
+  checkpoint: { run: checkpoint, help: CHECKPOINT_HELP, summary: 'clear a tracking bitmap; prints the ranges changed since the last one' },
+  untrack: { run: untrack, help: UNTRACK_HELP, summary: 'stop changed-block tracking under a name' },
 }
 
 export const HELP = `Usage: md-bitmap mirror SUBCOMMAND --bitmap FILE [options]
 
 A mirror's life cycle, as mdadm runs arrays. When a process holds the mirror open
 (\`md-bitmap serve\`, or an application that opened it with a control socket),
-detail, fail, remove, re-add, add and check act on it live through its control
+every subcommand but create acts on it live through its control
 socket (FILE.mirror.sock, owner-only); otherwise they open the mirror themselves.
 
 Subcommands:
 ${Object.entries(SUBCOMMANDS)
-  .map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
   .join('\n')}
 
 Run \`md-bitmap mirror SUBCOMMAND --help\` for a subcommand's options.`
