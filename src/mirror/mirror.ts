@@ -70,12 +70,16 @@ export class Mirror extends EventEmitter {
     super()
     this.metadataPath = parts.metadataPath
     this.bitmap = parts.bitmap
+    // Events are emitted on a later tick (see MirrorEvents): the data path, resync, scrub
+    // and membership report from the middle of their work, and a listener that throws
+    // must not unwind it.
     this.state = new MirrorState(parts, {
-      memberFaulty: (event) => this.emit('member-faulty', event),
+      memberFaulty: (event) => process.nextTick(() => this.emit('member-faulty', event)),
       // Never an unhandled 'error' event: errors outside any call go to listeners, if any.
-      error: (error) => {
-        if (this.listenerCount('error') > 0) this.emit('error', error)
-      },
+      error: (error) =>
+        process.nextTick(() => {
+          if (this.listenerCount('error') > 0) this.emit('error', error)
+        }),
     })
   }
 
@@ -114,7 +118,9 @@ export class Mirror extends EventEmitter {
    *   failed write, a member failure that could not be recorded). Emitted only while an
    *   `'error'` listener is attached.
    *
-   * See {@link MirrorEvents} for each event in full.
+   * Both are emitted on a later tick, so a listener that throws cannot break the
+   * mirror's work (its exception is the process's `'uncaughtException'`). See
+   * {@link MirrorEvents} for each event in full.
    */
   override on<E extends keyof MirrorEvents>(event: E, listener: (...args: MirrorEvents[E]) => void): this {
     return super.on(event, listener as (...args: unknown[]) => void)
