@@ -254,12 +254,16 @@ export function sweepStale(): void {
 
 if (process.getuid?.() === 0) sweepStale()
 
-/** `losetup -f --show`, retrying when another process grabbed the same free device. */
-export function attachLoop(image: string, sectorSize?: number): string {
+/**
+ * `losetup -f --show`, retrying when another process grabbed the same free device.
+ * `directIo`: `--direct-io=on|off` (off: the device's writes land in the backing file's
+ * page cache, and only a flush writes them back); default: losetup's.
+ */
+export function attachLoop(image: string, sectorSize?: number, directIo?: 'on' | 'off'): string {
   let last: unknown
   for (let i = 0; i < 8; i++) {
     try {
-      return run('losetup', ['-f', '--show', ...(sectorSize ? ['-b', String(sectorSize)] : []), image]).trim()
+      return run('losetup', ['-f', '--show', ...(sectorSize ? ['-b', String(sectorSize)] : []), ...(directIo ? [`--direct-io=${directIo}`] : []), image]).trim()
     } catch (e) {
       last = e
       sleepSync(50 + Math.random() * 200)

@@ -346,6 +346,12 @@ export class Mirror extends EventEmitter {
    * Stops a running resync, waits for every write (behind ones included), flushes the
    * members, closes the bitmap (clearing what may be cleared) and records a clean
    * shutdown. Rejects with the first error met, after closing everything all the same.
+   *
+   * A member whose final flush (fdatasync, or FLUSH on a remote disk) fails is failed as
+   * a failed write would fail it (`'faulty'` in the metadata, `'member-faulty'` emitted,
+   * its chunks left marked for a {@link reAdd}), the shutdown is recorded unclean, and
+   * close rejects with that member's error (its code, such as `EIO`; the message names
+   * the member) once everything is closed.
    */
   async close(): Promise<void> {
     const control = this.control
