@@ -6,6 +6,12 @@
  * NEEDED. The writers run one after the other on the same file: each one resyncs
  * what the previous crash left (so bits do get cleared, and the check is not kept
  * true by a bitmap that only fills up).
+ *
+ * Most kills must catch a write in flight, or the test proves little. A line the
+ * parent read says only that a write was in flight when it was printed: on a loaded
+ * machine the writer may well have ended it by the time the SIGKILL lands. So most
+ * late kills tell the writer to hold its writes in flight first (fixtures/
+ * bitmap-writer.ts, `hold`/`held`) and kill once it says one is.
  */
 import test from 'ava'
 import { join } from 'node:path'
@@ -64,12 +70,26 @@ test('SIGKILL at random moments: every chunk with a write in flight is dirty on 
     // Load the next writer's modules while this one runs.
     next = startCrashChild(FIXTURE, [path, String(seed0 + kills + 1)])
 
-    const delay = prng.random() < 0.2 ? prng.below(5) : 20 + prng.below(250)
+    // Early kills (the writer just opened), late ones, and late ones that hold the
+    // writes in flight: most kills must put the promise to the test, on a loaded
+    // machine too, where the writer spends most of its time between writes.
+    const when = prng.random()
+    const delay = when < 0.2 ? prng.below(5) : 20 + prng.below(250)
     await sleep(delay)
-    // A late kill lands at the next moment the writer is seen with a write in flight
-    // (if one comes within 100 ms): most kills must put the promise to the test, on a
-    // loaded machine too, where the writer spends most of its time between writes.
-    if (delay >= 20) await until(() => writesInFlight(w.lines), 100).catch(() => {})
+    if (when < 0.2) {
+      // killed at once
+    } else if (when < 0.4) {
+      // At the next moment the writer is seen with a write in flight (if one comes
+      // within 100 ms). Seen, not known: the line was read after it was printed, and
+      // the write may have ended meanwhile.
+      await until(() => writesInFlight(w.lines), 100).catch(() => {})
+    } else {
+      // Known: the writer holds its writes in flight (the daemon goes on) and says so
+      // once one is; the kill comes a random moment later.
+      w.send('hold')
+      await w.waitFor('held', 20_000)
+      await sleep(prng.below(20))
+    }
     const how = await w.kill()
     t.is(how, 'SIGKILL', `the writer was killed, not dead on its own; stderr: ${w.stderr}`)
     kills++
