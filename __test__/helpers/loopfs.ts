@@ -136,6 +136,21 @@ export function thaw(mountDir: string): void {
   frozen.delete(mountDir)
 }
 
+/**
+ * Waits until every write in progress on the filesystem mounted at `mountDir` has
+ * completed, including those a process killed with SIGKILL left in flight: writes
+ * submitted through io_uring or Linux AIO are not waited for when the process dies, so
+ * they may still land after its parent saw it end (its pipes closed, its pid reaped).
+ * A freeze waits for every write holding the filesystem's write protection (an
+ * io_uring or AIO write holds it until it completes) and syncs the filesystem; the
+ * thaw that follows lets writes go on. A crash test reads "the files as the crash left
+ * them" only after this.
+ */
+export function settleWrites(mountDir: string): void {
+  freeze(mountDir)
+  thaw(mountDir)
+}
+
 /** This process's open descriptors on files under `dir` or on `dev`. */
 export function openFdsOn(dir: string, dev: string | null): string[] {
   const out: string[] = []
