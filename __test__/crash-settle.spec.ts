@@ -15,7 +15,6 @@
  * context is torn down only once its requests completed; a thread in a direct write
  * finishes it before it exits): with them nothing lands late.
  */
-import test from 'ava'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'

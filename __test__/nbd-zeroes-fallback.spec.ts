@@ -11,7 +11,7 @@
  * read zeroes there.
  */
 import test from 'ava'
-import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Mirror, NbdMember, openNbdOrFileMember } from '../src'
 import { TxFlag } from '../src/nbd/protocol'

@@ -137,6 +137,14 @@ export function thaw(mountDir: string): void {
 }
 
 /**
+ * Where the crash specs put the images of their filesystems (withFs `parentDir`): in
+ * memory, so that the loop device's flushes (an fsync of its image) cost nothing while
+ * the specs SIGKILL writers (which loses nothing the page cache holds). The filesystem
+ * on the loop device is a disk filesystem all the same (ext4, direct I/O).
+ */
+export const CRASH_FS_PARENT = '/dev/shm'
+
+/**
  * Waits until every write in progress on the filesystem mounted at `mountDir` has
  * completed, including those a process killed with SIGKILL left in flight: writes
  * submitted through io_uring or Linux AIO are not waited for when the process dies, so
