@@ -8,9 +8,13 @@
  * of any listener's throw outside the emitter's caller; under ava that would fail the
  * test worker itself, so the mirror runs in a child process
  * (fixtures/throwing-listener.ts) that records what reached it.
+ *
+ * A resync's or check's `onProgress` is the caller's own callback, called from the
+ * run: if it throws, the run stops and its promise rejects with what it threw.
  */
 import test from 'ava'
 import { killRunning, startCrashChild } from './helpers/crash-child'
+import { KiB, MiB, makeRig, pattern } from './helpers/mirror'
 import { diskTempDir, removeDir } from './helpers/tmp'
 
 const dir = diskTempDir('md-bitmap-mirror-events-')
@@ -39,4 +43,27 @@ test("a 'member-faulty' listener that throws: the failing write still succeeds o
   t.true(lines.includes('members in-sync,faulty,faulty'))
   t.true(lines.includes('recorded in-sync,faulty,faulty'), 'both failures are in the metadata')
   t.true(lines.includes('closed'), 'close() resolved')
+})
+
+test('an onProgress callback that throws stops its resync or check, which rejects with what it threw; the mirror stays usable', async (t) => {
+  const r = await makeRig(dir, [{}, {}])
+  const m = r.mirror
+  t.teardown(() => m.close().catch(() => {}))
+  await m.write(pattern(64 * KiB, 1), 0)
+  await m.bitmap!.markNeeded(0, MiB)
+  const thrower = () => {
+    throw new Error('progress callback threw')
+  }
+  const resync = await t.throwsAsync(m.resync({ onProgress: thrower, progressIntervalMs: 0, inFlight: 2 }))
+  t.is(resync?.message, 'progress callback threw')
+  t.false(m.resyncRunning, 'the resync ended')
+  const check = await t.throwsAsync(m.check({ onProgress: thrower, progressIntervalMs: 0 }))
+  t.is(check?.message, 'progress callback threw')
+  t.false(m.resyncRunning, 'the check ended')
+  // A resync without it copies what the stopped one left, and everything closes.
+  const report = await m.resync()
+  t.true(report.chunksCopied > 0)
+  t.false(m.needsResync)
+  t.is((await m.check()).mismatchSectors, 0)
+  await m.close()
 })

@@ -160,7 +160,10 @@ export interface ResyncProgress {
 
 /** Options of {@link Mirror.resync}. */
 export interface ResyncOptions {
-  /** Called with the progress as chunks are copied, at most every {@link ResyncOptions.progressIntervalMs}, and once at the end. */
+  /**
+   * Called with the progress as chunks are copied, at most every {@link ResyncOptions.progressIntervalMs}, and once at the end.
+   * If it throws, the resync stops there (as an abort would: what was not copied stays marked) and rejects with what it threw.
+   */
   onProgress?: (p: ResyncProgress) => void
   /** Aborts the resync; the chunks not yet copied stay marked, so a later resync resumes. */
   signal?: AbortSignal
@@ -225,7 +228,10 @@ export interface CheckProgress {
 export interface CheckOptions {
   /** Copy every chunk that differs from the resync source to the members that differ (md's `repair`). Default false (md's `check`). */
   repair?: boolean
-  /** Called with the progress as chunks are compared, at most every {@link CheckOptions.progressIntervalMs}, and once at the end. */
+  /**
+   * Called with the progress as chunks are compared, at most every {@link CheckOptions.progressIntervalMs}, and once at the end.
+   * If it throws, the check stops there (repairs made so far are synced) and rejects with what it threw.
+   */
   onProgress?: (p: CheckProgress) => void
   /** Aborts the check: it rejects with `EABORTED` (what was repaired so far is kept, and synced). */
   signal?: AbortSignal
