@@ -147,12 +147,12 @@ export const CRASH_FS_PARENT = '/dev/shm'
 /**
  * Waits until every write in progress on the filesystem mounted at `mountDir` has
  * completed, including those a process killed with SIGKILL left in flight: writes
- * submitted through io_uring or Linux AIO are not waited for when the process dies, so
- * they may still land after its parent saw it end (its pipes closed, its pid reaped).
- * A freeze waits for every write holding the filesystem's write protection (an
- * io_uring or AIO write holds it until it completes) and syncs the filesystem; the
- * thaw that follows lets writes go on. A crash test reads "the files as the crash left
- * them" only after this.
+ * submitted through io_uring are not waited for when the process dies, so they may
+ * still land after its parent saw it end (its pipes closed, its pid reaped; see
+ * crash-settle.spec.ts). A freeze waits for every write holding the filesystem's write
+ * protection (an io_uring write holds it until it completes) and syncs the
+ * filesystem; the thaw that follows lets writes go on. A crash test reads "the files
+ * as the crash left them" only after this.
  */
 export function settleWrites(mountDir: string): void {
   freeze(mountDir)
