@@ -10,6 +10,11 @@
  *   covering it, or the one unacknowledged write in flight over it (an older
  *   acknowledged write showing through is a lost write).
  *
+ * "As they are on disk" means once every write the dead writer had submitted landed:
+ * writes in flight through io_uring are not waited for by a process's death, so after
+ * each kill the spec waits for them (settleWrites: a freeze and thaw of the files' own
+ * loop-mounted filesystem) before it reads anything (crash-settle.spec.ts shows why).
+ *
  * The files carry over from crash to crash, and every FRESH_EVERY iterations a new
  * mirror starts with another chunk size and write-behind limit. About one crash in
  * UNREPAIRED is left for the next writer, which resyncs it while writing (and may be
@@ -20,7 +25,7 @@
  *   MD_BITMAP_MIRROR_CRASH_ITERATIONS=1000   iterations (default 50; `npm run soak`)
  *   MD_BITMAP_MIRROR_CRASH_SEED=n            replays a run's choices (the timing is the machine's)
  */
-import test from 'ava'
+import type { ExecutionContext } from 'ava'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -31,10 +36,9 @@ import { killRunning, replaySeed, startCrashChild, type CrashChild } from './hel
 import { changedBlocks, readDirect } from './helpers/io'
 import { readDisk } from './helpers/mdadm'
 import { checkSectors, readWriteLog } from './helpers/tagged-writes'
-import { diskTempDir, removeDir } from './helpers/tmp'
-
-const dir = diskTempDir('md-bitmap-mirror-crash-')
-test.after.always(() => removeDir(dir))
+import { fsCaps, requires } from './helpers/env'
+import { CRASH_FS_PARENT, settleWrites, withFs } from './helpers/loopfs'
+import { removeDir } from './helpers/tmp'
 
 const FIXTURE = 'mirror-writer.ts'
 const ITERATIONS = Number(process.env.MD_BITMAP_MIRROR_CRASH_ITERATIONS) || 50
@@ -68,9 +72,16 @@ interface Totals {
   killedInResync: number
 }
 
-test(`SIGKILL during write-behind: resync restores identical members holding every acknowledged write (${ITERATIONS} iterations)`, async (t) => {
+// The files live on a filesystem of their own, so that after each kill the writes the
+// dead writer left in flight can be waited for (settleWrites) before the files are read.
+const withCrashFs = requires(['root', 'loop', 'fsfreeze', ...fsCaps('ext4')])
+withCrashFs(`SIGKILL during write-behind: resync restores identical members holding every acknowledged write (${ITERATIONS} iterations)`, async (t) => {
   // Scaled with the iterations (a soak runs for half an hour); generous for a loaded machine.
   t.timeout(Math.max(180_000, ITERATIONS * 6_000))
+  await withFs('ext4', 160, (dir) => crashes(t, dir), { parentDir: CRASH_FS_PARENT })
+})
+
+async function crashes(t: ExecutionContext, dir: string): Promise<void> {
   const seed0 = replaySeed(t, 'MD_BITMAP_MIRROR_CRASH_SEED')
   const prng = new Prng(seed0)
   const rand = () => prng.random()
@@ -118,6 +129,8 @@ test(`SIGKILL during write-behind: resync restores identical members holding eve
     const delay = rand() < 0.15 ? prng.below(10) : 30 + prng.below(500)
     await new Promise((r) => setTimeout(r, delay))
     const how = await w.kill()
+    // The writes it submitted through io_uring may still be landing: the crash's state is what they leave.
+    settleWrites(dir)
     if (how !== 'SIGKILL') {
       t.fail(`iteration ${it}: the writer died on its own (${how}), seed ${seed0}; stderr: ${w.stderr}; last lines:\n${w.lines.slice(-10).join('\n')}`)
       break
@@ -146,7 +159,7 @@ test(`SIGKILL during write-behind: resync restores identical members holding eve
   t.true(totals.behindWrites > 0, 'writes must go behind')
   t.true(totals.overwrites > 0, 'writes must overlap earlier acknowledged ones')
   t.true(totals.clearedSeen > 0, 'bits must get cleared during the runs, or a bitmap that only fills up would pass')
-})
+}
 
 /** Checks one crash; returns what is wrong (empty: good) and updates `model` to the disk. */
 async function checkCrash(

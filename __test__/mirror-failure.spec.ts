@@ -312,7 +312,8 @@ test('the write-mostly member fails a behind write after the ack: the caller saw
   t.is(m.members[1].state, 'in-sync', 'the slow member has not failed yet when the caller is answered')
   slow.release()
   await slow.idle()
-  await until(() => m.members[1].state === 'faulty', 5000, 'member 1 to become faulty')
+  // The event follows the state change on a later tick (MirrorEvents).
+  await until(() => m.members[1].state === 'faulty' && faulty.length > 0, 5000, "member 1 to become faulty, and 'member-faulty' to be emitted")
   t.deepEqual(faulty, [1])
   t.regex(m.members[1].error!.message, /injected write error/)
   t.true(m.stats().degraded)

@@ -5,7 +5,7 @@
  * (the mirror keeps going degraded; reconnect + reAdd copies only the dirty chunks),
  * and crash consistency with a SIGKILLed writer process (fixtures/nbd-writer.ts).
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -13,8 +13,9 @@ import { FileMember, Mirror, NbdMember, SlowMember, allocAligned, isNbdUrl, open
 import { Prng } from '../src/cli/demo/prng'
 import { SECTOR } from '../src/cli/demo/tagged-data'
 import { killRunning, replaySeed, startCrashChild } from './helpers/crash-child'
-import { requires } from './helpers/env'
+import { fsCaps, requires } from './helpers/env'
 import { changedBlocks } from './helpers/io'
+import { CRASH_FS_PARENT, settleWrites, withFs } from './helpers/loopfs'
 import { readDisk } from './helpers/mdadm'
 import { IDLE, KiB, MiB, pattern } from './helpers/mirror'
 import { startNbdServer, startQemuNbd, type QemuNbd } from './helpers/nbd'
@@ -32,9 +33,9 @@ const SIZE = 8 * MiB
 const CHUNK = 64 * KiB
 const buf = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.length)
 
-/** A fresh sub-directory with a zeroed remote file of SIZE bytes. */
-function setup(name: string): { d: string; local: string; remote: string; bitmap: string } {
-  const d = join(dir, name)
+/** A fresh sub-directory (of `base`) with a zeroed remote file of SIZE bytes. */
+function setup(name: string, base = dir): { d: string; local: string; remote: string; bitmap: string } {
+  const d = join(base, name)
   mkdirSync(d)
   const remote = join(d, 'remote.img')
   writeFileSync(remote, '')
@@ -268,10 +269,22 @@ withQemu('qemu-nbd killed mid-workload: the mirror keeps serving degraded; recon
 
 const CRASH_ITERATIONS = Number(process.env.MD_BITMAP_NBD_CRASH_ITERATIONS) || 4
 
-withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the members identical with every acknowledged write (${CRASH_ITERATIONS} iterations)`, async (t) => {
+// The files live on a filesystem of their own, so that after each kill the writes the
+// dead writer left in flight can be waited for (settleWrites) before the files are read
+// (crash-settle.spec.ts).
+const withQemuCrashFs = requires(['qemu-nbd', 'root', 'loop', 'fsfreeze', ...fsCaps('ext4')])
+withQemuCrashFs(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the members identical with every acknowledged write (${CRASH_ITERATIONS} iterations)`, async (t) => {
   t.timeout(120_000)
   t.teardown(killRunning)
-  const f = setup('crash')
+  await withFs('ext4', 64, async (mnt) => {
+    const q = await crashes(t, mnt)
+    // Nothing may hold the filesystem open when it is unmounted.
+    await q.stop()
+  }, { parentDir: CRASH_FS_PARENT })
+})
+
+async function crashes(t: ExecutionContext, mnt: string): Promise<QemuNbd> {
+  const f = setup('crash', mnt)
   let q: QemuNbd = await startQemuNbd(t, f.remote)
   const port = q.port
   const m = await Mirror.create({
@@ -302,6 +315,8 @@ withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the me
     // The remote dies too (as in a power cut of both ends): the file is then stable.
     q.kill('SIGKILL')
     await q.exited
+    // The writes they submitted through io_uring may still be landing: the crash's state is what they leave.
+    settleWrites(mnt)
 
     const log = readWriteLog(w.lines)
     for (const l of log.rejected) t.fail(`a write was rejected: ${l}`)
@@ -330,8 +345,12 @@ withQemu(`SIGKILL of a writer with a remote qemu-nbd member: resync makes the me
     // Each sector: the last acknowledged write over it, or a write in flight over it.
     const problems: string[] = []
     checkSectors(problems, l2, log, CHUNK, idBase, model)
-    if (problems.length) return t.fail(`iteration ${it} (replay with MD_BITMAP_NBD_CRASH_SEED=${seed0}):\n${problems.join('\n')}`)
+    if (problems.length) {
+      t.fail(`iteration ${it} (replay with MD_BITMAP_NBD_CRASH_SEED=${seed0}):\n${problems.join('\n')}`)
+      return q
+    }
   }
   t.log(`${CRASH_ITERATIONS} iterations: ${unacked} kills with writes in flight, ${lagging} with the remote lagging, ${copied} chunks copied`)
   t.true(unacked > 0, 'some kill caught writes in flight')
-})
+  return q
+}

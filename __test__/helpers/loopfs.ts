@@ -136,6 +136,29 @@ export function thaw(mountDir: string): void {
   frozen.delete(mountDir)
 }
 
+/**
+ * Where the crash specs put the images of their filesystems (withFs `parentDir`): in
+ * memory, so that the loop device's flushes (an fsync of its image) cost nothing while
+ * the specs SIGKILL writers (which loses nothing the page cache holds). The filesystem
+ * on the loop device is a disk filesystem all the same (ext4, direct I/O).
+ */
+export const CRASH_FS_PARENT = '/dev/shm'
+
+/**
+ * Waits until every write in progress on the filesystem mounted at `mountDir` has
+ * completed, including those a process killed with SIGKILL left in flight: writes
+ * submitted through io_uring are not waited for when the process dies, so they may
+ * still land after its parent saw it end (its pipes closed, its pid reaped; see
+ * crash-settle.spec.ts). A freeze waits for every write holding the filesystem's write
+ * protection (an io_uring write holds it until it completes) and syncs the
+ * filesystem; the thaw that follows lets writes go on. A crash test reads "the files
+ * as the crash left them" only after this.
+ */
+export function settleWrites(mountDir: string): void {
+  freeze(mountDir)
+  thaw(mountDir)
+}
+
 /** This process's open descriptors on files under `dir` or on `dev`. */
 export function openFdsOn(dir: string, dev: string | null): string[] {
   const out: string[] = []
@@ -254,12 +277,16 @@ export function sweepStale(): void {
 
 if (process.getuid?.() === 0) sweepStale()
 
-/** `losetup -f --show`, retrying when another process grabbed the same free device. */
-export function attachLoop(image: string, sectorSize?: number): string {
+/**
+ * `losetup -f --show`, retrying when another process grabbed the same free device.
+ * `directIo`: `--direct-io=on|off` (off: the device's writes land in the backing file's
+ * page cache, and only a flush writes them back); default: losetup's.
+ */
+export function attachLoop(image: string, sectorSize?: number, directIo?: 'on' | 'off'): string {
   let last: unknown
   for (let i = 0; i < 8; i++) {
     try {
-      return run('losetup', ['-f', '--show', ...(sectorSize ? ['-b', String(sectorSize)] : []), image]).trim()
+      return run('losetup', ['-f', '--show', ...(sectorSize ? ['-b', String(sectorSize)] : []), ...(directIo ? [`--direct-io=${directIo}`] : []), image]).trim()
     } catch (e) {
       last = e
       sleepSync(50 + Math.random() * 200)

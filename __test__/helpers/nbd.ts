@@ -1,6 +1,7 @@
 /**
- * NBD servers and clients from Debian's packages, for tests: qemu-nbd and nbd-server
- * serving a file on 127.0.0.1 (or a Unix socket), qemu-io and qemu-img as clients.
+ * NBD servers and clients from Debian's packages, for tests: qemu-nbd, nbd-server and
+ * nbdkit (whose filters make servers that lack a feature, or log every request) serving
+ * a file on 127.0.0.1 (or a Unix socket), qemu-io and qemu-img as clients.
  * Every server started here is registered with the test's teardown (or the file's
  * `test.after.always`), so it is killed even when the test fails.
  *
@@ -48,8 +49,8 @@ function register(on: Teardown, fn: () => Promise<void>): void {
   else on.teardown(fn)
 }
 
-/** A qemu-nbd child serving one file. */
-export interface QemuNbd {
+/** A server child process (qemu-nbd, nbdkit) serving one export. */
+export interface ServerChild {
   proc: ChildProcess
   url: string
   port?: number
@@ -60,6 +61,9 @@ export interface QemuNbd {
   /** SIGTERM, then SIGKILL after a second; resolves once it exited. */
   stop(): Promise<void>
 }
+
+/** A qemu-nbd child serving one file. */
+export type QemuNbd = ServerChild
 
 export interface QemuNbdOptions {
   exportName?: string
@@ -72,23 +76,26 @@ export interface QemuNbdOptions {
 }
 
 /**
- * Starts `qemu-nbd` on `file` (raw, persistent, up to 16 clients, cache=writeback) on
- * 127.0.0.1 and waits until it accepts connections. Killed at teardown.
+ * Starts `tool` with `argsFor(port)` in the foreground, serving `exportName` on
+ * 127.0.0.1 at `o.port` (default: a free one) or on the Unix socket `o.socket`, and
+ * waits until it accepts connections. Stopped at teardown.
  */
-export async function startQemuNbd(on: Teardown, file: string, o: QemuNbdOptions = {}): Promise<QemuNbd> {
-  const exportName = o.exportName ?? 'remote'
+async function startServerChild(
+  on: Teardown,
+  tool: string,
+  o: { exportName: string; port?: number; socket?: string },
+  argsFor: (port: number | undefined) => string[],
+): Promise<ServerChild> {
   for (let attempt = 0; ; attempt++) {
     const port = o.socket ? undefined : (o.port ?? (await freePort()))
-    const where = o.socket ? ['-k', o.socket] : ['-b', '127.0.0.1', '-p', String(port)]
-    const args = ['-f', 'raw', ...where, '-x', exportName, '--persistent', '--shared=16', '--cache=writeback', ...(o.readOnly ? ['-r'] : []), ...(o.args ?? []), file]
-    const proc = spawn(which('qemu-nbd') ?? 'qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    const proc = spawn(which(tool) ?? tool, argsFor(port), { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
     proc.stderr!.on('data', (d) => (stderr += d))
     let dead = false
     const exited = new Promise<void>((r) => proc.once('exit', () => ((dead = true), r())))
-    const q: QemuNbd = {
+    const c: ServerChild = {
       proc,
-      url: o.socket ? `nbd+unix:///${exportName}?socket=${o.socket}` : `nbd://127.0.0.1:${port}/${exportName}`,
+      url: o.socket ? `nbd+unix:///${o.exportName}?socket=${o.socket}` : `nbd://127.0.0.1:${port}/${o.exportName}`,
       port,
       socket: o.socket,
       exited,
@@ -101,22 +108,57 @@ export async function startQemuNbd(on: Teardown, file: string, o: QemuNbdOptions
       async stop() {
         if (dead) return
         proc.kill('SIGTERM')
-        const timer = setTimeout(() => q.kill('SIGKILL'), 1000)
+        const timer = setTimeout(() => c.kill('SIGKILL'), 1000)
         await exited
         clearTimeout(timer)
       },
     }
-    register(on, () => q.stop())
+    register(on, () => c.stop())
     try {
-      await waitListening(o.socket ? { socket: o.socket } : { port: port! }, 10_000, () => (dead ? `qemu-nbd exited: ${stderr}` : null))
-      return q
+      await waitListening(o.socket ? { socket: o.socket } : { port: port! }, 10_000, () => (dead ? `${tool} exited: ${stderr}` : null))
+      return c
     } catch (e) {
-      await q.stop()
-      // A port taken between freePort and qemu-nbd's bind: try another.
+      await c.stop()
+      // A port taken between freePort and the server's bind: try another.
       if (attempt < 3 && o.port === undefined && !o.socket && /in use/i.test(stderr)) continue
       throw e
     }
   }
+}
+
+/**
+ * Starts `qemu-nbd` on `file` (raw, persistent, up to 16 clients, cache=writeback) on
+ * 127.0.0.1 and waits until it accepts connections. Killed at teardown.
+ */
+export function startQemuNbd(on: Teardown, file: string, o: QemuNbdOptions = {}): Promise<QemuNbd> {
+  const exportName = o.exportName ?? 'remote'
+  return startServerChild(on, 'qemu-nbd', { exportName, port: o.port, socket: o.socket }, (port) => {
+    const where = o.socket ? ['-k', o.socket] : ['-b', '127.0.0.1', '-p', String(port)]
+    return ['-f', 'raw', ...where, '-x', exportName, '--persistent', '--shared=16', '--cache=writeback', ...(o.readOnly ? ['-r'] : []), ...(o.args ?? []), file]
+  })
+}
+
+/**
+ * Starts `nbdkit` in the foreground on 127.0.0.1 (a free port) with `plugin` and its
+ * `params` (`key=value`), under `filters` (the first nearest the client, each with its
+ * own `key=value` parameters among `params`), and waits until it accepts connections.
+ * It serves any export name; the URL names `remote`. Stopped at teardown, and it exits
+ * with the test process.
+ *
+ *   const k = await startNbdkit(t, 'file', [`file=${path}`], ['nozero'])   // no WRITE_ZEROES
+ */
+export function startNbdkit(on: Teardown, plugin: string, params: string[], filters: string[] = []): Promise<ServerChild> {
+  return startServerChild(on, 'nbdkit', { exportName: 'remote' }, (port) => [
+    '--foreground',
+    '--exit-with-parent',
+    '-i',
+    '127.0.0.1',
+    '-p',
+    String(port),
+    ...filters.map((f) => `--filter=${f}`),
+    plugin,
+    ...params,
+  ])
 }
 
 /** An nbd-server daemon serving one file, tracked by its pid file. */

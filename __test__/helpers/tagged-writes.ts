@@ -133,7 +133,18 @@ export function checkSectors(problems: string[], data: Uint8Array, log: WriteLog
     }
     if (bad++ < 10) {
       const w = log.byId.get(id)
-      const what = id === -1 ? 'garbage' : id === 0 ? 'zeros' : w ? `write ${id} (${w.acked ? 'acknowledged, older' : 'unacknowledged'})` : `write ${id} of an earlier writer`
+      // An id of this writer's range missing from its log reached the disk without its
+      // `I` line reaching the parent: the log lost lines (a harness defect), no write was lost.
+      const what =
+        id === -1
+          ? 'garbage'
+          : id === 0
+            ? 'zeros'
+            : w
+              ? `write ${id} (${w.acked ? 'acknowledged, older' : 'unacknowledged'})`
+              : id >= firstId
+                ? `write ${id}, which this writer's log never announced (its I line was lost)`
+                : `write ${id} of an earlier writer`
       problems.push(`sector ${s} (chunk ${Math.floor((s * SECTOR) / chunkSize)}) holds ${what}; expected write ${acked[s]}${pending[s] ? ` or the in-flight ${pending[s]}` : ''}`)
     }
   }

@@ -13,10 +13,16 @@
  *   start:  event count + 1, clean = false, degraded told to the bitmap, the bitmap's
  *           hooks set (member flush before a clear; kicked → 'error'), persisted ─► running
  *   close:  closing (no new request) ── abort the resync ── wait for every write, behind
- *           ones too ── flush the members ── close the bitmap and the tracking bitmaps ──
- *           clean = nothing failed ──
- *           persist ── close the members ─► closed
+ *           ones too ── flush the members (the final flush) ── close the bitmap and the
+ *           tracking bitmaps ── clean = nothing failed ── persist ── close the members ─► closed
  * ```
+ *
+ * The final flush decides whether the shutdown is clean: a member whose flush
+ * (fdatasync) fails does not hold its data durably, so it is failed there as any failed
+ * I/O fails a member (faulty, recorded, `'member-faulty'`; the mirror degraded, so the
+ * bitmap closes without clearing a bit), the shutdown is recorded unclean, and close
+ * goes on through every step, then rejects with that member's error. A clean mark is
+ * written only when every member's flush succeeded and nothing else failed.
  *
  * Every step from create or open to close holds the mirror's lock (`owner.ts`): one
  * owner at a time, and a second open fails `ELOCKED` at once, before reading anything.
@@ -35,8 +41,8 @@ import { Bitmap } from '../bitmap/bitmap'
 import { parseUuid } from '../bitmap/superblock'
 import { MdBitmapError, toMdBitmapError } from '../errors'
 import { FileMember, openFileMember } from '../member'
-import { flushBeforeClear, flushMembers } from './data-path'
-import { isUrl, memberPath, openChecked } from './membership'
+import { flushBeforeClear } from './data-path'
+import { failMember, isUrl, memberPath, openChecked } from './membership'
 import { metadataPathFor, readMetadata, type MirrorMetadata } from './metadata'
 import { lockMirror } from './owner'
 import { Slot, type MirrorParts, type MirrorState } from './state'
@@ -204,7 +210,7 @@ export async function close(state: MirrorState): Promise<void> {
   await state.syncAction?.catch(() => {})
   await state.barrier.idle()
   const errors: unknown[] = []
-  await flushMembers(state, false).catch((e) => errors.push(e))
+  await finalFlush(state, errors)
   if (state.bitmap) {
     await state.bitmap.close().catch((e) => errors.push(e))
     state.bitmapClosed = true
@@ -219,6 +225,29 @@ export async function close(state: MirrorState): Promise<void> {
   }
   state.lock.release({ unlink: true })
   if (errors.length) throw toMdBitmapError(errors[0])
+}
+
+/**
+ * Syncs every active member one last time. A member whose flush fails is failed (it is
+ * degraded at once, so no bit is cleared after this) and its error, naming it, goes to
+ * `errors`, with the error of recording the failure if that failed too.
+ */
+async function finalFlush(state: MirrorState, errors: unknown[]): Promise<void> {
+  const active = state.slots.filter((s) => s.active)
+  await Promise.all(
+    active.map((s) =>
+      s.member!.flush().catch(async (e) => {
+        errors.push(
+          toMdBitmapError(e, {
+            context: `close: member ${state.slots.indexOf(s)} (${s.record.path}) failed its final flush, so its data is not durable; it is now faulty and the shutdown is recorded unclean`,
+            hint: 're-add it (reAdd) to recover it',
+          }),
+        )
+        const recordErr = await failMember(state, s, e)
+        if (recordErr) errors.push(recordErr)
+      }),
+    ),
+  )
 }
 
 /** Closes what a failed create or open had opened; their own errors are beside the point. */

@@ -61,7 +61,6 @@ export function failMember(state: MirrorState, slot: Slot, e: unknown): Promise<
   state.memberFailures++
   state.meta.events++
   state.updateDegraded()
-  state.events.memberFaulty({ index: state.slots.indexOf(slot), path: slot.record.path, error: err })
   slot.failing = state.persist().then(
     () => undefined,
     (pe) => {
@@ -73,6 +72,9 @@ export function failMember(state: MirrorState, slot: Slot, e: unknown): Promise<
   void slot.failing.then(() => {
     slot.failing = undefined
   })
+  // Told once the state above is complete; the sink emits on a later tick, so a listener
+  // that throws cannot leave the member half-failed or unwind the caller's I/O.
+  state.events.memberFaulty({ index: state.slots.indexOf(slot), path: slot.record.path, error: err })
   return slot.failing
 }
 

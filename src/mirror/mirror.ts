@@ -72,12 +72,16 @@ export class Mirror extends EventEmitter {
     super()
     this.metadataPath = parts.metadataPath
     this.bitmap = parts.bitmap
+    // Events are emitted on a later tick (see MirrorEvents): the data path, resync, scrub
+    // and membership report from the middle of their work, and a listener that throws
+    // must not unwind it.
     this.state = new MirrorState(parts, {
-      memberFaulty: (event) => this.emit('member-faulty', event),
+      memberFaulty: (event) => process.nextTick(() => this.emit('member-faulty', event)),
       // Never an unhandled 'error' event: errors outside any call go to listeners, if any.
-      error: (error) => {
-        if (this.listenerCount('error') > 0) this.emit('error', error)
-      },
+      error: (error) =>
+        process.nextTick(() => {
+          if (this.listenerCount('error') > 0) this.emit('error', error)
+        }),
     })
   }
 
@@ -116,7 +120,9 @@ export class Mirror extends EventEmitter {
    *   failed write, a member failure that could not be recorded). Emitted only while an
    *   `'error'` listener is attached.
    *
-   * See {@link MirrorEvents} for each event in full.
+   * Both are emitted on a later tick, so a listener that throws cannot break the
+   * mirror's work (its exception is the process's `'uncaughtException'`). See
+   * {@link MirrorEvents} for each event in full.
    */
   override on<E extends keyof MirrorEvents>(event: E, listener: (...args: MirrorEvents[E]) => void): this {
     return super.on(event, listener as (...args: unknown[]) => void)
@@ -406,6 +412,12 @@ export class Mirror extends EventEmitter {
    * Stops a running resync, waits for every write (behind ones included), flushes the
    * members, closes the bitmap (clearing what may be cleared) and records a clean
    * shutdown. Rejects with the first error met, after closing everything all the same.
+   *
+   * A member whose final flush (fdatasync, or FLUSH on a remote disk) fails is failed as
+   * a failed write would fail it (`'faulty'` in the metadata, `'member-faulty'` emitted,
+   * its chunks left marked for a {@link reAdd}), the shutdown is recorded unclean, and
+   * close rejects with that member's error (its code, such as `EIO`; the message names
+   * the member) once everything is closed.
    */
   async close(): Promise<void> {
     const control = this.control

@@ -62,7 +62,7 @@ export interface MirrorParts {
   lock: FileLock
 }
 
-/** Where the state reports what no caller can be told by a rejection: the Mirror's events. */
+/** Where the state reports what no caller can be told by a rejection: the Mirror's events. Never throws (the Mirror emits on a later tick). */
 export interface MirrorEventSink {
   /** A member became faulty. */
   memberFaulty(event: MemberFaultyEvent): void

@@ -160,7 +160,10 @@ export interface ResyncProgress {
 
 /** Options of {@link Mirror.resync}. */
 export interface ResyncOptions {
-  /** Called with the progress as chunks are copied, at most every {@link ResyncOptions.progressIntervalMs}, and once at the end. */
+  /**
+   * Called with the progress as chunks are copied, at most every {@link ResyncOptions.progressIntervalMs}, and once at the end.
+   * If it throws, the resync stops there (as an abort would: what was not copied stays marked) and rejects with what it threw.
+   */
   onProgress?: (p: ResyncProgress) => void
   /** Aborts the resync; the chunks not yet copied stay marked, so a later resync resumes. */
   signal?: AbortSignal
@@ -225,7 +228,10 @@ export interface CheckProgress {
 export interface CheckOptions {
   /** Copy every chunk that differs from the resync source to the members that differ (md's `repair`). Default false (md's `check`). */
   repair?: boolean
-  /** Called with the progress as chunks are compared, at most every {@link CheckOptions.progressIntervalMs}, and once at the end. */
+  /**
+   * Called with the progress as chunks are compared, at most every {@link CheckOptions.progressIntervalMs}, and once at the end.
+   * If it throws, the check stops there (repairs made so far are synced) and rejects with what it threw.
+   */
   onProgress?: (p: CheckProgress) => void
   /** Aborts the check: it rejects with `EABORTED` (what was repaired so far is kept, and synced). */
   signal?: AbortSignal
@@ -278,20 +284,31 @@ export interface MemberFaultyEvent {
 /**
  * The events a {@link Mirror} emits, and what each listener receives
  * (`mirror.on(name, listener)`; see {@link Mirror.on}).
+ *
+ * Both are emitted on a later tick (`process.nextTick`), never from inside the write,
+ * read, flush, resync, check or membership change that met them: by the time a listener
+ * runs, the state the event reports is complete (a `'member-faulty'` member already shows
+ * `state: 'faulty'` in {@link Mirror.members}). A listener that throws therefore cannot
+ * unwind the mirror's work: the mirror goes on, and the exception surfaces the way any
+ * listener's exception in Node does, as an `'uncaughtException'` of the process (as a
+ * throw from a socket's `'data'` listener would); it is not turned into an `'error'`
+ * event nor swallowed.
  */
 export interface MirrorEvents {
   /**
    * A member failed a read, write or flush and is now `'faulty'`: the mirror is degraded
    * and clears no bit until the member is re-added (or removed for good) and resynced.
-   * Emitted synchronously when the failure is seen, before it is recorded in the metadata.
+   * Emitted on the tick after the failure is seen (the member is faulty then), before
+   * the call that met it settles; the failure's record in the metadata may still be on
+   * its way to disk.
    */
   'member-faulty': [event: MemberFaultyEvent]
   /**
    * An error no call of the caller's can reject with: the bitmap was kicked by a failed
    * write (the next open does a full resync), a member's failure could not be recorded in
    * the metadata (`EMIRROR_METADATA`), or the end of a write in the bitmap failed. Emitted
-   * only while an `'error'` listener is attached: without one these are not thrown as an
-   * unhandled `'error'` event.
+   * (on a later tick, as above) only while an `'error'` listener is attached: without one
+   * these are not thrown as an unhandled `'error'` event.
    */
   error: [error: MdBitmapError]
 }
