@@ -14,6 +14,11 @@
  * kill. Linux AIO and the thread pool are waited for by the process's death (the AIO
  * context is torn down only once its requests completed; a thread in a direct write
  * finishes it before it exits): with them nothing lands late.
+ *
+ * The library's own guard against the same window: a lock (a Bitmap's, a Mirror's) is
+ * pinned to the io_uring ring (`Engine::pin`), so a killed owner's lock is released only
+ * once its last write has landed, and a new owner that gets the lock sees the files as
+ * they stay.
  */
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
@@ -22,6 +27,8 @@ import { killRunning, startCrashChild } from './helpers/crash-child'
 import { fsCaps, requires } from './helpers/env'
 import { readDirect, writeWhole } from './helpers/io'
 import { settleWrites, withFs } from './helpers/loopfs'
+import { FileLock } from '../src/io/lock'
+import { MdBitmapError } from '../src/errors'
 import { sleep } from './helpers/wait'
 
 const BLKIO = '/sys/fs/cgroup/blkio'
@@ -29,6 +36,62 @@ const SIZE = 4 * 2 ** 20
 const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
 
 const t = requires(['root', 'loop', 'fsfreeze', ...fsCaps('ext4')])
+
+/** Runs `body` with the late writer in a blkio cgroup whose writes reach `dev` at 256 KiB/s. */
+async function throttled<T>(dev: string, body: (group: string) => Promise<T>): Promise<T> {
+  const group = join(BLKIO, `md-bitmap-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`)
+  mkdirSync(group)
+  try {
+    const rdev = statSync(dev).rdev
+    writeFileSync(join(group, 'blkio.throttle.write_bps_device'), `${Math.floor(rdev / 256)}:${rdev % 256} ${256 * 1024}\n`)
+    return await body(group)
+  } finally {
+    rmdirSync(group)
+  }
+}
+
+t("a SIGKILLed owner's lock is held until its io_uring writes landed: once a new owner has it, the file no longer changes", async (t) => {
+  t.timeout(120_000)
+  t.teardown(killRunning)
+  if (!existsSync(join(BLKIO, 'blkio.throttle.write_bps_device'))) return t.fail(`no cgroup v1 blkio throttle at ${BLKIO}: cannot slow one process's writes`)
+  await withFs('ext4', 32, async (mnt, dev) => {
+    const file = join(mnt, 'late.img')
+    const lockPath = join(mnt, 'late.lock')
+    writeWhole(file, new Uint8Array(SIZE))
+    await throttled(dev, async (group) => {
+      const w = startCrashChild('late-writer.ts', [file, '16', lockPath])
+      await w.waitFor('loaded', 20_000)
+      writeFileSync(join(group, 'cgroup.procs'), String(w.child.pid))
+      w.send('go')
+      const engine = (await w.waitFor('writing', 20_000)).split(' ')[1]
+      await sleep(300)
+      t.is(await w.kill(), 'SIGKILL')
+      let refusals = 0
+      let lock: FileLock | undefined
+      const t0 = Date.now()
+      while (!lock) {
+        try {
+          lock = FileLock.acquire(lockPath)
+        } catch (e) {
+          if (!(e instanceof MdBitmapError) || e.code !== 'ELOCKED') throw e
+          refusals++
+          if (Date.now() - t0 > 60_000) return t.fail('the dead writer\'s lock was never released')
+          await sleep(20)
+        }
+      }
+      const waitedMs = Date.now() - t0
+      try {
+        const atLock = hash(readDirect(file, 0, SIZE))
+        await sleep(1000)
+        t.is(hash(readDirect(file, 0, SIZE)), atLock, 'a write of the dead owner landed after its lock was released')
+        t.log(`engine ${engine}: the lock came free ${waitedMs} ms after the kill (${refusals} refusals)`)
+        if (engine === 'uring') t.true(refusals > 0, 'under io_uring the lock outlived the process while its writes were in flight')
+      } finally {
+        lock.release()
+      }
+    })
+  })
+})
 t("a SIGKILLed writer's io_uring writes land after it ended; settleWrites waits for them", async (t) => {
   t.timeout(120_000)
   t.teardown(killRunning)

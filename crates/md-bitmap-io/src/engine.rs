@@ -189,6 +189,12 @@ pub(crate) trait KernelQueue: Send {
     /// Collects every completion available now as (flight, result); an operation the
     /// kernel refused outright comes back here too, with -errno.
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>);
+    /// Keeps a reference to `fd`'s open file until `unpin`, or until every operation of
+    /// a process that died has completed (see `Engine::pin`). None: not supported.
+    fn pin(&mut self, _fd: RawFd) -> Option<u32> {
+        None
+    }
+    fn unpin(&mut self, _slot: u32) {}
 }
 
 struct KernelState {
@@ -360,6 +366,22 @@ impl Engine {
             let mut k = kernel.lock().unwrap();
             k.unflushed = 0;
             k.queue.flush();
+        }
+    }
+
+    /// Pins `fd`'s open file to this engine until [`Engine::unpin`]: if the process dies
+    /// with operations in the kernel, the file is released only once they completed.
+    /// Under io_uring a killed process's writes can land after it is gone (the ring is
+    /// torn down later, by the kernel); a lock held on a pinned file outlives them, so
+    /// a new owner cannot start while they land. AIO contexts and I/O threads are
+    /// waited for by the process's death, so there nothing needs pinning (None).
+    pub fn pin(&self, fd: RawFd) -> Option<u32> {
+        self.kernel.as_ref()?.lock().unwrap().queue.pin(fd)
+    }
+    /// Releases a file pinned by [`Engine::pin`].
+    pub fn unpin(&self, slot: u32) {
+        if let Some(kernel) = &self.kernel {
+            kernel.lock().unwrap().queue.unpin(slot);
         }
     }
 

@@ -10,11 +10,17 @@
 //!
 //! ```text
 //!   lock(path) ── open (O_CREAT if asked) ── flock EX|NB ─┬─ busy ──► ELOCKED (holder pid)
+//!                                                        ├─ busy, the holder has exited ──
+//!                                                        │  retry for up to 2 s ──► got it, or
+//!                                                        │  ELOCKED (its I/O still completing)
 //!                                                        └─ got it ── path still names the
 //!                                                           locked inode? ─┬─ yes ──► held
 //!                                                                          └─ no (replaced
 //!                                                                             meanwhile) ──► retry
-//!   held ── release(unlink?) ── unlink while still holding (if asked) ── close ──► free
+//!   held ── release(unlink?) ── unlink while still holding (if asked) ── unlock, close ──► free
+//!   held ── the process dies ── the kernel drops the lock with the open file's last
+//!           reference: at once, or, if an I/O engine pinned it (`Engine::pin`), once
+//!           the dead process's last I/O has completed ──► free
 //! ```
 
 use crate::error::{IoError, Result};
@@ -51,17 +57,25 @@ impl FileLock {
                 let e: IoError = e.into();
                 IoError { message: format!("cannot open {} to lock it: {}", path.display(), e.message), ..e }
             })?;
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                let errno = Errno::last();
-                if errno == Errno::EWOULDBLOCK {
-                    let holder = holder_pid(&file).map(|p| format!("process {p}")).unwrap_or_else(|| "another process".into());
-                    return Err(IoError {
-                        code: "ELOCKED".into(),
-                        message: format!("{} is in use: locked by {holder}", path.display()),
-                        errno: Some(errno as i32),
-                    });
+            if let Err(errno) = lock_now(&file) {
+                if errno != Errno::EWOULDBLOCK {
+                    return Err(IoError::sys(errno, format!("flock {}", path.display())));
                 }
-                return Err(IoError::sys(errno, format!("flock {}", path.display())));
+                let holder = holder_pid(&file);
+                // A holder that has exited: its lock goes once its last I/O completed.
+                let exited = holder.is_some_and(|p| !alive(p));
+                if !(exited && wait_for_exited_holder(&file)) {
+                    let message = match holder {
+                        Some(p) if exited => format!(
+                            "{} is in use: locked by process {p}, which has exited; the kernel releases its lock once that process's last writes have completed (waited {} ms)",
+                            path.display(),
+                            EXITED_HOLDER_WAIT.as_millis()
+                        ),
+                        Some(p) => format!("{} is in use: locked by process {p}", path.display()),
+                        None => format!("{} is in use: locked by another process", path.display()),
+                    };
+                    return Err(IoError { code: "ELOCKED".into(), message, errno: Some(errno as i32) });
+                }
             }
             // The path may have been unlinked or replaced between open and flock (a
             // holder releasing with unlink): then this lock guards nothing; retry.
@@ -83,6 +97,11 @@ impl FileLock {
         &self.path
     }
 
+    /// The descriptor the lock is held through (for `Engine::pin`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Releases the lock; with `unlink`, removes the file first, while still holding it.
     pub fn release(self, unlink: bool) -> Result<()> {
         if unlink {
@@ -92,8 +111,50 @@ impl FileLock {
                 Err(e) => return Err(IoError::from(e)),
             }
         }
-        drop(self.file);
         Ok(())
+    }
+}
+
+impl Drop for FileLock {
+    /// Unlocks explicitly: the open file may outlive this descriptor (pinned by an
+    /// I/O engine), and the lock must not outlive a release.
+    fn drop(&mut self) {
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// How long `acquire` waits for the lock of a holder that has exited. Its lock is held
+/// by the kernel until the dead process's I/O has completed (an io_uring ring is torn
+/// down after the process, and pins the lock: `Engine::pin`); that takes milliseconds,
+/// or longer on a device that is slow to complete writes.
+const EXITED_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn lock_now(file: &File) -> std::result::Result<(), Errno> {
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(Errno::last())
+    }
+}
+
+/// Retries the lock until `EXITED_HOLDER_WAIT` passed; whether it was taken.
+fn wait_for_exited_holder(file: &File) -> bool {
+    let until = std::time::Instant::now() + EXITED_HOLDER_WAIT;
+    while std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        if lock_now(file).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether process `pid` is running (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "PID (COMM) STATE ...": the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

@@ -1,5 +1,11 @@
 //! The io_uring queue of an `Engine`: one ring, its completions signalled on the
 //! engine's eventfd.
+//!
+//! The ring also pins files (`pin`): a descriptor placed in its fixed-file table is
+//! referenced by the ring until unpinned or until the ring is freed. A process killed
+//! with I/O in flight closes the ring's descriptor, but the kernel frees the ring only
+//! once that I/O has completed, and drops the pinned files then; a lock file pinned
+//! this way stays locked until the dead process's last write has landed.
 
 use crate::engine::{Flight, KernelQueue, Op};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -10,17 +16,24 @@ use std::os::fd::RawFd;
 /// operations than that are ever in the kernel at once, so completions never overflow.
 const ENTRIES: u32 = 256;
 
+/// Slots of the fixed-file table, for pinned files.
+const PIN_SLOTS: u32 = 256;
+
 pub(crate) struct Uring {
     ring: IoUring,
     /// Entries queued on the submission ring not yet handed over.
     unsubmitted: usize,
+    /// Free slots of the fixed-file table; None if the kernel refused the table.
+    free_slots: Option<Vec<u32>>,
 }
 
 impl Uring {
     pub(crate) fn new(eventfd: RawFd) -> io::Result<Uring> {
         let ring = IoUring::builder().setup_cqsize(ENTRIES * 2).build(ENTRIES)?;
         ring.submitter().register_eventfd(eventfd)?;
-        Ok(Uring { ring, unsubmitted: 0 })
+        // Sparse tables need Linux 5.19; without one, nothing is pinned.
+        let free_slots = ring.submitter().register_files_sparse(PIN_SLOTS).ok().map(|()| (0..PIN_SLOTS).rev().collect());
+        Ok(Uring { ring, unsubmitted: 0, free_slots })
     }
 
     fn entry(op: &Op) -> squeue::Entry {
@@ -70,6 +83,25 @@ impl KernelQueue for Uring {
         // EBUSY/EAGAIN: the kernel is short of resources; the entries stay queued and
         // go with the next flush (one comes with every reap).
         let _ = self.submit();
+    }
+
+    fn pin(&mut self, fd: RawFd) -> Option<u32> {
+        let slot = self.free_slots.as_mut()?.pop()?;
+        match self.ring.submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(_) => {
+                self.free_slots.as_mut()?.push(slot);
+                None
+            }
+        }
+    }
+
+    fn unpin(&mut self, slot: u32) {
+        if self.ring.submitter().register_files_update(slot, &[-1]).is_ok() {
+            if let Some(free) = self.free_slots.as_mut() {
+                free.push(slot);
+            }
+        }
     }
 
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>) {

@@ -75,7 +75,7 @@ impl Settle {
 }
 
 /// This thread's reactor, or the error that keeps it from being made.
-fn reactor(env: &Env) -> Result<&'static Reactor> {
+pub(crate) fn reactor(env: &Env) -> Result<&'static Reactor> {
     Reactor::get(env.raw()).map_err(|e| js_error(env, &e))
 }
 
