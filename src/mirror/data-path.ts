@@ -10,7 +10,8 @@
  *     │ decide: behind? ── needs a write-mostly member, a bitmap that allows
  *     │                    write-behind and is not kicked, behind writes below
  *     │                    the bitmap's limit, and the copy within behindMemoryLimit
- *     │ bitmap.startWrite ─ bits set and durable (group commit)
+ *     │ bitmap.startWrite ─ bits set and durable (group commit); no wait when
+ *     │                     they already are (bitmap.tryStartWrite)
  *     ├──────────── sync ─────────────┐          ┌──────────── behind ────────────┐
  *     │ write every active member     │          │ fast members: the caller's buf │
  *     │ (the caller's buffer)         │          │ write-mostly: a private copy   │
@@ -24,7 +25,8 @@
  *
  * The bits of a behind write stay set until the slowest member has it; Linux 6.14
  * ends the bitmap write when the fast members finish, which would let the daemon
- * clear a bit over a lagging member. Here endWrite comes after every member. Each
+ * clear a bit over a lagging member. Here endWrite comes after every member
+ * ({@link MemberWrites} counts them down, with no promise per step). Each
  * member issues a write only after the overlapping writes before it on that member
  * completed (its write order), so a newer write never overtakes a lagging older one.
  * The private copy is a buffer of the mirror's write-behind pool (buffer-pool.ts),
