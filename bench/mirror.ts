@@ -806,16 +806,16 @@ async function main(): Promise<void> {
       o.chart,
       barChart(
         WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: writes.get(c.key, w.key).p50Us / 1000 })) })),
-      {
-        title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
-        unit: 'ms',
-        log: true,
-        note:
-          `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0.loadavg[0].toFixed(1)}` +
-          (resync ? `; resync of 1 % dirty: ${(resync.full.wallMs / resync.partialMs).toFixed(0)}x faster than full` : ''),
-      },
-    ),
-  )
+        {
+          title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
+          unit: 'ms',
+          log: true,
+          note:
+            `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0.loadavg[0].toFixed(1)}` +
+            (resync ? `; resync of 1 % dirty: ${(resync.full.wallMs / resync.partialMs).toFixed(0)}x faster than full` : ''),
+        },
+      ),
+    )
   }
   console.log(`\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; ${loadChange(load0, load1)}`)
 }

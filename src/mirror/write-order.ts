@@ -12,7 +12,7 @@
 export interface InFlight {
   start: number
   end: number
-  done: Promise<unknown>
+  done: Promise<void>
 }
 
 export class WriteOrder {
@@ -21,7 +21,7 @@ export class WriteOrder {
   /** Runs `write` once every overlapping write issued before it has completed. */
   run(offset: number, length: number, write: () => Promise<void>): Promise<void> {
     const entry = this.begin(offset, length, write)
-    const p = entry.done as Promise<void>
+    const p = entry.done
     const remove = () => this.end(entry)
     p.then(remove, remove)
     return p
