@@ -59,6 +59,8 @@
  *   --slow-ms MS     delay of the write-mostly member (default 10)
  *   --no-fio         skip the fio ceiling and the dd reference (also skipped, and said
  *                    so, when fio or dd is not installed)
+ *   --only PART      `writes` (part 1 only) or `resync` (part 2 only, which skips the
+ *                    write-test prefill of the slow member and leaves the chart alone)
  *   --out FILE       default bench/out/mirror.json
  *   --chart FILE     the SVG chart drawn from this run's figures (default
  *                    docs/bench-mirror.svg; bench/out/mirror.svg for --quick)
@@ -88,16 +90,18 @@ interface Options {
   fio: boolean
   out: string
   chart: string
+  /** Only the write tests, or only the resync tests (default both). */
+  only: 'writes' | 'resync' | undefined
 }
 
 const USAGE =
-  'usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--no-fio] [--out FILE] [--chart FILE]'
+  'usage: npm run bench:mirror -- [--quick] [--dir DIR] [--size MIB] [--region MIB] [--resync-chunk KIB] [--duration S] [--rounds R] [--slow-ms MS] [--no-fio] [--only writes|resync] [--out FILE] [--chart FILE]'
 
 function parseArgs(argv: string[]): Options {
   const env = process.env
   const a = parseOptions(
     argv,
-    { quick: 'flag', dir: 'value', size: 'value', region: 'value', 'resync-chunk': 'value', duration: 'value', rounds: 'value', 'slow-ms': 'value', 'no-fio': 'flag', out: 'value', chart: 'value' },
+    { quick: 'flag', dir: 'value', size: 'value', region: 'value', 'resync-chunk': 'value', duration: 'value', rounds: 'value', 'slow-ms': 'value', 'no-fio': 'flag', out: 'value', chart: 'value', only: 'value' },
     USAGE,
   )
   const quick = a.flag('quick') || (env.MD_BITMAP_BENCH_QUICK !== undefined && env.MD_BITMAP_BENCH_QUICK !== '' && env.MD_BITMAP_BENCH_QUICK !== '0')
@@ -113,6 +117,7 @@ function parseArgs(argv: string[]): Options {
     slowMs: a.number('slow-ms', 10),
     fio: !a.flag('no-fio'),
     out: resolved(a.value('out')) ?? path.join(__dirname, 'out', 'mirror.json'),
+    only: a.value('only') as Options['only'],
     chart: resolved(a.value('chart')) ?? (quick ? path.join(__dirname, 'out', 'mirror.svg') : path.join(__dirname, '..', 'docs', 'bench-mirror.svg')),
   }
   if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % MiB !== 0) throw new Error('bad --size')
@@ -120,6 +125,7 @@ function parseArgs(argv: string[]): Options {
   if (!Number.isSafeInteger(o.resyncChunk) || o.resyncChunk < 4 * KiB || (o.resyncChunk & (o.resyncChunk - 1)) !== 0) throw new Error('bad --resync-chunk (a power of two, at least 4 KiB)')
   if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
   if (!(o.slowMs >= 0)) throw new Error('bad --slow-ms')
+  if (o.only !== undefined && o.only !== 'writes' && o.only !== 'resync') throw new Error('bad --only (writes or resync)')
   return o
 }
 
@@ -557,28 +563,14 @@ async function resyncTest(dir: string, m0: string, m1: string, o: Options, withD
 
 // ---------------------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const o = parseArgs(process.argv.slice(2))
-  const dir = workDir(o.dir, 'md-bitmap-bench-mirror-')
-  const started = new Date()
-  const tStart = now()
-  const load0 = readLoad()
-  const files = { m0: path.join(dir, 'm0.img'), m1: path.join(dir, 'm1.img'), slow: path.join(dir, 'slow.img') }
-  await FileMember.ensure(files.m0, o.size)
-  const info = await check(files.m0)
-  console.log(
-    `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
-      `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
-  )
-  const withFio = o.fio && (await installed('fio'))
-  const withDd = o.fio && (await installed('dd'))
-  if (o.fio && !(withFio && withDd)) console.log(`not installed, skipped: ${[withFio ? '' : 'fio (the ceiling)', withDd ? '' : 'dd (the resync reference)'].filter(Boolean).join(', ')}`)
-  let t = now()
-  await prefill([files.m0, files.m1], o.size, o.size)
-  await prefill([files.slow], o.region, o.size)
-  console.log(`prefill: ${((2 * o.size + o.region) / MiB).toFixed(0)} MiB written in ${((now() - t) / 1e6).toFixed(1)} s`)
+interface Files {
+  m0: string
+  m1: string
+  slow: string
+}
 
-  // -- 1. writes ------------------------------------------------------------------
+/** Part 1: the write workloads in every configuration, and the fio ceiling, in rotated rounds. */
+async function writeTests(o: Options, dir: string, files: Files, withFio: boolean) {
   console.log('\n1. writes (MB/s per round)')
   const samples = new Map<string, Sample[]>()
   const fioSamples = new Map<WorkloadKey, FioSample[]>()
@@ -694,10 +686,19 @@ async function main(): Promise<void> {
     console.log(`\nagainst the two-file fio ceiling (fio libaio on both member files at twice the depth, IOPS ÷ 2); per round: median (min–max) of the rounds' ratios`)
     console.log(table(ceilingRows, 1))
   }
+  const goals: [string, string, string][] = []
+  for (const f of ceiling) {
+    const depth = f.depth / 2
+    goals.push([`mirror (b) ÷ two-file fio ceiling, ${depth} in flight`, (get('b', f.workload).iops / f.ceilingIops).toFixed(2), depth === 1 ? '≥ 0.8' : '≥ 0.85'])
+    goals.push([`CPU per write ÷ fio's, ${depth} in flight`, (get('b', f.workload).cpuUsPerWrite / f.cpuUsPerIo).toFixed(1), '–'])
+  }
+  for (const wk of CEILING_WORKLOADS) goals.push([`with bitmap ÷ without, ${WORKLOADS.find((x) => x.key === wk)!.label}`, (get('b', wk).iops / get('a', wk).iops).toFixed(2), '≥ 0.97'])
+  return { results, ratios, ceiling, get, goals }
+}
 
-  // -- 2. resync ------------------------------------------------------------------
+/** Part 2: bitmap recoveries, full recoveries (4 chunks in flight and 1) and dd, in rotated rounds. */
+async function resyncTests(o: Options, dir: string, files: Files, withDd: boolean) {
   console.log(`\n2. resync of a ${o.size / MiB} MiB mirror, ${o.resyncChunk / KiB} KiB chunks: 1 % dirtied while member 1 was out, against a full recovery`)
-  t = now()
   const resync = await resyncTest(dir, files.m0, files.m1, o, withDd)
   const partial = resync.runs.filter((r) => r.kind === 'bitmap')
   const fulls = resync.runs.filter((r) => r.kind === 'full')
@@ -720,19 +721,45 @@ async function main(): Promise<void> {
   )
   if (withDd) console.log(`  full resync ÷ dd (dd's time ÷ the resync's), per round: ${fullOverDd.map((x) => x.toFixed(2)).join(' / ')}; median ${spread(fullOverDd)}`)
   console.log(`  4 in flight ÷ 1 in flight (time of 1 ÷ time of 4), per round: ${inFlightGain.map((x) => x.toFixed(2)).join(' / ')}`)
+  return { ...resync, full, partialMs, fullOverDd, inFlightGain }
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2))
+  const dir = workDir(o.dir, 'md-bitmap-bench-mirror-')
+  const started = new Date()
+  const tStart = now()
+  const load0 = readLoad()
+  const files: Files = { m0: path.join(dir, 'm0.img'), m1: path.join(dir, 'm1.img'), slow: path.join(dir, 'slow.img') }
+  await FileMember.ensure(files.m0, o.size)
+  const info = await check(files.m0)
+  console.log(
+    `md-bitmap bench:mirror  ${os.availableParallelism()} cpus, ${os.release()}, ${info.fsType} in ${o.dir}, node ${process.version}${o.quick ? ', quick' : ''}\n` +
+      `members ${o.size / MiB} MiB each (sparse); write region ${o.region / MiB} MiB; ${o.durationS} s per workload per round, ${o.rounds} round(s); slow member +${o.slowMs} ms per write`,
+  )
+  const withFio = o.fio && (await installed('fio'))
+  const withDd = o.fio && (await installed('dd'))
+  if (o.fio && !(withFio && withDd)) console.log(`not installed, skipped: ${[withFio ? '' : 'fio (the ceiling)', withDd ? '' : 'dd (the resync reference)'].filter(Boolean).join(', ')}`)
+  let t = now()
+  await prefill([files.m0, files.m1], o.size, o.size)
+  if (o.only !== 'resync') await prefill([files.slow], o.region, o.size)
+  console.log(`prefill: ${((2 * o.size + (o.only === 'resync' ? 0 : o.region)) / MiB).toFixed(0)} MiB written in ${((now() - t) / 1e6).toFixed(1)} s`)
+
+  // -- 1. writes ------------------------------------------------------------------
+  const writes = o.only === 'resync' ? undefined : await writeTests(o, dir, files, withFio)
+
+  // -- 2. resync ------------------------------------------------------------------
+  t = now()
+  const resync = o.only === 'writes' ? undefined : await resyncTests(o, dir, files, withDd)
+  const resyncSeconds = (now() - t) / 1e6
 
   // -- the goals of issue 11, as this run measured them ------------------------------
   const goals: [string, string, string][] = []
-  for (const f of ceiling) {
-    const depth = f.depth / 2
-    goals.push([`mirror (b) ÷ two-file fio ceiling, ${depth} in flight`, (get('b', f.workload).iops / f.ceilingIops).toFixed(2), depth === 1 ? '≥ 0.8' : '≥ 0.85'])
-    goals.push([`CPU per write ÷ fio's, ${depth} in flight`, (get('b', f.workload).cpuUsPerWrite / f.cpuUsPerIo).toFixed(1), '–'])
-  }
-  for (const wk of CEILING_WORKLOADS) goals.push([`with bitmap ÷ without, ${WORKLOADS.find((x) => x.key === wk)!.label}`, (get('b', wk).iops / get('a', wk).iops).toFixed(2), '≥ 0.97'])
-  if (withDd) goals.push(['full resync ÷ dd, same bytes (median of rounds)', spread(fullOverDd), '≥ 1.0'])
+  if (writes) goals.push(...writes.goals)
+  if (resync?.fullOverDd.length) goals.push(['full resync ÷ dd, same bytes (median of rounds)', spread(resync.fullOverDd), '≥ 1.0'])
   console.log('\nissue 11 goals, this run:')
   console.log(table([['measure', 'value', 'goal'], ...goals], 1))
-  const resyncSeconds = (now() - t) / 1e6
+
 
   const load1 = readLoad()
   const totalS = (now() - tStart) / 1e6
@@ -753,30 +780,43 @@ async function main(): Promise<void> {
       mdBitmapIoThreads: process.env.MD_BITMAP_IO_THREADS ?? null,
     },
     params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
-    writes: results,
-    ratios,
-    ceiling: ceiling.map((f) => {
-      const a = get('a', f.workload)
-      const b = get('b', f.workload)
+    writes: writes?.results,
+    ratios: writes?.ratios,
+    ceiling: writes?.ceiling.map((f) => {
+      const a = writes.get('a', f.workload)
+      const b = writes.get('b', f.workload)
       return { ...f, bOverCeiling: b.iops / f.ceilingIops, aOverCeiling: a.iops / f.ceilingIops, bCpuOverFio: b.cpuUsPerWrite / f.cpuUsPerIo, bOverA: b.iops / a.iops }
     }),
-    resync: { chunks: resync.chunks, dirtyChunks: resync.dirtyCount, runs: resync.runs, seconds: resyncSeconds, fullOverBitmap: full.wallMs / partialMs, fullOverDd, inFlight4Over1: inFlightGain },
+    resync: resync && {
+      chunks: resync.chunks,
+      dirtyChunks: resync.dirtyCount,
+      runs: resync.runs,
+      seconds: resyncSeconds,
+      fullOverBitmap: resync.full.wallMs / resync.partialMs,
+      fullOverDd: resync.fullOverDd,
+      inFlight4Over1: resync.inFlightGain,
+    },
   }
   fs.mkdirSync(path.dirname(o.out), { recursive: true })
   fs.writeFileSync(o.out, JSON.stringify(out, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n')
-  fs.mkdirSync(path.dirname(o.chart), { recursive: true })
-  fs.writeFileSync(
-    o.chart,
-    barChart(
-      WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: get(c.key, w.key).p50Us / 1000 })) })),
-      {
-        title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
-        unit: 'ms',
-        log: true,
-        note: `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0.loadavg[0].toFixed(1)}; resync of 1 % dirty: ${(full.wallMs / partialMs).toFixed(0)}x faster than full`,
-      },
-    ),
-  )
+  // The chart is of the write workloads: a resync-only run leaves it alone.
+  if (writes) {
+    fs.mkdirSync(path.dirname(o.chart), { recursive: true })
+    fs.writeFileSync(
+      o.chart,
+      barChart(
+        WORKLOADS.map((w) => ({ label: w.label, bars: CONFIGS.map((c) => ({ label: c.label, value: writes.get(c.key, w.key).p50Us / 1000 })) })),
+        {
+          title: `Mirror write ack latency, p50 (slow member +${o.slowMs} ms)`,
+          unit: 'ms',
+          log: true,
+          note:
+            `${out.command}, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC, ${os.availableParallelism()} CPUs, load ${load0.loadavg[0].toFixed(1)}` +
+            (resync ? `; resync of 1 % dirty: ${(resync.full.wallMs / resync.partialMs).toFixed(0)}x faster than full` : ''),
+        },
+      ),
+    )
+  }
   console.log(`\ntotal ${totalS.toFixed(0)} s; wrote ${path.relative(process.cwd(), o.out) || o.out}; ${loadChange(load0, load1)}`)
 }
 

@@ -11,7 +11,7 @@
 import { EventEmitter } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { dirname } from 'node:path'
-import { Counters, NEEDED, RESYNC } from './counters'
+import { COUNTER_MAX, Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
 import { MdBitmapError, toMdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
@@ -465,6 +465,31 @@ export class Bitmap extends EventEmitter {
     }
     // A bit set by an earlier caller may still be on its way to the disk.
     for (const p of touched) await this.pages.settled(p)
+  }
+
+  /**
+   * {@link startWrite} with no wait, for the common case of a chunk already in use:
+   * when every chunk of the range has its bit set in a page that is on stable storage
+   * (the page neither DIRTY nor being written) and no chunk's counter is at
+   * COUNTER_MAX, counts the write exactly as startWrite does and returns true: the data
+   * writes may be issued at once. Otherwise changes nothing and returns false; the
+   * caller then calls startWrite (which also handles a kicked bitmap).
+   */
+  tryStartWrite(offset: number, length: number, behind = false): boolean {
+    const [first, last] = this.chunkRange('startWrite', offset, length)
+    if (this._error) return false
+    for (let c = first; c <= last; c++) {
+      if (!getBit(this.bits, c, this.bitVersion) || this.counters.count(c) === COUNTER_MAX) return false
+      const page = this.pageOf(c)
+      if (this.pages.isDirty(page) || !this.pages.isSettled(page)) return false
+    }
+    // Not 'full' (checked above), and the bit is set: 'counted', no page to write.
+    for (let c = first; c <= last; c++) this.counters.startWrite(c)
+    if (behind) {
+      this._behind++
+      if (this._behind > this._behindHigh) this._behindHigh = this._behind
+    }
+    return true
   }
 
   /** Group commit: every DIRTY page of this tick in one batch, written and waited for. */

@@ -31,6 +31,8 @@ export class PageImage {
   readonly pages: number
   private readonly attrs: Uint8Array
   private readonly tails: Promise<void>[]
+  /** Writes of each page queued or in flight (its tail not yet resolved). */
+  private readonly writing: Uint32Array
   /** Page writes issued so far. */
   pagesWritten = 0
 
@@ -44,6 +46,7 @@ export class PageImage {
     this.pages = Math.ceil(image.length / PAGE_SIZE)
     this.attrs = new Uint8Array(this.pages)
     this.tails = Array.from({ length: this.pages }, () => Promise.resolve())
+    this.writing = new Uint32Array(this.pages)
   }
 
   /** The page holding byte `offset` of the file. */
@@ -66,9 +69,18 @@ export class PageImage {
     return this.tails[page]
   }
 
+  /** Whether every write of the page issued so far has completed ({@link settled} has resolved), told at once. */
+  isSettled(page: number): boolean {
+    return this.writing[page] === 0
+  }
+
   /** Queues a write of the page; it carries the image as it is when the write is issued. */
   write(page: number): Promise<void> {
-    const tail = this.tails[page].then(() => this.issue(page))
+    this.writing[page]++
+    const tail = this.tails[page].then(async () => {
+      await this.issue(page)
+      this.writing[page]--
+    })
     this.tails[page] = tail
     return tail
   }

@@ -19,9 +19,18 @@ export class ChunkBarrier {
 
   /** Enters chunks `first..last` for a write, once none of them is locked. */
   async enterWrite(first: number, last: number): Promise<void> {
-    while (this.anyLocked(first, last)) await this.wait()
+    while (!this.tryEnterWrite(first, last)) await this.wait()
+  }
+
+  /**
+   * {@link enterWrite} with no wait: enters chunks `first..last` and returns true if
+   * none of them is locked; returns false, having changed nothing, if one is.
+   */
+  tryEnterWrite(first: number, last: number): boolean {
+    if (this.anyLocked(first, last)) return false
     for (let c = first; c <= last; c++) this.writers.set(c, (this.writers.get(c) ?? 0) + 1)
     this.inside++
+    return true
   }
 
   exitWrite(first: number, last: number): void {

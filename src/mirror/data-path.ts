@@ -10,8 +10,9 @@
  *     │ decide: behind? ── needs a write-mostly member, a bitmap that allows
  *     │                    write-behind and is not kicked, behind writes below
  *     │                    the bitmap's limit, and the copy within behindMemoryLimit
- *     │ bitmap.startWrite ─ bits set and durable (group commit); the tracking
- *     │                     bitmaps' bits (tracking.ts) at the same time
+ *     │ bitmap.startWrite ─ bits set and durable (group commit), the tracking
+ *     │                     bitmaps' bits (tracking.ts) at the same time; no wait
+ *     │                     when they already are (bitmap.tryStartWrite)
  *     ├──────────── sync ─────────────┐          ┌──────────── behind ────────────┐
  *     │ write every active member     │          │ fast members: the caller's buf │
  *     │ (the caller's buffer)         │          │ write-mostly: a private copy   │
@@ -25,7 +26,8 @@
  *
  * The bits of a behind write stay set until the slowest member has it; Linux 6.14
  * ends the bitmap write when the fast members finish, which would let the daemon
- * clear a bit over a lagging member. Here endWrite comes after every member. Each
+ * clear a bit over a lagging member. Here endWrite comes after every member
+ * ({@link MemberWrites} counts them down, with no promise per step). Each
  * member issues a write only after the overlapping writes before it on that member
  * completed (its write order), so a newer write never overtakes a lagging older one.
  * The private copy is a buffer of the mirror's write-behind pool (buffer-pool.ts),
@@ -70,23 +72,25 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     const buf = isAligned(data, align) ? data : copyAligned(data, align)
     const first = Math.floor(offset / state.meta.chunkSize)
     const last = Math.floor((offset + len - 1) / state.meta.chunkSize)
-    await state.barrier.enterWrite(first, last)
+    // Waits only while a resync holds one of the chunks.
+    if (!state.barrier.tryEnterWrite(first, last)) await state.barrier.enterWrite(first, last)
     // Fast members first: their writes are issued before the write-behind copy is made.
-    const active = state.slots.filter((s) => s.active).sort((a, b) => Number(a.record.writeMostly) - Number(b.record.writeMostly))
+    const active = activeFastFirst(state.slots)
     // Taken with the member list: a member that becomes active later waits for this write to end.
     const epoch = state.memberEpochs.join()
-    const fastInSync = active.filter((s) => s.inSync && !s.record.writeMostly)
     // Who may acknowledge: the in-sync fast members, or the in-sync slow ones if no fast one is left.
-    const ackers = new Set(fastInSync.length ? fastInSync : active.filter((s) => s.inSync))
+    const ackers = whoAcknowledges(active)
     let behind = false
     let tracked: TrackedWrite
     try {
       // Closed while this write waited at the barrier: the bitmap may be gone.
       state.checkOpen('write')
-      if (ackers.size === 0) throw state.failedError('write')
-      behind = fastInSync.length > 0 && mayGoBehind(state, active, len)
+      if (!ackers.includes(true)) throw state.failedError('write')
+      behind = anyFastInSync(active) && mayGoBehind(state, active, len)
       if (behind) reserveBehind(state, len)
-      tracked = await startWriteBits(state, offset, len, behind)
+      // Waits only when a bit must be set (or is still on its way to the disk).
+      const bits = startWriteBits(state, offset, len, behind)
+      tracked = bits instanceof Promise ? await bits : bits
     } catch (e) {
       if (behind) releaseBehind(state, len)
       state.barrier.exitWrite(first, last)
@@ -94,45 +98,138 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
       throw e
     }
     state.counts.writes++
-    let copy: Uint8Array | undefined
-    let everyMember = true
-    const outcomes = active.map((slot) => {
-      const payload = behind && slot.record.writeMostly ? (copy ??= behindCopy(state, buf)) : buf
-      return slot.order.run(offset, len, () => slot.member!.write(payload, offset)).then(
-        () => undefined as MdBitmapError | undefined,
-        async (e) => {
-          everyMember = false
-          return (await failMember(state, slot, e)) ?? toMdBitmapError(e)
-        },
-      )
-    })
-    const all = Promise.all(outcomes).then(() => {
-      try {
-        state.bitmap?.endWrite(offset, len, everyMember, behind)
-      } catch (e) {
-        state.events.error(toMdBitmapError(e))
-      }
-      state.tracking.endWrite(tracked)
-      if (behind) releaseBehind(state, len)
-      // Every member's write settled: no I/O reads the copy any more.
-      if (copy) state.behindPool.give(copy)
-      state.barrier.exitWrite(first, last)
-      state.memberEpochs.leave(epoch)
-    })
-    // Sync: wait for every member. Behind: for the fast ones (the write-mostly ones go on).
-    const waitFor = active.map((slot, i) => ({ slot, p: outcomes[i] })).filter(({ slot }) => !behind || !slot.record.writeMostly)
-    const results = await Promise.all(waitFor.map(({ slot, p }) => p.then((err) => ({ slot, err }))))
-    if (!behind) await all
-    const metaErr = results.find((r) => r.err?.code === 'EMIRROR_METADATA')
-    if (metaErr) throw metaErr.err
-    if (!results.some((r) => ackers.has(r.slot) && r.err === undefined)) {
-      const errs = results.filter((r) => ackers.has(r.slot)).map((r) => `${r.slot.record.path}: ${r.err?.message}`)
-      throw new MdBitmapError('EMIRROR_WRITE', `write of ${len} bytes at ${offset} reached no member that may acknowledge it (${errs.join('; ')}); the chunk is marked for resync`, {
-        cause: results[0]?.err,
-      })
+    const writes = new MemberWrites(state, active, offset, len, behind, first, last, epoch, tracked)
+    for (let i = 0; i < active.length; i++) writes.issue(i, buf)
+    // Sync: every member settled. Behind: the fast ones (the write-mostly ones go on).
+    const errors = await writes.acknowledged
+    let waited = -1
+    for (let i = 0; i < active.length; i++) {
+      if (!writes.waitedFor(i)) continue
+      if (waited < 0) waited = i
+      if (errors[i]?.code === 'EMIRROR_METADATA') throw errors[i]
     }
+    for (let i = 0; i < active.length; i++) if (writes.waitedFor(i) && ackers[i] && errors[i] === undefined) return
+    const errs: string[] = []
+    for (let i = 0; i < active.length; i++) if (writes.waitedFor(i) && ackers[i]) errs.push(`${active[i].record.path}: ${errors[i]?.message}`)
+    throw new MdBitmapError('EMIRROR_WRITE', `write of ${len} bytes at ${offset} reached no member that may acknowledge it (${errs.join('; ')}); the chunk is marked for resync`, {
+      cause: errors[waited],
+    })
   } finally {
     state.flushFence.leave(generation)
+  }
+}
+
+/** The active members, the fast ones first (in slot order), then the write-mostly ones. */
+function activeFastFirst(slots: Slot[]): Slot[] {
+  const out: Slot[] = []
+  for (const s of slots) if (s.active && !s.record.writeMostly) out.push(s)
+  for (const s of slots) if (s.active && s.record.writeMostly) out.push(s)
+  return out
+}
+
+function anyFastInSync(active: Slot[]): boolean {
+  return active.some((s) => s.inSync && !s.record.writeMostly)
+}
+
+/** Per member of `active`: may it acknowledge a write? The in-sync fast ones, or the in-sync ones if no fast one is. */
+function whoAcknowledges(active: Slot[]): boolean[] {
+  return anyFastInSync(active) ? active.map((s) => s.inSync && !s.record.writeMostly) : active.map((s) => s.inSync)
+}
+
+/**
+ * One write's member writes, counted down with no promise per step:
+ *
+ * ```
+ *   issue(i) per member ── its write settles ── failed? fail the member first
+ *     └─ settled(i, error):  unacked − 1 if the caller waits for member i
+ *                            (sync: every member; behind: the fast ones)
+ *                            at 0 ─► `acknowledged` resolves with the errors
+ *                            unsettled − 1; at 0 (every member) ─► the write ends:
+ *                              bitmap.endWrite(success = every member had it),
+ *                              behind budget and copy released, barrier and epoch left
+ * ```
+ *
+ * A sync write ends before it is acknowledged (as the members' writes all settled);
+ * a behind write is acknowledged first and ends when the slowest member has it.
+ */
+class MemberWrites {
+  /** Per member: the error its write settled with (undefined: it succeeded, or has not settled). */
+  readonly errors: (MdBitmapError | undefined)[]
+  /** Resolves with {@link errors} once every member the caller waits for settled. Never rejects. */
+  readonly acknowledged: Promise<(MdBitmapError | undefined)[]>
+  private acknowledge!: (errors: (MdBitmapError | undefined)[]) => void
+  private unsettled: number
+  private unacked = 0
+  private everyMember = true
+  /** The write-behind copy for the write-mostly members, made on first use. */
+  private copy: Uint8Array | undefined
+
+  constructor(
+    private readonly state: MirrorState,
+    private readonly active: Slot[],
+    private readonly offset: number,
+    private readonly len: number,
+    private readonly behind: boolean,
+    private readonly first: number,
+    private readonly last: number,
+    private readonly epoch: number,
+    private readonly tracked: TrackedWrite,
+  ) {
+    this.errors = new Array<MdBitmapError | undefined>(active.length).fill(undefined)
+    this.unsettled = active.length
+    for (let i = 0; i < active.length; i++) if (this.waitedFor(i)) this.unacked++
+    this.acknowledged = new Promise((resolve) => (this.acknowledge = resolve))
+  }
+
+  /** Whether the caller's acknowledgement waits for member `i`. */
+  waitedFor(i: number): boolean {
+    return !this.behind || !this.active[i].record.writeMostly
+  }
+
+  /** Issues member `i`'s write (in its write order): the caller's buffer, or the behind copy for a write-mostly member. */
+  issue(i: number, buf: Uint8Array): void {
+    const slot = this.active[i]
+    const payload = this.behind && slot.record.writeMostly ? (this.copy ??= behindCopy(this.state, buf)) : buf
+    const offset = this.offset
+    const entry = slot.order.begin(offset, this.len, () => slot.member!.write(payload, offset))
+    entry.done.then(
+      () => {
+        slot.order.end(entry)
+        this.settled(i, undefined)
+      },
+      (e) => {
+        slot.order.end(entry)
+        this.everyMember = false
+        failMember(this.state, slot, e).then(
+          (metaErr) => this.settled(i, metaErr ?? toMdBitmapError(e)),
+          (fe) => this.settled(i, toMdBitmapError(fe)),
+        )
+      },
+    )
+  }
+
+  private settled(i: number, err: MdBitmapError | undefined): void {
+    this.errors[i] = err
+    const waited = this.waitedFor(i)
+    // Sync: the write ends before it is acknowledged.
+    if (--this.unsettled === 0) this.end()
+    if (waited && --this.unacked === 0) this.acknowledge(this.errors)
+  }
+
+  /** Every member's write settled. */
+  private end(): void {
+    const { state, offset, len, behind } = this
+    try {
+      state.bitmap?.endWrite(offset, len, this.everyMember, behind)
+    } catch (e) {
+      state.events.error(toMdBitmapError(e))
+    }
+    state.tracking.endWrite(this.tracked)
+    if (behind) releaseBehind(state, len)
+    // Every member's write settled: no I/O reads the copy any more.
+    if (this.copy) state.behindPool.give(this.copy)
+    state.barrier.exitWrite(this.first, this.last)
+    state.memberEpochs.leave(this.epoch)
   }
 }
 

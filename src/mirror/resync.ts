@@ -12,9 +12,10 @@
  *                  startSync ── still needed? NEEDED → RESYNC (kept NEEDED while some
  *                               member outside this run still lacks it)
  *                  copy ─────── pieces of up to 1 MiB: read source, write
- *                               targets; at most 4 MiB of pieces in flight over the
- *                               whole run, whichever chunks they belong to, in
- *                               buffers the run reuses (buffer-pool.ts)
+ *                               targets; up to 4 pieces of the chunk in flight, and
+ *                               at most inFlight × 4 MiB (32 MiB at most) of pieces
+ *                               over the whole run, whichever chunks they belong to,
+ *                               in buffers the run reuses (buffer-pool.ts)
  *                  endSync(failed) ── a failed copy puts NEEDED back
  *                  unlock; visited; checkpoint (below); progress
  *                the next chunk of the list starts as soon as one is visited
@@ -79,11 +80,15 @@ import { progressReporter } from './progress'
 import type { MirrorState, Slot } from './state'
 import type { ResyncOptions, ResyncReport } from './types'
 
+/** The largest piece: a read of the source and a write of each target (the size dd is measured with). */
 const COPY_PIECE = 2 ** 20
 /** Pieces of one chunk copied at once. */
 const PIECES_IN_FLIGHT = 4
-/** Bytes of pieces in flight at once over a whole run, whichever chunks they belong to. */
-const PIECE_BYTES_IN_FLIGHT = PIECES_IN_FLIGHT * COPY_PIECE
+/**
+ * Most bytes of pieces in flight over a whole run, however many chunks are: 32 MiB
+ * (8 chunks' worth). Below that, each chunk in flight brings its {@link PIECES_IN_FLIGHT}.
+ */
+const MAX_PIECE_BYTES_IN_FLIGHT = 8 * PIECES_IN_FLIGHT * COPY_PIECE
 /** Chunks copied at once unless {@link ResyncOptions.inFlight} says otherwise. */
 export const DEFAULT_RESYNC_IN_FLIGHT = 4
 /** Without a bitmap: least milliseconds between two `resyncFrom` checkpoints. */
@@ -156,7 +161,7 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
   const visited = new Uint8Array(list.length)
   let frontier = 0
   let nextPosition = 0
-  const pieces = new PieceSlots()
+  const pieces = new PieceSlots(Math.min(o.inFlight * PIECES_IN_FLIGHT * COPY_PIECE, MAX_PIECE_BYTES_IN_FLIGHT))
   let stopped: { error: unknown } | undefined
 
   /** Copies chunk `c` under its barrier: startSync, the copy (another source if the source fails), endSync; whether it was copied. */
@@ -287,14 +292,19 @@ async function run(state: MirrorState, o: ResyncOptions & { signal: AbortSignal;
 type CopyResult = 'ok' | 'target-failed' | 'source-failed' | 'aborted'
 
 /**
- * A run's pieces: at most {@link PIECE_BYTES_IN_FLIGHT} bytes of them in flight at
- * once, whichever chunks they belong to (first come, first served), each in a buffer
- * lent by the run's pool and given back once its read and writes settled.
+ * A run's pieces: at most `budget` bytes of them in flight at once, whichever chunks
+ * they belong to (first come, first served), each in a buffer lent by the run's pool
+ * and given back once its read and writes settled.
  */
 class PieceSlots {
-  readonly pool = new BufferPool(PIECE_BYTES_IN_FLIGHT)
-  private free = PIECE_BYTES_IN_FLIGHT
+  readonly pool: BufferPool
+  private free: number
   private readonly waiting: { bytes: number; go: () => void }[] = []
+
+  constructor(budget: number) {
+    this.pool = new BufferPool(budget)
+    this.free = budget
+  }
 
   async acquire(bytes: number): Promise<void> {
     if (this.waiting.length === 0 && this.free >= bytes) this.free -= bytes

@@ -365,14 +365,30 @@ export class Tracking {
 /**
  * The bits of a write, discard or write-zeroes, before its data is issued: the
  * write-intent bits and the tracking bits started together, both durable when it
- * resolves (a range whose bits are all set waits for no I/O). Resolves with the
+ * resolves (a range whose bits are all set and durable is started at once, with no
+ * promise, when nothing is tracked). Gives the
  * write's {@link TrackedWrite}, which the caller ends ({@link Tracking.endWrite})
  * where it ends the write-intent bitmap's write; on failure nothing stays started.
  */
-export async function startWriteBits(state: Pick<MirrorState, 'bitmap' | 'tracking'>, offset: number, length: number, behind: boolean): Promise<TrackedWrite> {
+export function startWriteBits(state: Pick<MirrorState, 'bitmap' | 'tracking'>, offset: number, length: number, behind: boolean): TrackedWrite | Promise<TrackedWrite> {
   const tracked = state.tracking.startWrite(offset, length)
+  let started: boolean
   try {
-    if (state.bitmap) await state.bitmap.startWrite(offset, length, behind)
+    // Counted at once when the bits are already set and durable (no I/O to wait for).
+    started = !state.bitmap || state.bitmap.tryStartWrite(offset, length, behind)
+  } catch (e) {
+    state.tracking.endWrite(tracked)
+    throw e
+  }
+  if (started && tracked.durable === undefined) return tracked
+  return bitsDurable(state, tracked, started, behind)
+}
+
+/** The rest of {@link startWriteBits} when some bit must be waited for. */
+async function bitsDurable(state: Pick<MirrorState, 'bitmap' | 'tracking'>, tracked: TrackedWrite, started: boolean, behind: boolean): Promise<TrackedWrite> {
+  const { offset, length } = tracked
+  try {
+    if (!started) await state.bitmap!.startWrite(offset, length, behind)
   } catch (e) {
     state.tracking.endWrite(tracked)
     throw e

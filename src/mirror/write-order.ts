@@ -8,10 +8,11 @@
  *
  * @module
  */
-interface InFlight {
+/** One write in flight on the member: its range and its completion. */
+export interface InFlight {
   start: number
   end: number
-  done: Promise<unknown>
+  done: Promise<void>
 }
 
 export class WriteOrder {
@@ -19,13 +20,45 @@ export class WriteOrder {
 
   /** Runs `write` once every overlapping write issued before it has completed. */
   run(offset: number, length: number, write: () => Promise<void>): Promise<void> {
-    const before = this.overlapping(offset, length)
-    const p = (before.length ? Promise.allSettled(before).then(write) : write())
-    const entry: InFlight = { start: offset, end: offset + length, done: p }
-    this.inFlight.add(entry)
-    const remove = () => void this.inFlight.delete(entry)
+    const entry = this.begin(offset, length, write)
+    const p = entry.done
+    const remove = () => this.end(entry)
     p.then(remove, remove)
     return p
+  }
+
+  /**
+   * {@link run} for a caller that reacts to the write's completion itself, with no
+   * promise of the order's own: the write is issued now or, if it overlaps writes in
+   * flight, once they completed; the returned entry's `done` settles with it. The
+   * caller must call {@link end} with the entry as soon as `done` settles, before
+   * anything else reacts to it.
+   */
+  begin(offset: number, length: number, write: () => Promise<void>): InFlight {
+    let done: Promise<void>
+    if (this.anyOverlapping(offset, length)) done = Promise.allSettled(this.overlapping(offset, length)).then(write)
+    else {
+      try {
+        done = write()
+      } catch (e) {
+        // A member that throws instead of rejecting: the same as a rejection (as when the write waited).
+        done = Promise.reject(e)
+      }
+    }
+    const entry: InFlight = { start: offset, end: offset + length, done }
+    this.inFlight.add(entry)
+    return entry
+  }
+
+  /** The write of `entry` (from {@link begin}) settled. */
+  end(entry: InFlight): void {
+    this.inFlight.delete(entry)
+  }
+
+  private anyOverlapping(offset: number, length: number): boolean {
+    const end = offset + length
+    for (const w of this.inFlight) if (w.start < end && offset < w.end) return true
+    return false
   }
 
   /** Completions of the writes in flight that overlap the range. */
