@@ -276,6 +276,7 @@ test('the control protocol to a raw client: one JSON line per request, malformed
   t.is(detail[0].type, 'result')
   t.is(detail[0].result.uuid, mirror.uuid)
   t.deepEqual(detail[0].result.members.map((m: { state: string }) => m.state), ['in-sync', 'in-sync'])
+  t.deepEqual(detail[0].result.engine, { name: mirror.stats().engine, reason: mirror.stats().engineReason }, 'a live mirror\'s detail shows its I/O engine')
   for (const [bytes, why] of [
     ['not json\n', /a line of JSON/],
     [JSON.stringify({ op: 'format-disk' }) + '\n', /op must be one of detail, fail, remove, re-add, add, check/],
