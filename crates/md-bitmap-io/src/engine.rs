@@ -402,8 +402,10 @@ impl Engine {
         n
     }
 
-    /// For a runtime with no event loop to register with (and the core's tests): a
-    /// thread that waits on the eventfd and reaps, so `Done`s run on that thread.
+    /// For the core's tests and other Rust users with no event loop: a thread that
+    /// waits on the eventfd and reaps, so `Done`s run on that thread. (The Node binding
+    /// in a runtime with no libuv loop keeps `Done`s on the JavaScript thread instead:
+    /// its completion thread only polls, and hands each wake-up over to be reaped there.)
     pub fn reap_on_own_thread(self: &Arc<Self>) {
         let engine = self.clone();
         std::thread::Builder::new()
