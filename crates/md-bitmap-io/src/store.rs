@@ -95,6 +95,11 @@ pub struct PageStore {
     /// I/O holds the read side while it uses the descriptors; close takes the write
     /// side, so it waits for reads and writes in progress before closing them.
     fds: RwLock<Option<Fds>>,
+    /// Held shared by `begin` while it counts an operation (no I/O under it), and passed
+    /// through exclusively by `begin_close`: after that pass, every operation that saw
+    /// the store open is counted. Apart from `fds`, so that the pass never waits for
+    /// I/O in progress (device-mode pieces hold `fds` while they run).
+    counting: RwLock<()>,
     device: Option<DeviceTarget>,
     mode: Mode,
     /// Why the store is buffered, when it is.
@@ -156,6 +161,7 @@ impl PageStore {
         Ok(PageStore {
             path: path.to_path_buf(),
             fds: RwLock::new(Some(fds)),
+            counting: RwLock::new(()),
             device,
             mode,
             reason,
@@ -405,10 +411,11 @@ impl PageStore {
     }
 
     /// The descriptor I/O goes to, after counting the operation in `count`; an error if
-    /// the store is closed. Taken under the descriptors' read lock, so `close` (which
-    /// passes through the write lock after marking the store closed, then waits for the
-    /// counts) cannot close it before the operation completes.
+    /// the store is closed. Counted under `counting`'s read lock, so `close` (which
+    /// passes through its write lock after marking the store closed, then waits for the
+    /// counts) cannot close the descriptor before the operation completes.
     fn begin(&self, what: &str, count: &Pending) -> Result<RawFd> {
+        let _counting = self.counting.read().unwrap();
         let fds = self.fds.read().unwrap();
         match fds.as_ref() {
             Some(fds) if !self.closed.load(Ordering::SeqCst) => {
@@ -537,8 +544,9 @@ impl PageStore {
     pub fn begin_close(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
             // Every submission that saw the store open holds the read lock until it has
-            // counted itself; passing through the write lock waits for them.
-            drop(self.fds.write().unwrap());
+            // counted itself; passing through the write lock waits for them (and for
+            // nothing else: it is never held across I/O).
+            drop(self.counting.write().unwrap());
         }
     }
 

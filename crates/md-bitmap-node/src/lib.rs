@@ -76,9 +76,7 @@ impl Settle {
             }
         }
     }
-}
 
-impl Settle {
     /// Resolves with `v` (nothing when the environment is being torn down).
     fn resolve_bool(self, v: bool) {
         if reactor::torn_down() {
