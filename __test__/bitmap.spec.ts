@@ -281,7 +281,7 @@ test('stats() reports the I/O engine of the bitmap\'s page store, why, and its r
     const st = b.stats()
     const forced = process.env.MD_BITMAP_IO_ENGINE
     if (forced) {
-      t.is(st.engine, forced)
+      t.is(st.engine as string, forced)
       t.regex(st.engineReason!, /forced by MD_BITMAP_IO_ENGINE/)
     } else {
       t.true(['uring', 'aio', 'threads'].includes(st.engine), st.engine)
