@@ -145,7 +145,8 @@ withQemu('live control: detail, fail, remove, re-add, add act on the served mirr
 
   await qemuIo(s.url, ['write -P 0x5a 0 256k'])
   const live = await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])
-  t.deepEqual(Object.keys(live).sort(), ['chunkSize', 'dirtyChunks', 'events', 'members', 'size', 'state', 'uuid'])
+  t.deepEqual(Object.keys(live).sort(), ['chunkSize', 'dirtyChunks', 'engine', 'events', 'members', 'size', 'state', 'uuid'])
+  t.true(['uring', 'aio', 'threads'].includes(live.engine.name), 'a served mirror shows its I/O engine')
   t.deepEqual(live.members[1], { index: 1, path: join(d, 'b.img'), state: 'in-sync', writeMostly: true, events: live.events })
   t.is(live.size, 8 * 1024 * KiB)
   t.is(live.chunkSize, 64 * KiB)
