@@ -274,6 +274,25 @@ test('the promise: no bit is clear on disk while its chunk has a write in flight
 // ---------------------------------------------------------------------------------
 // Group commit
 
+test('stats() reports the I/O engine of the bitmap\'s page store, why, and its reaper', async (t) => {
+  const path = newPath()
+  const b = await Bitmap.create(path, { size: 64 * KiB * 64, chunkSize: 64 * KiB, daemonSleep: IDLE })
+  try {
+    const st = b.stats()
+    const forced = process.env.MD_BITMAP_IO_ENGINE
+    if (forced) {
+      t.is(st.engine as string, forced)
+      t.regex(st.engineReason!, /forced by MD_BITMAP_IO_ENGINE/)
+    } else {
+      t.true(['uring', 'aio', 'threads'].includes(st.engine), st.engine)
+      t.true(st.engine === 'uring' || typeof st.engineReason === 'string', 'a fallback says why')
+    }
+    t.is(st.reaper, process.env.MD_BITMAP_IO_REAPER === 'thread' ? 'thread' : 'loop')
+  } finally {
+    await b.close()
+  }
+})
+
 test('group commit: concurrent startWrites into clean chunks of one page share one page write', async (t) => {
   const path = newPath()
   const b = await Bitmap.create(path, { size: 64 * KiB * 4096, chunkSize: 64 * KiB, daemonSleep: IDLE })

@@ -22,15 +22,19 @@ import { diskTempDir, removeDir } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'engine-store.ts')
 const ENGINES = ['uring', 'aio', 'threads'] as const
+/** Engine and reaper pairs: every engine on the loop, and the completion thread. */
+const RUNS = [...ENGINES.map((e) => [e, 'loop'] as const), ['uring', 'thread'] as const, ['threads', 'thread'] as const]
 const MiB = 1 << 20
 
 type Line = Record<string, any>
 
 /** A child running the fixture: its JSON lines as they come, stdin, and its exit. */
-function child(args: string[], engine: string | null) {
+function child(args: string[], engine: string | null, reaper: string | null = null) {
   const env = { ...process.env }
   if (engine === null) delete env.MD_BITMAP_IO_ENGINE
   else env.MD_BITMAP_IO_ENGINE = engine
+  if (reaper === null) delete env.MD_BITMAP_IO_REAPER
+  else env.MD_BITMAP_IO_REAPER = reaper
   const p = spawn(process.execPath, ['--import', 'tsx', FIXTURE, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
   const waiters: (() => void)[] = []
@@ -65,14 +69,14 @@ function child(args: string[], engine: string | null) {
   }
 }
 
-async function exercise(t: ExecutionContext, engine: string | null, expect: (report: Line) => void) {
+async function exercise(t: ExecutionContext, engine: string | null, expect: (report: Line) => void, reaper: string | null = null) {
   const dir = diskTempDir('md-bitmap-engine-')
   try {
     const file = join(dir, 'pages')
     writeWhole(file, new Uint8Array(1000 * PAGE))
-    const c = child([file, 'exercise'], engine)
+    const c = child([file, 'exercise'], engine, reaper)
     const report = await c.line(0)
-    t.log(`engine ${report.engine}${report.engineReason ? ` (${report.engineReason})` : ''}, mode ${report.mode}`)
+    t.log(`engine ${report.engine}${report.engineReason ? ` (${report.engineReason})` : ''}, reaper ${report.reaper}, mode ${report.mode}`)
     t.is(report.mode, 'direct')
     expect(report)
     const result = await c.line(1)
@@ -86,11 +90,38 @@ async function exercise(t: ExecutionContext, engine: string | null, expect: (rep
   }
 }
 
-test('the best engine is chosen and reported: io_uring where the kernel allows it', async (t) => {
+test('the best engine is chosen and reported: io_uring where the kernel allows it; completions reaped by the libuv loop', async (t) => {
   await exercise(t, null, (r) => {
     t.true(ENGINES.includes(r.engine))
     if (r.engine !== 'uring') t.truthy(r.engineReason, 'a fallback says why')
+    t.is(r.reaper, 'loop')
+    t.is(r.reaperReason, null)
   })
+})
+
+for (const engine of ENGINES) {
+  test(`MD_BITMAP_IO_REAPER=thread, ${engine}: the completion thread is used and reported; 1000 concurrent writes, waitIdle, nothing pending`, async (t) => {
+    await exercise(t, engine, (r) => {
+      t.is(r.engine, engine)
+      t.is(r.reaper, 'thread')
+      t.regex(r.reaperReason, /forced by MD_BITMAP_IO_REAPER/)
+    }, 'thread')
+  })
+}
+
+test('an unknown MD_BITMAP_IO_REAPER is refused with EINVAL', async (t) => {
+  const dir = diskTempDir('md-bitmap-engine-')
+  try {
+    const file = join(dir, 'pages')
+    writeWhole(file, new Uint8Array(PAGE))
+    const c = child([file, 'exercise'], null, 'poll')
+    const e = await t.throwsAsync(c.line(0))
+    t.regex(e!.message, /"code":"EINVAL"/)
+    t.regex(e!.message, /MD_BITMAP_IO_REAPER must be 'loop' or 'thread', got 'poll'/)
+    t.is(await c.exited, 2)
+  } finally {
+    removeDir(dir)
+  }
 })
 
 for (const engine of ENGINES) {
@@ -102,13 +133,13 @@ for (const engine of ENGINES) {
   })
 }
 
-for (const engine of ENGINES) {
-  test(`${engine}: an idle store does not keep the process alive, after a write and a refused one`, async (t) => {
+for (const [engine, reaper] of RUNS) {
+  test(`${engine}, reaper ${reaper}: an idle store does not keep the process alive, after a write and a refused one`, async (t) => {
     const dir = diskTempDir('md-bitmap-engine-')
     try {
       const file = join(dir, 'pages')
       writeWhole(file, new Uint8Array(16 * PAGE))
-      const c = child([file, 'idle'], engine)
+      const c = child([file, 'idle'], engine, reaper)
       const r = await c.line(0)
       t.is(r.engine, engine)
       t.is(r.refused.code, 'EALIGN')
@@ -240,20 +271,23 @@ for (const engine of ENGINES) {
 
 // In a process of its own: in the test worker, other events (ava's own messages and
 // timers) would drain the microtask queue sooner or later and hide a settlement that
-// does not. (This checks the outcome, not how: with the callback scope taken out of the
-// reactor, Node 20 still ran these reactions at once, so the test would not catch that
-// change alone; it does catch a settlement that never wakes the loop or never resolves.)
-for (const engine of ENGINES) {
-  test(`${engine}: promises the engine settles run their reactions at once: a chain of awaits after a write completes with no other event source`, async (t) => {
+// does not. The chain alone cannot tell whether the reactions run inside the engine's
+// callback (its callback scope): without the scope, Node still drained the queue soon
+// after, from a callback of its own. The order probe can: a socket made readable just
+// after a write completed sees its `data` only after the write's reaction ran.
+for (const [engine, reaper] of RUNS) {
+  test(`${engine}, reaper ${reaper}: promises the engine settles run their reactions at once, inside the wake-up's callback: a chain of awaits, and a write's reaction before the next ready callback`, async (t) => {
     const dir = diskTempDir('md-bitmap-engine-')
     try {
       const file = join(dir, 'pages')
       writeWhole(file, new Uint8Array(16 * PAGE))
-      const c = child([file, 'chain'], engine)
+      const c = child([file, 'chain'], engine, reaper)
       const r = await c.line(0)
       t.is(r.engine, engine)
+      t.is(r.reaper, reaper)
       t.is(r.steps, 102)
       t.is(r.pending, 0)
+      t.deepEqual(r.order, ['reaction,data', 'reaction,data', 'reaction,data'], 'the reaction ran inside the engine callback, before the socket callback')
       t.is(await c.exited, 0, c.stderr())
     } finally {
       removeDir(dir)

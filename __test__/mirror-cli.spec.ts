@@ -145,7 +145,8 @@ withQemu('live control: detail, fail, remove, re-add, add act on the served mirr
 
   await qemuIo(s.url, ['write -P 0x5a 0 256k'])
   const live = await json(t, d, ['mirror', 'detail', '--bitmap', 'disk.bitmap'])
-  t.deepEqual(Object.keys(live).sort(), ['chunkSize', 'dirtyChunks', 'events', 'members', 'size', 'state', 'uuid'])
+  t.deepEqual(Object.keys(live).sort(), ['chunkSize', 'dirtyChunks', 'engine', 'events', 'members', 'size', 'state', 'uuid'])
+  t.true(['uring', 'aio', 'threads'].includes(live.engine.name), 'a served mirror shows its I/O engine')
   t.deepEqual(live.members[1], { index: 1, path: join(d, 'b.img'), state: 'in-sync', writeMostly: true, events: live.events })
   t.is(live.size, 8 * 1024 * KiB)
   t.is(live.chunkSize, 64 * KiB)
@@ -276,6 +277,7 @@ test('the control protocol to a raw client: one JSON line per request, malformed
   t.is(detail[0].type, 'result')
   t.is(detail[0].result.uuid, mirror.uuid)
   t.deepEqual(detail[0].result.members.map((m: { state: string }) => m.state), ['in-sync', 'in-sync'])
+  t.deepEqual(detail[0].result.engine, { name: mirror.stats().engine, reason: mirror.stats().engineReason }, 'a live mirror\'s detail shows its I/O engine')
   for (const [bytes, why] of [
     ['not json\n', /a line of JSON/],
     [JSON.stringify({ op: 'format-disk' }) + '\n', /op must be one of detail, fail, remove, re-add, add, check/],

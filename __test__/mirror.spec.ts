@@ -90,6 +90,9 @@ test('create, write, close, open: the data, geometry, roles and states come back
   await m2.read(back, 3 * CS + 4 * KiB)
   sameBytes(t, back, data)
   t.is(m2.bitmap!.stats().maxWriteBehind, 8)
+  const bs = m2.bitmap!.stats()
+  t.deepEqual([m2.stats().engine, m2.stats().engineReason], [bs.engine, bs.engineReason], 'the mirror reports its bitmap\'s I/O engine')
+  t.true(['uring', 'aio', 'threads'].includes(m2.stats().engine!))
   await m2.close()
 })
 

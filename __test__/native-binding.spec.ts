@@ -15,7 +15,7 @@ const EXERCISED = {
   functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole'],
   classes: {
     NativeFileLock: ['release'],
-    NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reason', 'size', 'sync', 'waitIdle', 'write'],
+    NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write'],
   },
 }
 
@@ -69,12 +69,14 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     t.is(s.device, null)
     t.true(['uring', 'aio', 'threads'].includes(s.engine), s.engine)
     t.true(s.engineReason === null || typeof s.engineReason === 'string')
+    t.true(['loop', 'thread'].includes(s.reaper), s.reaper)
+    t.true(s.reaperReason === null || typeof s.reaperReason === 'string')
     t.is(s.pending(), 0)
     t.is(s.error(), null)
     const aligned = alignedPage(b.alignmentOffset)
     aligned.fill(0xc3)
     await s.write(aligned, 4096)
-    t.true(await s.waitIdle(10_000))
+    t.true(await s.waitIdle())
     await s.sync()
     const back = alignedPage(b.alignmentOffset)
     await s.read(back, 4096)

@@ -270,6 +270,37 @@ tfs('allocAligned gives aligned, zeroed views that O_DIRECT accepts; misaligned 
   })
 })
 
+tfs('waitIdle and close start no thread: idle at once, 200 concurrent waits settled by the last completion, a timeout, then close with writes in flight', async (t) => {
+  await withStoreFile(512, async (file) => {
+    const s = await PageStore.open(file)
+    const threads = () => fs.readdirSync('/proc/self/task').length
+    t.true(await s.waitIdle(0), 'an idle store is idle at once, even with no time to wait')
+    const page = allocAligned(PAGE, s.alignment).fill(0x3c)
+    const writes = Array.from({ length: 512 }, (_, i) => s.write(page, i * PAGE))
+    t.true(s.pending > 0)
+    t.false(await s.waitIdle(0), '512 writes are not done before a 0 ms timeout')
+    const before = threads()
+    // A thread per wait would show here: each lives until the writes are done.
+    const waits = Array.from({ length: 200 }, (_, i) => s.waitIdle(i % 2 ? undefined : 60_000))
+    const during = threads()
+    t.true(during - before < 10, `${during - before} threads started by 200 waits`)
+    const idleAt: number[] = []
+    for (const w of waits) void w.then(() => idleAt.push(s.pending))
+    t.deepEqual(await Promise.all(waits), waits.map(() => true))
+    t.deepEqual([...new Set(idleAt)], [0], 'nothing pending when any wait resolved')
+    await Promise.all(writes)
+    // close() with writes in flight: resolves after they complete, the file released.
+    const more = Array.from({ length: 64 }, (_, i) => s.write(page, i * PAGE))
+    const closing = s.close()
+    const closingThreads = threads()
+    t.true(closingThreads - before < 10, `${closingThreads - before} threads while closing`)
+    await closing
+    t.is(s.pending, 0)
+    t.deepEqual((await Promise.allSettled(more)).filter((r) => r.status === 'rejected'), [], 'writes issued before close complete')
+    await rejectsWith(t, s.write(page, 0), 'ECLOSED')
+  })
+})
+
 test('allocAligned: sizes and alignments, and EINVAL for bad arguments', (t) => {
   for (const size of [0, 1, 100, 4096, 65539]) {
     for (const align of [1, 2, 512, 4096, 1 << 20]) {

@@ -15,7 +15,7 @@ import { COUNTER_MAX, Counters, NEEDED, RESYNC } from './counters'
 import { Daemon, type DaemonTarget } from './daemon'
 import { MdBitmapError, toMdBitmapError } from '../errors'
 import { PAGE_SIZE, PageImage } from './pages'
-import { PageStore, type StoreMode } from '../io/page-store'
+import { type IoEngine, type IoReaper, PageStore, type StoreMode } from '../io/page-store'
 import { allocAligned } from '../io/aligned'
 import { check } from '../io/file-check'
 import { createWrittenFile, removeFile } from '../io/files'
@@ -101,6 +101,12 @@ export interface BitmapStats {
   maxWriteBehind: number
   /** How the bitmap file is written: `'direct'`, `'buffered'` or `'device'`. */
   mode: StoreMode
+  /** The I/O engine the bitmap's page writes use: `'uring'`, `'aio'` or `'threads'` ({@link PageStore.engine}). */
+  engine: IoEngine
+  /** Why that engine and not a better one (or that `MD_BITMAP_IO_ENGINE` forced it); null when it is the best. */
+  engineReason: string | null
+  /** How their completions reach the JavaScript thread: `'loop'` or `'thread'` ({@link PageStore.reaper}). */
+  reaper: IoReaper
   /** Set once a write to the bitmap failed: the bitmap is no longer used. */
   kicked: boolean
   /** The superblock's event count. */
@@ -623,6 +629,9 @@ export class Bitmap extends EventEmitter {
       behindWritesHighWater: this._behindHigh,
       maxWriteBehind: this.sb.writeBehind,
       mode: this.store.mode,
+      engine: this.store.engine,
+      engineReason: this.store.engineReason,
+      reaper: this.store.reaper,
       kicked: this._error !== undefined,
       events: this.sb.events,
       eventsCleared: this.sb.eventsCleared,

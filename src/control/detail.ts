@@ -3,6 +3,8 @@
  * /proc/mdstat show an array: identity, geometry, event count, state, dirty chunks,
  * the progress of a resync, recovery or check, and every member.
  *
+ * A mirror held open with a bitmap also shows the I/O engine its bitmap uses.
+ *
  * The state, first that applies: `recovering` (a resync is running and some member is
  * recovering), `resyncing` (a resync is running), `degraded` (some member is not in
  * sync), `active` (some chunk is dirty or a write is in flight), `clean`.
@@ -47,6 +49,8 @@ export interface MirrorDetail {
   dirtyChunks: number
   members: { index: number; path: string; state: MemberState; writeMostly: boolean; events: number }[]
   progress?: OperationProgress
+  /** The I/O engine of a mirror held open with a bitmap, and why (null: the best one); absent otherwise. */
+  engine?: { name: string; reason: string | null }
 }
 
 /** The state, by the rules at the top of this file. */
@@ -70,6 +74,8 @@ export function describeMirror(mirror: Mirror, progress?: OperationProgress): Mi
     members: members.map((m) => ({ index: m.index, path: m.path, state: m.state, writeMostly: m.writeMostly, events: Number(m.events) })),
   }
   if (progress) detail.progress = progress
+  const { engine, engineReason } = mirror.stats()
+  if (engine) detail.engine = { name: engine, reason: engineReason }
   return detail
 }
 

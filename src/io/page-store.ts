@@ -18,6 +18,14 @@ export type StoreMode = 'direct' | 'buffered' | 'device'
  */
 export type IoEngine = 'uring' | 'aio' | 'threads'
 
+/**
+ * How a page store's completions reach its JavaScript thread: `'loop'` (the engine's
+ * eventfd polled by the thread's own libuv event loop) or `'thread'` (one completion
+ * thread handing them over through one threadsafe function, where the runtime gives no
+ * libuv loop, or when `MD_BITMAP_IO_REAPER=thread` forces it).
+ */
+export type IoReaper = 'loop' | 'thread'
+
 /** What {@link PageStore.open} is asked to open: how the file's pages reach the disk. */
 export type StoreRequest = 'in-place' | 'on-device' | 'plain'
 
@@ -57,6 +65,9 @@ export interface PageStoreOptions {
  * ```
  */
 export class PageStore {
+  /** The one native wait for idleness in progress, shared by concurrent {@link waitIdle} calls. */
+  private idle: Promise<boolean> | undefined
+
   private constructor(private readonly inner: NativeStore) {}
 
   /** Opens a page store on an existing file. */
@@ -80,6 +91,14 @@ export class PageStore {
   /** Why the store uses {@link engine} rather than a better one, or that it was forced; null when it is the best. */
   get engineReason(): string | null {
     return this.inner.engineReason
+  }
+  /** How this store's completions reach the JavaScript thread (see {@link IoReaper}). */
+  get reaper(): IoReaper {
+    return this.inner.reaper
+  }
+  /** Why the reaper is `'thread'`, or that `'loop'` was forced; null for the default. */
+  get reaperReason(): string | null {
+    return this.inner.reaperReason
   }
   /** The file's size in bytes; a store never changes it. */
   get size(): number {
@@ -119,9 +138,22 @@ export class PageStore {
   sync(): Promise<void> {
     return native(() => this.inner.sync())
   }
-  /** Resolves `true` once no write is in flight, or `false` if `timeoutMs` passes first. */
+  /**
+   * Resolves `true` once no write is in flight (at once if none is), or `false` if
+   * `timeoutMs` passes first. No thread waits: the completion of the last write
+   * resolves it.
+   */
   waitIdle(timeoutMs?: number): Promise<boolean> {
-    return native(() => this.inner.waitIdle(timeoutMs))
+    if (this.inner.pending() === 0) return Promise.resolve(true)
+    const idle = (this.idle ??= native(() => this.inner.waitIdle()).finally(() => (this.idle = undefined)))
+    if (timeoutMs === undefined || !Number.isFinite(timeoutMs) || timeoutMs < 0) return idle
+    return new Promise<boolean>((resolve, reject) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs)
+      idle.then(
+        (v) => (clearTimeout(timer), resolve(v)),
+        (e) => (clearTimeout(timer), reject(e)),
+      )
+    })
   }
   /** Writes in flight now. */
   get pending(): number {

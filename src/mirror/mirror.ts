@@ -196,8 +196,17 @@ export class Mirror extends EventEmitter {
 
   /** Counts of writes, reads, write-behind and failures since open. */
   stats(): MirrorStats {
-    const { counts, memberFailures, meta } = this.state
-    return { ...counts, behindFallbacks: { ...counts.behindFallbacks }, memberFailures, degraded: this.degraded, events: meta.events }
+    const { counts, memberFailures, meta, bitmap } = this.state
+    const io = bitmap?.stats()
+    return {
+      ...counts,
+      behindFallbacks: { ...counts.behindFallbacks },
+      memberFailures,
+      degraded: this.degraded,
+      events: meta.events,
+      engine: io?.engine ?? null,
+      engineReason: io?.engineReason ?? null,
+    }
   }
 
   // -- data ---------------------------------------------------------------------------

@@ -71,7 +71,7 @@ export interface MirrorEventSink {
 }
 
 /** The data path's counts since open, as {@link Mirror.stats} reports them. */
-export type DataPathCounts = Omit<MirrorStats, 'memberFailures' | 'degraded' | 'events'>
+export type DataPathCounts = Omit<MirrorStats, 'memberFailures' | 'degraded' | 'events' | 'engine' | 'engineReason'>
 
 export class MirrorState implements MirrorParts {
   readonly metadataPath: string

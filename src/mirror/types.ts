@@ -5,6 +5,7 @@
  * @module
  */
 import type { MdBitmapError } from '../errors'
+import type { IoEngine } from '../io/page-store'
 import type { OpenMember } from '../member'
 import type { MemberState } from './metadata'
 
@@ -140,6 +141,13 @@ export interface MirrorStats {
   degraded: boolean
   /** The mirror's event count. */
   events: bigint
+  /**
+   * The I/O engine of the mirror's bitmap (as the bitmap's `stats()` reports it; file members
+   * opened on the same thread share it), or null for a mirror without a bitmap.
+   */
+  engine: IoEngine | null
+  /** Why that engine and not a better one, or that it was forced; null when it is the best or there is no bitmap. */
+  engineReason: string | null
 }
 
 /** A resync's progress, given to {@link ResyncOptions.onProgress}. */

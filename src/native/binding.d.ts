@@ -31,6 +31,14 @@ export declare class NativeStore {
   /** Why the store uses that engine, when it is not the best one (or was forced). */
   get engineReason(): string | null
   /**
+   * How completions reach this store's JavaScript thread: "loop" (the engine's
+   * eventfd polled by the thread's libuv loop) or "thread" (a completion thread
+   * handing over through one threadsafe function).
+   */
+  get reaper(): 'loop' | 'thread'
+  /** Why the reaper is "thread" (no libuv loop, or forced), or that "loop" was forced. */
+  get reaperReason(): string | null
+  /**
    * Writes `data` at `offset`. Many may be in flight at once; each counts as pending
    * until it completes. The view is held until then.
    */
@@ -39,15 +47,20 @@ export declare class NativeStore {
   read(target: Uint8Array, offset: number): Promise<void>
   /** fdatasync: makes completed writes durable. */
   sync(): Promise<void>
-  /** Resolves once no write is in flight: `true`, or `false` if `timeoutMs` passed first. */
-  waitIdle(timeoutMs?: number | undefined | null): Promise<boolean>
+  /**
+   * Resolves `true` once no write is in flight: at once if none is, else from the
+   * reap that completes the last one (no thread waits). A timeout is the caller's.
+   */
+  waitIdle(): Promise<boolean>
   /** Writes in flight now. */
   pending(): number
   /** The first write error this store saw, or null. Sticky until close. */
   error(): StoreError | null
   /**
    * Waits for pending writes, syncs, and releases the file (unpinning it in device
-   * mode). Rejects with the sticky write error if any write ever failed.
+   * mode). Rejects with the sticky write error if any write ever failed. Later I/O
+   * is refused at once; the wait ends in the reap that completes the last I/O in
+   * flight, and the sync runs on an I/O thread.
    */
   close(): Promise<void>
 }

@@ -122,7 +122,7 @@ impl Op {
                     Op::DataSync { fd } => libc::fdatasync(fd) as isize,
                 }
             };
-            match transfer_result(&op, r as i64) {
+            match blocking_result(&op, r) {
                 Transfer::Done(r) => return r,
                 Transfer::Short(n) => op = op.advanced(n),
                 Transfer::Retry => {}
@@ -137,18 +137,28 @@ enum Transfer {
     Retry,
 }
 
-/// What a kernel result (`-errno` or a byte count) means for `op`.
-fn transfer_result(op: &Op, res: i64) -> Transfer {
-    if res == -1 {
-        // A blocking call's -1: the errno is in errno.
+/// What a blocking call's return means for `op`: -1 with the error in `errno` (any
+/// other negative value is not a blocking call's), else a byte count.
+fn blocking_result(op: &Op, ret: isize) -> Transfer {
+    if ret < 0 {
         let e = io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::EINTR) { Transfer::Retry } else { Transfer::Done(Err(e)) };
     }
+    transferred(op, ret as usize)
+}
+
+/// What a kernel completion's result (io_uring's `res`, AIO's `res`) means for `op`:
+/// `-errno` (so -1 is EPERM, never "see errno"), else a byte count.
+fn kernel_result(op: &Op, res: i64) -> Transfer {
     if res < 0 {
-        let errno = -res as i32;
+        let errno = (-res) as i32;
         return if errno == libc::EINTR || errno == libc::EAGAIN { Transfer::Retry } else { Transfer::Done(Err(io::Error::from_raw_os_error(errno))) };
     }
-    let n = res as usize;
+    transferred(op, res as usize)
+}
+
+/// What `n` bytes transferred (or a sync's 0) means for `op`.
+fn transferred(op: &Op, n: usize) -> Transfer {
     match op {
         Op::DataSync { .. } => Transfer::Done(Ok(())),
         _ if n >= op.len() => Transfer::Done(Ok(())),
@@ -399,7 +409,7 @@ impl Engine {
                 // SAFETY: every flight the kernel gives back came from Box::into_raw in
                 // `submit` and is given back once.
                 let f = unsafe { &mut *flight };
-                match transfer_result(&f.op, res) {
+                match kernel_result(&f.op, res) {
                     Transfer::Done(r) => {
                         k.on_kernel -= 1;
                         let f = unsafe { Box::from_raw(flight) };
@@ -430,8 +440,10 @@ impl Engine {
         n
     }
 
-    /// For a runtime with no event loop to register with (and the core's tests): a
-    /// thread that waits on the eventfd and reaps, so `Done`s run on that thread.
+    /// For the core's tests and other Rust users with no event loop: a thread that
+    /// waits on the eventfd and reaps, so `Done`s run on that thread. (The Node binding
+    /// in a runtime with no libuv loop keeps `Done`s on the JavaScript thread instead:
+    /// its completion thread only polls, and hands each wake-up over to be reaped there.)
     pub fn reap_on_own_thread(self: &Arc<Self>) {
         let engine = self.clone();
         std::thread::Builder::new()
@@ -463,7 +475,49 @@ fn batch_limit_from_env() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+
+    fn set_errno(e: i32) {
+        unsafe { *libc::__errno_location() = e };
+    }
+    fn errno_of(t: Transfer) -> Option<i32> {
+        match t {
+            Transfer::Done(Err(e)) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+    const WRITE: Op = Op::Write { fd: 0, buf: std::ptr::null(), len: 4096, offset: 0 };
+
+    #[test]
+    fn a_kernel_result_of_minus_one_is_eperm_whatever_errno_holds() {
+        // errno left over from an unrelated call must not leak into a completion.
+        for stale in [0, libc::EINTR, libc::ENOENT] {
+            set_errno(stale);
+            assert_eq!(errno_of(kernel_result(&WRITE, -1)), Some(libc::EPERM), "stale errno {stale}");
+        }
+        assert_eq!(errno_of(kernel_result(&WRITE, -(libc::EIO as i64))), Some(libc::EIO));
+        assert!(matches!(kernel_result(&WRITE, -(libc::EAGAIN as i64)), Transfer::Retry));
+        assert!(matches!(kernel_result(&WRITE, 4096), Transfer::Done(Ok(()))));
+        assert!(matches!(kernel_result(&WRITE, 512), Transfer::Short(512)));
+    }
+
+    #[test]
+    fn a_blocking_calls_minus_one_takes_its_error_from_errno() {
+        set_errno(libc::EIO);
+        assert_eq!(errno_of(blocking_result(&WRITE, -1)), Some(libc::EIO));
+        set_errno(libc::EINTR);
+        assert!(matches!(blocking_result(&WRITE, -1), Transfer::Retry));
+        assert!(matches!(blocking_result(&Op::DataSync { fd: 0 }, 0), Transfer::Done(Ok(()))));
+        assert!(matches!(blocking_result(&WRITE, 0), Transfer::Done(Err(_))));
+    }
+
+    #[test]
+    fn a_failed_pwrite_reports_its_errno_through_the_blocking_path() {
+        // A real failing call: writing to a read-only descriptor is EBADF.
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let buf = [0u8; 16];
+        let op = Op::Write { fd: f.as_raw_fd(), buf: buf.as_ptr(), len: buf.len(), offset: 0 };
+        assert_eq!(op.run_blocking().unwrap_err().raw_os_error(), Some(libc::EBADF));
+    }
 
     fn completions_within(engine: &Engine, ms: i32) -> usize {
         let mut pfd = libc::pollfd { fd: engine.eventfd(), events: libc::POLLIN, revents: 0 };

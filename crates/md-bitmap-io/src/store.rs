@@ -95,6 +95,11 @@ pub struct PageStore {
     /// I/O holds the read side while it uses the descriptors; close takes the write
     /// side, so it waits for reads and writes in progress before closing them.
     fds: RwLock<Option<Fds>>,
+    /// Held shared by `begin` while it counts an operation (no I/O under it), and passed
+    /// through exclusively by `begin_close`: after that pass, every operation that saw
+    /// the store open is counted. Apart from `fds`, so that the pass never waits for
+    /// I/O in progress (device-mode pieces hold `fds` while they run).
+    counting: RwLock<()>,
     device: Option<DeviceTarget>,
     mode: Mode,
     /// Why the store is buffered, when it is.
@@ -156,6 +161,7 @@ impl PageStore {
         Ok(PageStore {
             path: path.to_path_buf(),
             fds: RwLock::new(Some(fds)),
+            counting: RwLock::new(()),
             device,
             mode,
             reason,
@@ -405,10 +411,11 @@ impl PageStore {
     }
 
     /// The descriptor I/O goes to, after counting the operation in `count`; an error if
-    /// the store is closed. Taken under the descriptors' read lock, so `close` (which
-    /// passes through the write lock after marking the store closed, then waits for the
-    /// counts) cannot close it before the operation completes.
+    /// the store is closed. Counted under `counting`'s read lock, so `close` (which
+    /// passes through its write lock after marking the store closed, then waits for the
+    /// counts) cannot close the descriptor before the operation completes.
     fn begin(&self, what: &str, count: &Pending) -> Result<RawFd> {
+        let _counting = self.counting.read().unwrap();
         let fds = self.fds.read().unwrap();
         match fds.as_ref() {
             Some(fds) if !self.closed.load(Ordering::SeqCst) => {
@@ -515,18 +522,42 @@ impl PageStore {
         self.pending.wait_idle(timeout)
     }
 
+    /// Whether nothing is in flight: no write pending, no read or fdatasync.
+    pub fn quiet(&self) -> bool {
+        self.pending.count() == 0 && self.others.count() == 0
+    }
+
     /// Waits for every pending write (and read and sync in flight), syncs, unpins a
     /// device-mode file and drops its stale page cache. Later I/O fails with ECLOSED.
     /// Returns the sticky write error, if any write ever failed, so it is never lost.
-    /// Blocks: never call it on the thread that reaps the engine.
+    /// Blocks: never call it on the thread that reaps the engine (there, call
+    /// `begin_close`, wait for `quiet()` from the reap path, then `finish_close` on
+    /// another thread).
     pub fn close(&self) -> Result<()> {
+        self.begin_close();
+        self.finish_close()
+    }
+
+    /// The first half of `close`, which does not wait for I/O in flight: from now on
+    /// I/O fails with ECLOSED, and every submission that saw the store open has counted
+    /// itself (so `quiet()` turning true means no more I/O will use the descriptors).
+    pub fn begin_close(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            // Every submission that saw the store open holds the read lock until it has
+            // counted itself; passing through the write lock waits for them (and for
+            // nothing else: it is never held across I/O).
+            drop(self.counting.write().unwrap());
+        }
+    }
+
+    /// The second half of `close`: waits for I/O in flight (none after `quiet()`),
+    /// syncs and releases the file. Only the first call does so; a later one (or one
+    /// concurrent with it, which waits for it) returns Ok.
+    pub fn finish_close(&self) -> Result<()> {
         let _g = self.close_lock.lock().unwrap();
-        if self.closed.swap(true, Ordering::SeqCst) {
+        if self.fds.read().unwrap().is_none() {
             return Ok(());
         }
-        // Every submission that saw the store open holds the read lock until it has
-        // counted itself; passing through the write lock waits for them.
-        drop(self.fds.write().unwrap());
         self.pending.wait_idle(None);
         self.others.wait_idle(None);
         let Some(fds) = self.fds.write().unwrap().take() else { return Ok(()) };

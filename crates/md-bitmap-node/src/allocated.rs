@@ -1,6 +1,6 @@
 //! Where a file holds data, as SEEK_DATA/SEEK_HOLE see it (see md-bitmap-io's `allocated`).
 
-use super::{offset_arg, run, On};
+use super::{offset_arg, run};
 use md_bitmap_io as io;
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -32,7 +32,7 @@ pub fn allocated_ranges(env: &Env, path: String, offset: f64, length: f64, max_r
     let offset = offset_arg(env, "offset", offset)?;
     let length = offset_arg(env, "length", length)?;
     let max = max_ranges.unwrap_or(0) as usize;
-    run(env, On::Pool, move || io::allocated_ranges(&PathBuf::from(path), offset, length, max), |_, a| {
+    run(env, move || io::allocated_ranges(&PathBuf::from(path), offset, length, max), |_, a| {
         Ok(AllocatedInfo {
             ranges: a.ranges.iter().map(|&(offset, length)| AllocatedRange { offset: offset as f64, length: length as f64 }).collect(),
             end: a.end as f64,

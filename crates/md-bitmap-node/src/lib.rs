@@ -1,7 +1,8 @@
 //! The Node binding of md-bitmap-io: a few coarse operations, every one that touches a
 //! disk done without blocking the JavaScript thread and returned as a promise. Page
 //! reads, writes and syncs go through this thread's I/O engine (`reactor.rs`) and are
-//! settled on the JavaScript thread; opening, checking and waiting run on threads.
+//! settled on the JavaScript thread, as are `waitIdle` and `close` (from the reap that
+//! ends the last I/O in flight); opening and checking run on the I/O threads.
 //! Errors reach JavaScript as `Error` objects whose `code` is the core's (an errno
 //! name, or one of the project's own such as `EEXTENT_HOLE`).
 
@@ -15,8 +16,7 @@ use napi::bindgen_prelude::*;
 use napi::{check_status, sys, Env, JsValue};
 use napi_derive::napi;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 /// The JS error object for a core error, made on the JS thread, so `code` is the core's.
 fn js_error_object<'e>(env: &'e Env, e: &IoError) -> Result<Object<'e>> {
@@ -53,7 +53,12 @@ impl Settle {
         Ok((Settle { env: env.raw(), deferred }, Object::from_raw(env.raw(), promise)))
     }
 
+    /// Settles with `r`; nothing when the environment is being torn down (the promise
+    /// goes with it, and napi must not be called on it).
     fn settle(self, r: io::Result<()>) {
+        if reactor::torn_down() {
+            return;
+        }
         let env = Env::from_raw(self.env);
         unsafe {
             match r {
@@ -72,6 +77,18 @@ impl Settle {
             }
         }
     }
+
+    /// Resolves with `v` (nothing when the environment is being torn down).
+    fn resolve_bool(self, v: bool) {
+        if reactor::torn_down() {
+            return;
+        }
+        unsafe {
+            let mut value = std::ptr::null_mut();
+            sys::napi_get_boolean(self.env, v, &mut value);
+            sys::napi_resolve_deferred(self.env, self.deferred, value);
+        }
+    }
 }
 
 /// This thread's reactor, or the error that keeps it from being made.
@@ -79,20 +96,9 @@ pub(crate) fn reactor(env: &Env) -> Result<&'static Reactor> {
     Reactor::get(env.raw()).map_err(|e| js_error(env, &e))
 }
 
-/// Where `run` does its work.
-enum On {
-    /// The core's I/O threads.
-    Pool,
-    /// A thread of its own, for work that only waits (for pending writes to drain).
-    /// Waiting on the I/O pool would hold a pool thread, so enough waiters could take
-    /// every thread while the writes they wait for sit queued behind them, a deadlock;
-    /// and a waiter queued behind writes that hang could not honour its timeout.
-    OwnThread,
-}
-
-/// Runs `work` off the JS thread and settles a promise with its result, converted on
+/// Runs `work` on the I/O threads and settles a promise with its result, converted on
 /// the JS thread by `convert`.
-fn run<T, R, W, C>(env: &Env, on: On, work: W, convert: C) -> Result<Object<'_>>
+fn run<T, R, W, C>(env: &Env, work: W, convert: C) -> Result<Object<'_>>
 where
     T: Send + 'static,
     R: ToNapiValue + 'static,
@@ -107,15 +113,7 @@ where
             Err(e) => Err(js_error(&env, &e)),
         });
     };
-    match on {
-        On::Pool => io::pool::IoPool::global().spawn(job),
-        On::OwnThread => {
-            std::thread::Builder::new()
-                .name("md-bitmap-wait".into())
-                .spawn(job)
-                .map_err(|e| Error::from_reason(format!("cannot start a thread to wait on: {e}")))?;
-        }
-    }
+    io::pool::IoPool::global().spawn(job);
     Ok(promise)
 }
 
@@ -219,12 +217,12 @@ fn map_info(m: io::ExtentMap) -> ExtentMapInfo {
 
 #[napi(ts_return_type = "Promise<ExtentMapInfo>")]
 pub fn extents(env: &Env, path: String) -> Result<Object<'_>> {
-    run(env, On::Pool, move || io::extents(&PathBuf::from(path)), |_, m| Ok(map_info(m)))
+    run(env, move || io::extents(&PathBuf::from(path)), |_, m| Ok(map_info(m)))
 }
 
 #[napi(ts_return_type = "Promise<CheckInfo>")]
 pub fn check(env: &Env, path: String) -> Result<Object<'_>> {
-    run(env, On::Pool, move || io::check(&PathBuf::from(path)), |_, r| {
+    run(env, move || io::check(&PathBuf::from(path)), |_, r| {
         Ok(CheckInfo {
             file_size: r.file_size as f64,
             fs_type: r.fs.name.clone(),
@@ -276,8 +274,12 @@ pub fn open_store(
         }
     };
     let dsync = dsync.unwrap_or(false);
-    let engine = reactor(env)?.engine().clone();
-    run(env, On::Pool, move || PageStore::open_with(&PathBuf::from(path), requested, dsync, &engine), |_, s| Ok(NativeStore { inner: Arc::new(s) }))
+    let reactor = reactor(env)?;
+    let engine = reactor.engine().clone();
+    let (reaper, reaper_reason) = (reactor.kind().name(), reactor.reason().map(String::from));
+    run(env, move || PageStore::open_with(&PathBuf::from(path), requested, dsync, &engine), move |_, s| {
+        Ok(NativeStore { inner: Arc::new(s), reaper, reaper_reason })
+    })
 }
 
 /// A JS view the kernel or an I/O thread reads into; JS must not touch it until the promise settles.
@@ -303,6 +305,8 @@ pub struct StoreError {
 #[napi]
 pub struct NativeStore {
     inner: Arc<PageStore>,
+    reaper: &'static str,
+    reaper_reason: Option<String>,
 }
 
 #[napi]
@@ -353,6 +357,19 @@ impl NativeStore {
         self.inner.engine_reason()
     }
 
+    /// How completions reach this store's JavaScript thread: "loop" (the engine's
+    /// eventfd polled by the thread's libuv loop) or "thread" (a completion thread
+    /// handing over through one threadsafe function).
+    #[napi(getter, ts_return_type = "'loop' | 'thread'")]
+    pub fn reaper(&self) -> &'static str {
+        self.reaper
+    }
+    /// Why the reaper is "thread" (no libuv loop, or forced), or that "loop" was forced.
+    #[napi(getter)]
+    pub fn reaper_reason(&self) -> Option<String> {
+        self.reaper_reason.clone()
+    }
+
     /// Writes `data` at `offset`. Many may be in flight at once; each counts as pending
     /// until it completes. The view is held until then.
     #[napi(ts_return_type = "Promise<void>")]
@@ -393,12 +410,15 @@ impl NativeStore {
         Ok(promise)
     }
 
-    /// Resolves once no write is in flight: `true`, or `false` if `timeoutMs` passed first.
+    /// Resolves `true` once no write is in flight: at once if none is, else from the
+    /// reap that completes the last one (no thread waits). A timeout is the caller's.
     #[napi(ts_return_type = "Promise<boolean>")]
-    pub fn wait_idle<'e>(&self, env: &'e Env, timeout_ms: Option<f64>) -> Result<Object<'e>> {
+    pub fn wait_idle<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
+        let reactor = reactor(env)?;
+        let (settle, promise) = Settle::new(env)?;
         let s = self.inner.clone();
-        let timeout = timeout_ms.filter(|t| t.is_finite() && *t >= 0.0).map(|t| Duration::from_micros((t * 1000.0) as u64));
-        run(env, On::OwnThread, move || Ok(s.wait_idle(timeout)), |_, idle| Ok(idle))
+        reactor.when(move || s.pending().count() == 0, move || settle.resolve_bool(true));
+        Ok(promise)
     }
 
     /// Writes in flight now.
@@ -414,11 +434,27 @@ impl NativeStore {
     }
 
     /// Waits for pending writes, syncs, and releases the file (unpinning it in device
-    /// mode). Rejects with the sticky write error if any write ever failed.
+    /// mode). Rejects with the sticky write error if any write ever failed. Later I/O
+    /// is refused at once; the wait ends in the reap that completes the last I/O in
+    /// flight, and the sync runs on an I/O thread.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
-        let s = self.inner.clone();
-        run(env, On::OwnThread, move || s.close(), |_, ()| Ok(()))
+        let reactor = reactor(env)?;
+        let (settle, promise) = Settle::new(env)?;
+        self.inner.begin_close();
+        let (s, engine) = (self.inner.clone(), reactor.engine().clone());
+        let quiet = s.clone();
+        reactor.when(move || quiet.quiet(), move || {
+            let outcome = Arc::new(Mutex::new(None));
+            let slot = outcome.clone();
+            let finish = move || {
+                *slot.lock().unwrap() = Some(s.finish_close());
+                Ok(())
+            };
+            engine.spawn(finish, Box::new(move |_| settle.settle(outcome.lock().unwrap().take().unwrap_or(Ok(())))));
+        });
+        reactor.submitted();
+        Ok(promise)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Releasing a range of a member file or block device (see md-bitmap-io's `punch`).
 
-use super::{offset_arg, run, On};
+use super::{offset_arg, run};
 use md_bitmap_io as io;
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -16,5 +16,5 @@ use std::path::PathBuf;
 pub fn punch_hole(env: &Env, path: String, offset: f64, length: f64) -> Result<Object<'_>> {
     let offset = offset_arg(env, "offset", offset)?;
     let length = offset_arg(env, "length", length)?;
-    run(env, On::Pool, move || io::punch_hole(&PathBuf::from(path), offset, length), |_, ()| Ok(()))
+    run(env, move || io::punch_hole(&PathBuf::from(path), offset, length), |_, ()| Ok(()))
 }

@@ -1,36 +1,75 @@
-//! The I/O engine on Node's event loop: one `Engine` per JavaScript thread, its eventfd
-//! polled by that thread's own libuv loop, and every completion of one wake-up settled
-//! in one pass on the JavaScript thread (no I/O thread, no threadsafe function per I/O).
+//! The I/O engine on a JavaScript thread: one `Engine` per thread, every completion of
+//! one wake-up settled in one pass on that thread (no I/O thread, no threadsafe
+//! function per I/O). Two ways to learn of a wake-up (`Reaper`):
 //!
-//! The loop is Node's: `napi_get_uv_event_loop` gives it, and libuv's `uv_poll_*`,
-//! `uv_prepare_*` and `uv_ref`/`uv_unref` (exported by the node binary to addons) are
-//! declared here. Promises settled from a raw libuv callback need their reactions run:
-//! each wake-up settles inside a handle scope and a callback scope (with an async
-//! resource made once), and closing the callback scope drains the microtask and
-//! nextTick queues, as for any other I/O callback.
+//! - `loop` (the default): the engine's eventfd polled by the thread's own libuv loop.
+//!   `napi_get_uv_event_loop` gives the loop, and libuv's `uv_poll_*`, `uv_prepare_*`
+//!   and `uv_ref`/`uv_unref` (exported by the node binary to addons) are declared here.
+//!   Promises settled from a raw libuv callback need their reactions run: each wake-up
+//!   settles inside a handle scope and a callback scope (with an async resource made
+//!   once), and closing the callback scope drains the microtask and nextTick queues, as
+//!   for any other I/O callback.
+//! - `thread`: where the runtime gives no libuv loop (`napi_get_uv_event_loop` fails),
+//!   or forced by `MD_BITMAP_IO_REAPER=thread`: one completion thread polls the eventfd
+//!   and hands over through ONE threadsafe function, called once per wake-up; it does not
+//!   poll again until the JavaScript side has reaped (the eventfd is level-triggered, so
+//!   polling sooner would spin, and calling again would queue calls). The threadsafe
+//!   function's call runs in its own callback scope, so reactions run as in `loop`.
 //!
-//! Reactor states (per JavaScript thread):
+//! Reactor states (per JavaScript thread; `loop` and `thread` alike, the keep-alive
+//! being the poll handle or the threadsafe function, referenced or not):
 //!
 //! ```text
-//!   none ──first open_store──▶ idle: poll handle started, unreferenced (the loop may exit)
-//!   idle ──an I/O submitted──▶ busy: poll handle referenced (the loop waits for it)
-//!   busy ──wake-up: reap, settle, flush; engine.in_flight() == 0──▶ idle
-//!   idle/busy ──environment torn down──▶ closed: handles closed, engine left to the process
+//!   none ──first open_store──▶ idle: watching the eventfd, unreferenced (the loop may exit)
+//!   idle ──an I/O submitted──▶ busy: referenced (the loop waits for the completion)
+//!   busy ──wake-up: reap, settle, wake idle-waiters, flush; in_flight() == 0──▶ idle
+//!   idle/busy ──environment torn down──▶ draining: the eventfd no longer watched
+//!       (poll handle closed / completion thread stopped and joined, threadsafe function
+//!       released); completions reaped right here until in_flight() == 0, with every
+//!       settlement and waiter dropped without calling into the environment
+//!   draining ──nothing in flight──▶ gone: the reactor freed; the engine (ring, eventfd)
+//!       goes with the last store that holds it
 //! ```
 //!
-//! Submissions are batched per loop turn (`MD_BITMAP_IO_SUBMIT=tick`, the default): a
-//! prepare handle flushes the queue just before the loop waits, and every wake-up
-//! flushes what the settled promises' reactions submitted, so one system call carries
-//! every I/O of a turn. `MD_BITMAP_IO_SUBMIT=write` hands each I/O to the kernel as it
-//! is submitted. Measured here (docs/benchmarks.md), batching took 20-25% less CPU per
-//! write at depth 32, at the same throughput within the noise.
+//! `thread` mode, the completion thread and the JavaScript side:
+//!
+//! ```text
+//!   armed ──eventfd readable──▶ handed over: armed = false, one non-blocking call
+//!   handed over ──the call runs on JS: reap, settle, wake idle-waiters──▶ armed
+//!   any ──stop (teardown)──▶ stopped: the thread returns (joined)
+//! ```
+//!
+//! Submissions, `loop`: batched (the default): the engine hands its queue to the kernel
+//! whenever 8 I/Os are queued (`MD_BITMAP_IO_SUBMIT=N`; `tick`: never mid-turn), a
+//! prepare handle flushes the rest just before the loop waits, and every wake-up
+//! flushes what the settled promises' reactions submitted. `MD_BITMAP_IO_SUBMIT=write`
+//! hands each I/O to the kernel as it is submitted. Measured here (docs/benchmarks.md):
+//! batching takes less CPU per write than `write` at depth 32, and batches of 8 keep
+//! the device busier than whole turns.
+//!
+//! Submissions, `thread`: per write, always. There is no per-turn hook to flush from,
+//! and flushing at the end of the handed-over call would miss most of a turn's I/O:
+//! the reactions that submit the next writes run when the threadsafe function's
+//! callback scope closes, after that call has returned, and I/O started from timers or
+//! other callbacks never passes through it at all.
+//!
+//! Idle-waiters (`when`): work waiting for a condition that only a settlement can make
+//! true (a store's pending writes reaching zero, for `waitIdle` and `close`); checked
+//! after every reap, so no thread waits on the core's condition variable for them.
+//!
+//! Teardown (a worker thread terminated, or the main thread's environment freed): the
+//! kernel may still be reading from or writing into buffers that JavaScript owns and
+//! that go with the thread's heap, so teardown blocks until every operation in flight
+//! has completed. Their `Done`s run during the drain; `torn_down()` tells them not to
+//! touch the environment.
 
 use md_bitmap_io::{Engine, IoError};
 use napi::sys;
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, c_void};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 const UV_POLL: c_int = 8;
 const UV_PREPARE: c_int = 9;
@@ -48,19 +87,67 @@ extern "C" {
     fn uv_strerror(err: c_int) -> *const std::ffi::c_char;
 }
 
+/// How a reactor learns that completions are ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReaperKind {
+    Loop,
+    Thread,
+}
+
+impl ReaperKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReaperKind::Loop => "loop",
+            ReaperKind::Thread => "thread",
+        }
+    }
+}
+
+/// The `thread` reaper's shared state: the completion thread and the JavaScript side.
+struct Handover {
+    /// Whether the thread may poll the eventfd (false from a hand-over until the reap).
+    armed: Mutex<bool>,
+    rearmed: Condvar,
+    /// Written once to stop the thread while it polls.
+    stop: OwnedFd,
+}
+
+struct Tsfn(sys::napi_threadsafe_function);
+// SAFETY: a threadsafe function is made to be called from any thread.
+unsafe impl Send for Tsfn {}
+
+enum Wake {
+    Loop { poll: *mut c_void, prepare: Option<*mut c_void> },
+    Thread { tsfn: sys::napi_threadsafe_function, handover: Arc<Handover>, thread: RefCell<Option<std::thread::JoinHandle<()>>> },
+}
+
+struct Waiter {
+    ready: Box<dyn Fn() -> bool>,
+    then: Box<dyn FnOnce()>,
+}
+
 pub struct Reactor {
     env: sys::napi_env,
     engine: Arc<Engine>,
-    poll: *mut c_void,
-    prepare: Option<*mut c_void>,
+    kind: ReaperKind,
+    reason: Option<String>,
+    wake: Wake,
     resource: sys::napi_ref,
     context: sys::napi_async_context,
     referenced: Cell<bool>,
     closed: Cell<bool>,
+    waiters: RefCell<Vec<Waiter>>,
 }
 
 thread_local! {
-    static REACTOR: RefCell<Option<&'static Reactor>> = const { RefCell::new(None) };
+    static REACTOR: Cell<Option<&'static Reactor>> = const { Cell::new(None) };
+    static TORN_DOWN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread's environment is being torn down: settlements must not call
+/// into it (their promises are gone with it).
+pub fn torn_down() -> bool {
+    TORN_DOWN.with(|t| t.get())
 }
 
 fn status(what: &str, s: sys::napi_status) -> Result<(), IoError> {
@@ -80,7 +167,7 @@ fn uv(what: &str, r: c_int) -> Result<(), IoError> {
 }
 
 /// A libuv handle of `kind`, zeroed, its `data` (the first field of every handle)
-/// pointing at `data`. Never freed: handles live as long as their loop.
+/// pointing at `data`. Never freed: libuv may touch a handle until its close completes.
 fn handle(kind: c_int, data: *mut c_void) -> *mut c_void {
     let size = unsafe { uv_handle_size(kind) };
     let words = vec![0u64; size.div_ceil(8)].into_boxed_slice();
@@ -89,23 +176,48 @@ fn handle(kind: c_int, data: *mut c_void) -> *mut c_void {
     h
 }
 
+/// Which of `fds` are readable, after waiting up to `timeout_ms` (-1: forever) for one.
+fn readable<const N: usize>(fds: [c_int; N], timeout_ms: c_int) -> [bool; N] {
+    let mut pfds = fds.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+    if unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) } <= 0 {
+        return [false; N];
+    }
+    pfds.map(|p| p.revents != 0)
+}
+
 impl Reactor {
     /// This JavaScript thread's reactor, made on first use.
     pub fn get(env: sys::napi_env) -> Result<&'static Reactor, IoError> {
-        if let Some(r) = REACTOR.with(|r| *r.borrow()) {
+        if let Some(r) = REACTOR.with(|r| r.get()) {
             return Ok(r);
         }
-        let batch = std::env::var("MD_BITMAP_IO_SUBMIT").map(|v| v != "write").unwrap_or(true);
+        let forced = match std::env::var("MD_BITMAP_IO_REAPER") {
+            Ok(v) if v == "thread" => Some(ReaperKind::Thread),
+            Ok(v) if v == "loop" => Some(ReaperKind::Loop),
+            Ok(v) if !v.is_empty() => {
+                return Err(IoError::new("EINVAL", format!("MD_BITMAP_IO_REAPER must be 'loop' or 'thread', got '{v}'")))
+            }
+            _ => None,
+        };
+        let mut lp = ptr::null_mut();
+        let got_loop = unsafe { sys::napi_get_uv_event_loop(env, &mut lp) };
+        let (kind, reason) = match (forced, got_loop == sys::Status::napi_ok && !lp.is_null()) {
+            (Some(ReaperKind::Thread), _) => (ReaperKind::Thread, Some("forced by MD_BITMAP_IO_REAPER".to_string())),
+            (_, false) => (ReaperKind::Thread, Some(format!("the runtime gives no libuv loop (napi_get_uv_event_loop: napi status {got_loop})"))),
+            (Some(ReaperKind::Loop), true) => (ReaperKind::Loop, Some("forced by MD_BITMAP_IO_REAPER".to_string())),
+            (None, true) => (ReaperKind::Loop, None),
+        };
+        // The thread reaper has no per-turn hook to flush a batch from: per write.
+        let batch = kind == ReaperKind::Loop && std::env::var("MD_BITMAP_IO_SUBMIT").map(|v| v != "write").unwrap_or(true);
         let engine = Arc::new(Engine::from_env(batch)?);
-        let r = Self::register(env, engine)?;
-        REACTOR.with(|slot| *slot.borrow_mut() = Some(r));
+        let r = Self::register(env, lp, engine, kind, reason)?;
+        REACTOR.with(|slot| slot.set(Some(r)));
+        TORN_DOWN.with(|t| t.set(false));
         Ok(r)
     }
 
-    fn register(env: sys::napi_env, engine: Arc<Engine>) -> Result<&'static Reactor, IoError> {
+    fn register(env: sys::napi_env, lp: *mut sys::uv_loop_s, engine: Arc<Engine>, kind: ReaperKind, reason: Option<String>) -> Result<&'static Reactor, IoError> {
         unsafe {
-            let mut lp = ptr::null_mut();
-            status("napi_get_uv_event_loop", sys::napi_get_uv_event_loop(env, &mut lp))?;
             let mut resource = ptr::null_mut();
             status("napi_create_object", sys::napi_create_object(env, &mut resource))?;
             let mut name = ptr::null_mut();
@@ -115,29 +227,59 @@ impl Reactor {
             status("napi_async_init", sys::napi_async_init(env, resource, name, &mut context))?;
             let mut resource_ref = ptr::null_mut();
             status("napi_create_reference", sys::napi_create_reference(env, resource, 1, &mut resource_ref))?;
-            let batched = engine.batched();
-            let fd = engine.eventfd();
+            let wake = match kind {
+                ReaperKind::Loop => Wake::Loop { poll: ptr::null_mut(), prepare: None },
+                ReaperKind::Thread => {
+                    let fd = libc::eventfd(0, libc::EFD_CLOEXEC);
+                    if fd < 0 {
+                        return Err(IoError::last("eventfd to stop the completion thread"));
+                    }
+                    let handover = Arc::new(Handover { armed: Mutex::new(true), rearmed: Condvar::new(), stop: OwnedFd::from_raw_fd(fd) });
+                    Wake::Thread { tsfn: ptr::null_mut(), handover, thread: RefCell::new(None) }
+                }
+            };
             let reactor: &'static mut Reactor = Box::leak(Box::new(Reactor {
                 env,
                 engine,
-                poll: ptr::null_mut(),
-                prepare: None,
+                kind,
+                reason,
+                wake,
                 resource: resource_ref,
                 context,
                 referenced: Cell::new(false),
                 closed: Cell::new(false),
+                waiters: RefCell::new(Vec::new()),
             }));
             let me = (reactor as *mut Reactor).cast::<c_void>();
-            reactor.poll = handle(UV_POLL, me);
-            uv("uv_poll_init", uv_poll_init(lp, reactor.poll, fd))?;
-            uv("uv_poll_start", uv_poll_start(reactor.poll, UV_READABLE, on_readable))?;
-            uv_unref(reactor.poll);
-            if batched {
-                let prepare = handle(UV_PREPARE, me);
-                uv("uv_prepare_init", uv_prepare_init(lp, prepare))?;
-                uv("uv_prepare_start", uv_prepare_start(prepare, before_wait))?;
-                uv_unref(prepare);
-                reactor.prepare = Some(prepare);
+            let fd = reactor.engine.eventfd();
+            let batched = reactor.engine.batched();
+            match &mut reactor.wake {
+                Wake::Loop { poll, prepare } => {
+                    *poll = handle(UV_POLL, me);
+                    uv("uv_poll_init", uv_poll_init(lp, *poll, fd))?;
+                    uv("uv_poll_start", uv_poll_start(*poll, UV_READABLE, on_readable))?;
+                    uv_unref(*poll);
+                    if batched {
+                        let p = handle(UV_PREPARE, me);
+                        uv("uv_prepare_init", uv_prepare_init(lp, p))?;
+                        uv("uv_prepare_start", uv_prepare_start(p, before_wait))?;
+                        uv_unref(p);
+                        *prepare = Some(p);
+                    }
+                }
+                Wake::Thread { tsfn, handover, thread } => {
+                    status(
+                        "napi_create_threadsafe_function",
+                        sys::napi_create_threadsafe_function(env, ptr::null_mut(), resource, name, 0, 1, ptr::null_mut(), None, me, Some(on_handover), tsfn),
+                    )?;
+                    status("napi_unref_threadsafe_function", sys::napi_unref_threadsafe_function(env, *tsfn))?;
+                    let (engine, handover, call) = (reactor.engine.clone(), handover.clone(), Tsfn(*tsfn));
+                    let t = std::thread::Builder::new()
+                        .name("md-bitmap-reap".into())
+                        .spawn(move || completion_thread(&engine, &handover, call))
+                        .map_err(|e| IoError::new("EINTERNAL", format!("cannot start the completion thread: {e}")))?;
+                    *thread.borrow_mut() = Some(t);
+                }
             }
             status("napi_add_env_cleanup_hook", sys::napi_add_env_cleanup_hook(env, Some(on_teardown), me))?;
             Ok(reactor)
@@ -147,17 +289,84 @@ impl Reactor {
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
+    pub fn kind(&self) -> ReaperKind {
+        self.kind
+    }
+    /// Why the reaper is not `loop` (or that it was forced).
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
 
     /// Call after submitting an I/O: the loop must now wait for its completion (unless
     /// it was refused at once, a misuse settled without the engine).
     pub fn submitted(&self) {
         if !self.referenced.get() && !self.closed.get() && self.engine.in_flight() > 0 {
-            unsafe { uv_ref(self.poll) };
-            self.referenced.set(true);
+            self.keep_alive(true);
         }
     }
 
-    /// A wake-up: every completion available settled in one pass, reactions run.
+    fn keep_alive(&self, on: bool) {
+        unsafe {
+            match &self.wake {
+                Wake::Loop { poll, .. } if on => uv_ref(*poll),
+                Wake::Loop { poll, .. } => uv_unref(*poll),
+                Wake::Thread { tsfn, .. } if on => {
+                    sys::napi_ref_threadsafe_function(self.env, *tsfn);
+                }
+                Wake::Thread { tsfn, .. } => {
+                    sys::napi_unref_threadsafe_function(self.env, *tsfn);
+                }
+            }
+        }
+        self.referenced.set(on);
+    }
+
+    /// Runs `then` once `ready()` holds: now if it does, else after the reap that makes
+    /// it true. `ready` must only turn true through a settlement of this engine.
+    pub fn when(&self, ready: impl Fn() -> bool + 'static, then: impl FnOnce() + 'static) {
+        if ready() {
+            then()
+        } else {
+            self.waiters.borrow_mut().push(Waiter { ready: Box::new(ready), then: Box::new(then) });
+        }
+    }
+
+    fn wake_waiters(&self) {
+        if self.waiters.borrow().is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
+        let mut still = Vec::new();
+        for w in waiting {
+            if (w.ready)() {
+                (w.then)()
+            } else {
+                still.push(w)
+            }
+        }
+        // Waiters added by the `then`s ran after the take: keep them too.
+        let mut list = self.waiters.borrow_mut();
+        still.append(&mut list);
+        *list = still;
+    }
+
+    /// One reap: every completion available settled, then the waiters it satisfied.
+    fn reap(&self) {
+        self.engine.reap();
+        self.wake_waiters();
+    }
+
+    /// After a wake-up's settlements: flush what they submitted, let the loop go if idle.
+    fn after_wake(&self) {
+        if self.engine.batched() {
+            self.engine.flush();
+        }
+        if self.engine.in_flight() == 0 && self.referenced.get() {
+            self.keep_alive(false);
+        }
+    }
+
+    /// A `loop` wake-up: every completion available settled in one pass, reactions run.
     fn settle(&self) {
         unsafe {
             let env = self.env;
@@ -167,23 +376,100 @@ impl Reactor {
             sys::napi_get_reference_value(env, self.resource, &mut resource);
             let mut scope = ptr::null_mut();
             sys::napi_open_callback_scope(env, resource, self.context, &mut scope);
-            self.engine.reap();
+            self.reap();
             // Runs the microtasks and nextTicks the settlements queued.
             sys::napi_close_callback_scope(env, scope);
             sys::napi_close_handle_scope(env, handles);
         }
-        if self.engine.batched() {
-            self.engine.flush();
+        self.after_wake();
+    }
+
+    /// Teardown: stop watching, drain the kernel, free the reactor.
+    fn tear_down(&'static self) {
+        self.closed.set(true);
+        TORN_DOWN.with(|t| t.set(true));
+        match &self.wake {
+            Wake::Loop { poll, prepare } => unsafe {
+                uv_close(*poll, ptr::null());
+                if let Some(p) = prepare {
+                    uv_close(*p, ptr::null());
+                }
+            },
+            Wake::Thread { tsfn, handover, thread } => {
+                {
+                    let _armed = handover.armed.lock().unwrap();
+                    let one: u64 = 1;
+                    unsafe { libc::write(handover.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                    handover.rearmed.notify_all();
+                }
+                if let Some(t) = thread.borrow_mut().take() {
+                    let _ = t.join();
+                }
+                unsafe { sys::napi_release_threadsafe_function(*tsfn, sys::ThreadsafeFunctionReleaseMode::abort) };
+            }
         }
-        if self.engine.in_flight() == 0 && self.referenced.get() {
-            unsafe { uv_unref(self.poll) };
-            self.referenced.set(false);
+        // The kernel (or an I/O thread) may still be using buffers of this thread's
+        // heap: wait for every operation, running its Done here (torn_down() is set, so
+        // none calls into the environment).
+        while self.engine.in_flight() > 0 {
+            self.engine.flush();
+            readable([self.engine.eventfd()], 100);
+            self.engine.reap();
+        }
+        self.waiters.borrow_mut().clear();
+        REACTOR.with(|slot| slot.set(None));
+        // SAFETY: leaked in `register`; nothing refers to it any more: the handles are
+        // closed (their callbacks will not run), the completion thread is joined, the
+        // threadsafe function released, and the thread-local slot cleared.
+        drop(unsafe { Box::from_raw(self as *const Reactor as *mut Reactor) });
+    }
+}
+
+/// The `thread` reaper's loop: wait until armed, poll, disarm, hand over once.
+fn completion_thread(engine: &Engine, handover: &Handover, call: Tsfn) {
+    let stop = handover.stop.as_raw_fd();
+    let stopped = || readable([stop], 0)[0];
+    loop {
+        {
+            let mut armed = handover.armed.lock().unwrap();
+            while !*armed && !stopped() {
+                armed = handover.rearmed.wait(armed).unwrap();
+            }
+        }
+        let [ready, stop_now] = readable([engine.eventfd(), stop], -1);
+        if stop_now {
+            return;
+        }
+        if !ready {
+            continue; // interrupted
+        }
+        *handover.armed.lock().unwrap() = false;
+        let s = unsafe { sys::napi_call_threadsafe_function(call.0, ptr::null_mut(), sys::ThreadsafeFunctionCallMode::nonblocking) };
+        if s == sys::Status::napi_closing {
+            return;
         }
     }
 }
 
+unsafe extern "C" fn on_handover(env: sys::napi_env, _js: sys::napi_value, context: *mut c_void, _data: *mut c_void) {
+    if env.is_null() || torn_down() {
+        return;
+    }
+    // SAFETY: the context is the reactor, alive until teardown (checked above).
+    let reactor = unsafe { &*context.cast::<Reactor>() };
+    // Node runs this call inside the threadsafe function's own callback scope: the
+    // settlements' reactions run when it closes, after this returns.
+    reactor.reap();
+    reactor.after_wake();
+    if let Wake::Thread { handover, .. } = &reactor.wake {
+        *handover.armed.lock().unwrap() = true;
+        handover.rearmed.notify_one();
+    }
+}
+
 extern "C" fn on_readable(handle: *mut c_void, _status: c_int, _events: c_int) {
-    // SAFETY: the handle's data is the leaked reactor that registered it.
+    // SAFETY: the handle's data is the reactor that registered it, alive until its
+    // teardown, which closes the handle first.
     let reactor = unsafe { &*(*handle.cast::<*const Reactor>()) };
     reactor.settle();
 }
@@ -195,13 +481,7 @@ extern "C" fn before_wait(handle: *mut c_void) {
 }
 
 unsafe extern "C" fn on_teardown(arg: *mut c_void) {
-    let reactor = unsafe { &*arg.cast::<Reactor>() };
-    reactor.closed.set(true);
-    unsafe {
-        uv_close(reactor.poll, ptr::null());
-        if let Some(p) = reactor.prepare {
-            uv_close(p, ptr::null());
-        }
-    }
-    REACTOR.with(|slot| *slot.borrow_mut() = None);
+    // SAFETY: the reactor registered this hook with itself as the argument.
+    let reactor: &'static Reactor = unsafe { &*arg.cast::<Reactor>() };
+    reactor.tear_down();
 }

@@ -48,6 +48,7 @@ export function formatDetail(metadataPath: string, d: MirrorDetail): string {
     `         State : ${d.state}`,
     `  Dirty Chunks : ${d.dirtyChunks} of ${chunks} (${percent(d.dirtyChunks, chunks)})`,
   ]
+  if (d.engine) lines.push(`    I/O Engine : ${d.engine.name}${d.engine.reason ? ` (${d.engine.reason})` : ''}`)
   const p = d.progress
   if (p) {
     const eta = p.etaSeconds === null ? 'ETA unknown' : `ETA ${p.etaSeconds} s`
