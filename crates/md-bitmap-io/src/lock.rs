@@ -61,18 +61,19 @@ impl FileLock {
                 if errno != Errno::EWOULDBLOCK {
                     return Err(IoError::sys(errno, format!("flock {}", path.display())));
                 }
-                let holder = holder_pid(&file);
-                // A holder that has exited: its lock goes once its last I/O completed.
-                let exited = holder.is_some_and(|p| !alive(p));
+                // /proc/locks names no live holder (pid 0, a pid that is gone or a
+                // zombie, or no line) when the process that took the lock has exited:
+                // its lock goes once its last I/O completed.
+                let holder = holder_pid(&file).filter(|&p| p != 0 && alive(p));
+                let exited = holder.is_none();
                 if !(exited && wait_for_exited_holder(&file)) {
                     let message = match holder {
-                        Some(p) if exited => format!(
-                            "{} is in use: locked by process {p}, which has exited; the kernel releases its lock once that process's last writes have completed (waited {} ms)",
+                        Some(p) => format!("{} is in use: locked by process {p}", path.display()),
+                        None => format!(
+                            "{} is in use: locked by a process that has exited (or one this process cannot see); the kernel releases an exited process's lock once its last writes have completed (waited {} ms)",
                             path.display(),
                             EXITED_HOLDER_WAIT.as_millis()
                         ),
-                        Some(p) => format!("{} is in use: locked by process {p}", path.display()),
-                        None => format!("{} is in use: locked by another process", path.display()),
                     };
                     return Err(IoError { code: "ELOCKED".into(), message, errno: Some(errno as i32) });
                 }
