@@ -20,6 +20,7 @@
  * once its last write has landed, and a new owner that gets the lock sees the files as
  * they stay.
  */
+import type { ExecutionContext } from 'ava'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -37,14 +38,25 @@ const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
 
 const t = requires(['root', 'loop', 'fsfreeze', ...fsCaps('ext4')])
 
-/** Runs `body` with the late writer in a blkio cgroup whose writes reach `dev` at 256 KiB/s. */
-async function throttled<T>(dev: string, body: (group: string) => Promise<T>): Promise<T> {
+/**
+ * Starts late-writer.ts with `args` in a blkio cgroup whose writes reach `dev` at
+ * 256 KiB/s, SIGKILLs it once its writes are under way, then runs `after` with the
+ * engine it used (the cgroup goes once `after` is done).
+ */
+async function killThrottledWriter<T>(t: ExecutionContext, dev: string, args: string[], after: (engine: string) => Promise<T>): Promise<T> {
   const group = join(BLKIO, `md-bitmap-test-${process.pid}-${Math.random().toString(36).slice(2, 8)}`)
   mkdirSync(group)
   try {
     const rdev = statSync(dev).rdev
     writeFileSync(join(group, 'blkio.throttle.write_bps_device'), `${Math.floor(rdev / 256)}:${rdev % 256} ${256 * 1024}\n`)
-    return await body(group)
+    const w = startCrashChild('late-writer.ts', args)
+    await w.waitFor('loaded', 20_000)
+    writeFileSync(join(group, 'cgroup.procs'), String(w.child.pid))
+    w.send('go')
+    const engine = (await w.waitFor('writing', 20_000)).split(' ')[1]
+    await sleep(300)
+    t.is(await w.kill(), 'SIGKILL')
+    return await after(engine)
   } finally {
     rmdirSync(group)
   }
@@ -58,14 +70,7 @@ t("a SIGKILLed owner's lock is held until its io_uring writes landed: once a new
     const file = join(mnt, 'late.img')
     const lockPath = join(mnt, 'late.lock')
     writeWhole(file, new Uint8Array(SIZE))
-    await throttled(dev, async (group) => {
-      const w = startCrashChild('late-writer.ts', [file, '16', lockPath])
-      await w.waitFor('loaded', 20_000)
-      writeFileSync(join(group, 'cgroup.procs'), String(w.child.pid))
-      w.send('go')
-      const engine = (await w.waitFor('writing', 20_000)).split(' ')[1]
-      await sleep(300)
-      t.is(await w.kill(), 'SIGKILL')
+    await killThrottledWriter(t, dev, [file, '16', lockPath], async (engine) => {
       let refusals = 0
       let lock: FileLock | undefined
       const t0 = Date.now()
@@ -102,18 +107,7 @@ t("a SIGKILLed writer's io_uring writes land after it ended; settleWrites waits 
   await withFs('ext4', 32, async (mnt, dev) => {
     const file = join(mnt, 'late.img')
     writeWhole(file, new Uint8Array(SIZE))
-    const group = join(BLKIO, `md-bitmap-test-${process.pid}-settle`)
-    mkdirSync(group)
-    try {
-      const rdev = statSync(dev).rdev
-      writeFileSync(join(group, 'blkio.throttle.write_bps_device'), `${Math.floor(rdev / 256)}:${rdev % 256} ${256 * 1024}\n`)
-      const w = startCrashChild('late-writer.ts', [file, '16'])
-      await w.waitFor('loaded', 20_000)
-      writeFileSync(join(group, 'cgroup.procs'), String(w.child.pid))
-      w.send('go')
-      const engine = (await w.waitFor('writing', 20_000)).split(' ')[1]
-      await sleep(300)
-      t.is(await w.kill(), 'SIGKILL')
+    await killThrottledWriter(t, dev, [file, '16'], async (engine) => {
       const atEnd = hash(readDirect(file, 0, SIZE))
       const t0 = Date.now()
       settleWrites(mnt)
@@ -124,8 +118,6 @@ t("a SIGKILLed writer's io_uring writes land after it ended; settleWrites waits 
       t.log(`engine ${engine}: settleWrites took ${settleMs} ms`)
       if (engine === 'uring') t.not(atEnd, settled, 'writes of the killed writer landed after it ended')
       else t.is(atEnd, settled, `with ${engine}, the writer's death waited for its writes`)
-    } finally {
-      rmdirSync(group)
-    }
+    })
   })
 })
