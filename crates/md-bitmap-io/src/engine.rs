@@ -382,8 +382,9 @@ impl Engine {
     /// Pins `fd`'s open file to this engine until [`Engine::unpin`]: if the process dies
     /// with operations in the kernel, the file is released only once they completed.
     /// Under io_uring a killed process's writes can land after it is gone (the ring is
-    /// torn down later, by the kernel); a lock held on a pinned file outlives them, so
-    /// a new owner cannot start while they land. AIO contexts and I/O threads are
+    /// torn down later, by the kernel); a lock held on a pinned file is held until the
+    /// ring is freed, after them, so a new owner does not start while they land (not
+    /// always: see crash-settle.spec; the window narrows, it is not proven closed). AIO contexts and I/O threads are
     /// waited for by the process's death, so there nothing needs pinning (None).
     pub fn pin(&self, fd: RawFd) -> Option<u32> {
         self.kernel.as_ref()?.lock().unwrap().queue.pin(fd)

@@ -19,8 +19,8 @@
 //!                                                                             meanwhile) ──► retry
 //!   held ── release(unlink?) ── unlink while still holding (if asked) ── unlock, close ──► free
 //!   held ── the process dies ── the kernel drops the lock with the open file's last
-//!           reference: at once, or, if an I/O engine pinned it (`Engine::pin`), once
-//!           the dead process's last I/O has completed ──► free
+//!           reference: at once, or, if an I/O engine pinned it (`Engine::pin`), when
+//!           the kernel frees its ring, after its I/O in flight ──► free
 //! ```
 
 use crate::error::{IoError, Result};
