@@ -278,7 +278,10 @@ tfs('waitIdle and close start no thread: idle at once, 200 concurrent waits sett
     const page = allocAligned(PAGE, s.alignment).fill(0x3c)
     const writes = Array.from({ length: 512 }, (_, i) => s.write(page, i * PAGE))
     t.true(s.pending > 0)
-    t.false(await s.waitIdle(0), '512 writes are not done before a 0 ms timeout')
+    // A 0 ms timeout races the completions (under the thread reaper all 512 may come
+    // first): false, or true only once nothing is pending.
+    const quick = await s.waitIdle(0)
+    t.true(!quick || s.pending === 0, `waitIdle(0) resolved ${quick} with ${s.pending} writes pending`)
     const before = threads()
     // A thread per wait would show here: each lives until the writes are done.
     const waits = Array.from({ length: 200 }, (_, i) => s.waitIdle(i % 2 ? undefined : 60_000))
