@@ -11,11 +11,10 @@
  *                  lock the chunk's barrier (new writes wait; writes inside drain)
  *                  startSync ── still needed? NEEDED → RESYNC (kept NEEDED while some
  *                               member outside this run still lacks it)
- *                  copy ─────── pieces of up to 1 MiB: read source, write
- *                               targets; up to 4 pieces of the chunk in flight, and
- *                               at most inFlight × 4 MiB (32 MiB at most) of pieces
- *                               over the whole run, whichever chunks they belong to,
- *                               in buffers the run reuses (buffer-pool.ts)
+ *                  copy ─────── pieces of up to 1 MiB, one after another: read
+ *                               source, write targets; at most inFlight × 1 MiB
+ *                               (8 MiB at most) of pieces in flight over the whole
+ *                               run, in buffers the run reuses (buffer-pool.ts)
  *                  endSync(failed) ── a failed copy puts NEEDED back
  *                  unlock; visited; checkpoint (below); progress
  *                the next chunk of the list starts as soon as one is visited
@@ -82,11 +81,16 @@ import type { ResyncOptions, ResyncReport } from './types'
 
 /** The largest piece: a read of the source and a write of each target (the size dd is measured with). */
 const COPY_PIECE = 2 ** 20
-/** Pieces of one chunk copied at once. */
-const PIECES_IN_FLIGHT = 4
 /**
- * Most bytes of pieces in flight over a whole run, however many chunks are: 32 MiB
- * (8 chunks' worth). Below that, each chunk in flight brings its {@link PIECES_IN_FLIGHT}.
+ * Pieces of one chunk copied at once. One: the chunks in flight give the parallelism.
+ * Measured with `bench:mirror --only resync` (docs/benchmarks.md, "Resync: pieces in
+ * flight"): with 4 chunks in flight, 1 piece each ran at 0.87–1.34 of dd (median of
+ * rounds, 5 runs) and 4 pieces each at 0.65–0.89 (4 runs), interleaved on a quiet machine.
+ */
+const PIECES_IN_FLIGHT = 1
+/**
+ * Most bytes of pieces in flight over a whole run, however many chunks are: 8 chunks'
+ * worth. Below that, each chunk in flight brings its {@link PIECES_IN_FLIGHT}.
  */
 const MAX_PIECE_BYTES_IN_FLIGHT = 8 * PIECES_IN_FLIGHT * COPY_PIECE
 /** Chunks copied at once unless {@link ResyncOptions.inFlight} says otherwise. */

@@ -179,11 +179,9 @@ export interface ResyncOptions {
   progressIntervalMs?: number
   /**
    * Chunks copied at once, each under its own chunk barrier (writes to a chunk being
-   * copied wait; writes elsewhere go on). Chunks are copied in pieces of up to 1 MiB,
-   * up to 4 pieces of a chunk at once, and at most `inFlight` × 4 MiB (32 MiB at most)
-   * of pieces in flight over the whole run: a chunk of 1 MiB or less is one piece, so
-   * only several chunks in flight keep several pieces going (with small chunks, more
-   * than 4 pays). Chunks
+   * copied wait; writes elsewhere go on). Each chunk is copied in pieces of up to 1 MiB,
+   * one after another, so `inFlight` is also how many pieces are in flight (8 MiB at
+   * most). Chunks
    * start in order but may complete out of order; the checkpoint a resync resumes from
    * only moves past chunks that all completed. A positive integer; default 4. 1 copies
    * one chunk at a time.
