@@ -384,7 +384,7 @@ impl Engine {
     /// Under io_uring a killed process's writes can land after it is gone (the ring is
     /// torn down later, by the kernel); a lock held on a pinned file is held until the
     /// ring is freed, after them, so a new owner does not start while they land (not
-    /// always: see crash-settle.spec; the window narrows, it is not proven closed). AIO contexts and I/O threads are
+    /// always: see uring.rs; the window narrows, it is not proven closed). AIO contexts and I/O threads are
     /// waited for by the process's death, so there nothing needs pinning (None).
     pub fn pin(&self, fd: RawFd) -> Option<u32> {
         self.kernel.as_ref()?.lock().unwrap().queue.pin(fd)
