@@ -1,5 +1,5 @@
 /**
- * The mirror's buffer pool (src/mirror/buffer-pool.ts): buffers are reused by exact
+ * The mirror's buffer pool (src/io/buffer-pool.ts): buffers are reused by exact
  * length, the pool keeps no more than its budget, a buffer is never lent twice, and a
  * larger alignment drops the smaller one's buffers. Then through a real mirror: a
  * behind write's copy is not handed to the next behind write while the slow member
@@ -8,7 +8,7 @@
  */
 import test from 'ava'
 import { isAligned } from '../src/io/aligned'
-import { BufferPool } from '../src/mirror/buffer-pool'
+import { BufferPool } from '../src/io/buffer-pool'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
 import { removeDir } from './helpers/tmp'
 import { sleep } from './helpers/wait'

@@ -30,7 +30,7 @@
  * ({@link MemberWrites} counts them down, with no promise per step). Each
  * member issues a write only after the overlapping writes before it on that member
  * completed (its write order), so a newer write never overtakes a lagging older one.
- * The private copy is a buffer of the mirror's write-behind pool (buffer-pool.ts),
+ * The private copy is a buffer of the mirror's write-behind pool (io/buffer-pool.ts),
  * reused rather than allocated and zeroed per write; it goes back to the pool when
  * every member's write settled, never earlier. Whether a write may go behind is
  * decided before the copy is taken, against behindMemoryLimit, as above.

@@ -13,8 +13,8 @@
  * - `tracking.ts`: changed-block tracking bitmaps and their checkpoints;
  * - `state.ts`: the state they share (slots, event counts);
  * - `types.ts`: the option, report and event types;
- * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `buffer-pool.ts`, `metadata.ts`,
- *   `progress.ts`: the small mechanisms under them.
+ * - `barrier.ts`, `write-order.ts`, `flush-fence.ts`, `metadata.ts`,
+ *   `progress.ts`: the small mechanisms under them (buffers come from `io/buffer-pool.ts`).
  *
  * @module
  */

@@ -14,7 +14,7 @@
  *                  copy ─────── pieces of up to 1 MiB, one after another: read
  *                               source, write targets; at most inFlight × 1 MiB
  *                               (8 MiB at most) of pieces in flight over the whole
- *                               run, in buffers the run reuses (buffer-pool.ts)
+ *                               run, in buffers the run reuses (io/buffer-pool.ts)
  *                  endSync(failed) ── a failed copy puts NEEDED back
  *                  unlock; visited; checkpoint (below); progress
  *                the next chunk of the list starts as soon as one is visited
@@ -72,7 +72,7 @@
  * @module
  */
 import { MdBitmapError } from '../errors'
-import { BufferPool } from './buffer-pool'
+import { BufferPool } from '../io/buffer-pool'
 import { flushSlots } from './data-path'
 import { failMember } from './membership'
 import { progressReporter } from './progress'

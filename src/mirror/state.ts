@@ -17,7 +17,7 @@ import type { FileLock } from '../io/lock'
 import { MdBitmapError } from '../errors'
 import type { Member, OpenMember } from '../member'
 import { ChunkBarrier } from './barrier'
-import { BufferPool } from './buffer-pool'
+import { BufferPool } from '../io/buffer-pool'
 import { FlushFence } from './flush-fence'
 import { MemberEpochs } from './member-epochs'
 import { writeMetadata, type MemberRecord, type MirrorMetadata } from './metadata'
@@ -153,7 +153,6 @@ export class MirrorState implements MirrorParts {
     return this.slots.some((s) => s.record.state !== 'in-sync')
   }
 
-  /** Tells the bitmap whether the mirror is degraded (then it clears no bit, and every write ends NEEDED). */
   /**
    * Runs `run` as the mirror's one sync action (resync, recovery or check): rejects
    * EMIRROR_BUSY while another runs; `run`'s signal fires on `signal` or on close.
@@ -170,6 +169,7 @@ export class MirrorState implements MirrorParts {
     return running
   }
 
+  /** Tells the bitmap whether the mirror is degraded (then it clears no bit, and every write ends NEEDED). */
   updateDegraded(): void {
     if (this.bitmap) this.bitmap.degraded = this.degraded
   }

@@ -46,7 +46,7 @@ import { lstat, unlink } from 'node:fs/promises'
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { MdBitmapError, toMdBitmapError } from '../errors'
 import { allocAligned } from '../io/aligned'
-import { BufferPool } from '../mirror/buffer-pool'
+import { BufferPool } from '../io/buffer-pool'
 import {
   Cmd,
   CmdFlag,

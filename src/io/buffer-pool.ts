@@ -1,7 +1,8 @@
 /**
- * A pool of aligned buffers the mirror reuses instead of allocating (and zero-filling) a
- * fresh one per use: the write-behind copies (one pool per mirror, its budget
- * `behindMemoryLimit`) and a resync's pieces (one pool per run).
+ * A pool of aligned buffers reused instead of allocating (and zero-filling) a fresh one
+ * per use: the mirror's write-behind copies (one pool per mirror, its budget
+ * `behindMemoryLimit`), a resync's pieces (one pool per run), and the NBD server's
+ * request buffers (one pool per server).
  *
  * Size classes are exact byte lengths (a write of 4 KiB and one of 1 MiB never share a
  * buffer), so a buffer lent for `len` bytes holds `len` bytes, no more: the pool's
@@ -41,7 +42,7 @@
  *
  * @module
  */
-import { allocAlignedUninit } from '../io/aligned'
+import { allocAlignedUninit } from './aligned'
 
 export class BufferPool {
   private readonly freeLists = new Map<number, Uint8Array[]>()
