@@ -69,11 +69,31 @@ function child(args: string[], engine: string | null, reaper: string | null = nu
   }
 }
 
-async function exercise(t: ExecutionContext, engine: string | null, expect: (report: Line) => void, reaper: string | null = null) {
+/** Runs `body` with a file of `pages` zeroed pages in a directory on disk, removed after. */
+async function withPagesFile<T>(pages: number, body: (file: string) => Promise<T>): Promise<T> {
   const dir = diskTempDir('md-bitmap-engine-')
   try {
     const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(1000 * PAGE))
+    writeWhole(file, new Uint8Array(pages * PAGE))
+    return await body(file)
+  } finally {
+    removeDir(dir)
+  }
+}
+
+/** A child started with `engine`/`reaper` set to a value it must refuse: EINVAL naming it, exit 2. */
+async function refusedAtStart(t: ExecutionContext, engine: string | null, reaper: string | null, message: RegExp) {
+  await withPagesFile(1, async (file) => {
+    const c = child([file, 'exercise'], engine, reaper)
+    const e = await t.throwsAsync(c.line(0))
+    t.regex(e!.message, /"code":"EINVAL"/)
+    t.regex(e!.message, message)
+    t.is(await c.exited, 2)
+  })
+}
+
+async function exercise(t: ExecutionContext, engine: string | null, expect: (report: Line) => void, reaper: string | null = null) {
+  await withPagesFile(1000, async (file) => {
     const c = child([file, 'exercise'], engine, reaper)
     const report = await c.line(0)
     t.log(`engine ${report.engine}${report.engineReason ? ` (${report.engineReason})` : ''}, reaper ${report.reaper}, mode ${report.mode}`)
@@ -85,9 +105,7 @@ async function exercise(t: ExecutionContext, engine: string | null, expect: (rep
     t.true(result.readBackOk, 'the pages read back as written')
     t.is(result.error, null)
     t.is(await c.exited, 0, c.stderr())
-  } finally {
-    removeDir(dir)
-  }
+  })
 }
 
 test('the best engine is chosen and reported: io_uring where the kernel allows it; completions reaped by the libuv loop', async (t) => {
@@ -110,18 +128,7 @@ for (const engine of ENGINES) {
 }
 
 test('an unknown MD_BITMAP_IO_REAPER is refused with EINVAL', async (t) => {
-  const dir = diskTempDir('md-bitmap-engine-')
-  try {
-    const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(PAGE))
-    const c = child([file, 'exercise'], null, 'poll')
-    const e = await t.throwsAsync(c.line(0))
-    t.regex(e!.message, /"code":"EINVAL"/)
-    t.regex(e!.message, /MD_BITMAP_IO_REAPER must be 'loop' or 'thread', got 'poll'/)
-    t.is(await c.exited, 2)
-  } finally {
-    removeDir(dir)
-  }
+  await refusedAtStart(t, null, 'poll', /MD_BITMAP_IO_REAPER must be 'loop' or 'thread', got 'poll'/)
 })
 
 for (const engine of ENGINES) {
@@ -135,35 +142,19 @@ for (const engine of ENGINES) {
 
 for (const [engine, reaper] of RUNS) {
   test(`${engine}, reaper ${reaper}: an idle store does not keep the process alive, after a write and a refused one`, async (t) => {
-    const dir = diskTempDir('md-bitmap-engine-')
-    try {
-      const file = join(dir, 'pages')
-      writeWhole(file, new Uint8Array(16 * PAGE))
+    await withPagesFile(16, async (file) => {
       const c = child([file, 'idle'], engine, reaper)
       const r = await c.line(0)
       t.is(r.engine, engine)
       t.is(r.refused.code, 'EALIGN')
       const exit = await Promise.race([c.exited, new Promise<string>((res) => setTimeout(() => res('still running after 10 s'), 10_000))])
       t.is(exit, 0, c.stderr())
-    } finally {
-      removeDir(dir)
-    }
+    })
   })
 }
 
 test('an unknown MD_BITMAP_IO_ENGINE is refused with EINVAL', async (t) => {
-  const dir = diskTempDir('md-bitmap-engine-')
-  try {
-    const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(1000 * PAGE))
-    const c = child([file, 'exercise'], 'fast')
-    const e = await t.throwsAsync(c.line(0))
-    t.regex(e!.message, /"code":"EINVAL"/)
-    t.regex(e!.message, /MD_BITMAP_IO_ENGINE must be 'uring', 'aio' or 'threads', got 'fast'/)
-    t.is(await c.exited, 2)
-  } finally {
-    removeDir(dir)
-  }
+  await refusedAtStart(t, 'fast', null, /MD_BITMAP_IO_ENGINE must be 'uring', 'aio' or 'threads', got 'fast'/)
 })
 
 // io_uring refused for real: kernel.io_uring_disabled=2 makes io_uring_setup fail with
@@ -176,11 +167,8 @@ tr.serial('io_uring refused (kernel.io_uring_disabled=2): AIO is chosen, says wh
     t.fail(`this kernel has no ${SYSCTL}; the io_uring refusal test needs it`)
     return
   }
-  const dir = diskTempDir('md-bitmap-engine-')
   const before = readFileSync(SYSCTL, 'utf8').trim()
-  try {
-    const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(1000 * PAGE))
+  await withPagesFile(1000, async (file) => {
     let fallback: ReturnType<typeof child>
     let forced: ReturnType<typeof child>
     let report: Line
@@ -204,9 +192,7 @@ tr.serial('io_uring refused (kernel.io_uring_disabled=2): AIO is chosen, says wh
     t.regex(refusal!.message, /"code":"EPERM"/)
     t.regex(refusal!.message, /MD_BITMAP_IO_ENGINE=uring: io_uring_setup refused/)
     t.is(await forced.exited, 2)
-  } finally {
-    removeDir(dir)
-  }
+  })
 })
 
 /** The fixture's `fail` run: the parent breaks the device between `ready` and `go`. */
@@ -277,10 +263,7 @@ for (const engine of ENGINES) {
 // after a write completed sees its `data` only after the write's reaction ran.
 for (const [engine, reaper] of RUNS) {
   test(`${engine}, reaper ${reaper}: promises the engine settles run their reactions at once, inside the wake-up's callback: a chain of awaits, and a write's reaction before the next ready callback`, async (t) => {
-    const dir = diskTempDir('md-bitmap-engine-')
-    try {
-      const file = join(dir, 'pages')
-      writeWhole(file, new Uint8Array(16 * PAGE))
+    await withPagesFile(16, async (file) => {
       const c = child([file, 'chain'], engine, reaper)
       const r = await c.line(0)
       t.is(r.engine, engine)
@@ -289,8 +272,6 @@ for (const [engine, reaper] of RUNS) {
       t.is(r.pending, 0)
       t.deepEqual(r.order, ['reaction,data', 'reaction,data', 'reaction,data'], 'the reaction ran inside the engine callback, before the socket callback')
       t.is(await c.exited, 0, c.stderr())
-    } finally {
-      removeDir(dir)
-    }
+    })
   })
 }
