@@ -6,14 +6,16 @@
  */
 import test from 'ava'
 import fc from 'fast-check'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, readFileSync } from 'node:fs'
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from 'node:tls'
 
 import { MdBitmapError, NbdError, NbdMember, allocAligned, listNbdExports, serveNbd, type NbdTarget } from '../src'
 import * as P from '../src/nbd/protocol'
-import { adoptWithUserBuffer } from '../src/nbd/user-buffer-socket'
+import { adoptWithUserBuffer, readIntoUserBuffer } from '../src/nbd/user-buffer-socket'
+import { makePki } from './helpers/certs'
 import { removeDir } from './helpers/tmp'
 
 const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-nbd-proto-'))
@@ -256,6 +258,55 @@ test('adoptWithUserBuffer: an accepted socket reads into the buffer given, every
   })
   await closed
   t.is(seen.length, 40_000)
+  t.true(seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
+  t.deepEqual([...views], [buffer.buffer], 'read into the buffer given, never another')
+})
+
+test('readIntoUserBuffer: a TLS socket past its handshake reads into the buffer given, bytes it had buffered first, every byte in order', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-ub-tls-'))
+  t.teardown(() => removeDir(dir))
+  const pki = await makePki(dir)
+  const buffer = new Uint8Array(4096)
+  const seen: number[] = []
+  const views = new Set<ArrayBufferLike>()
+  let switched = false
+  let viaData = 0
+  const closed = new Promise<void>((resolve) => {
+    const server: Server = createServer({ pauseOnConnect: true }, (raw) => {
+      // As the NBD server does after STARTTLS: a listening-less TLS server runs the handshake on a socket it is handed.
+      const tls = createTlsServer({ key: readFileSync(join(pki.server, 'server-key.pem')), cert: readFileSync(join(pki.server, 'server-cert.pem')) })
+      tls.once('secureConnection', (s: TLSSocket) => {
+        // Wait for bytes to be decrypted and buffered before the switch: they must come first.
+        setTimeout(() => {
+          s.on('data', (d: Uint8Array) => {
+            viaData += d.length
+            seen.push(...d)
+          })
+          switched = readIntoUserBuffer(s, () => buffer, (b) => {
+            views.add(b.buffer)
+            seen.push(...b)
+          })
+          s.resume()
+          s.on('end', () => s.end('bye'))
+          s.on('close', () => server.close(() => resolve()))
+        }, 50)
+      })
+      tls.emit('connection', raw)
+    })
+    server.listen(sockPath(), () => {
+      const c = tlsConnect({ path: server.address() as string, ca: readFileSync(pki.caCert), checkServerIdentity: () => undefined }, () => {
+        for (let i = 0; i < 200; i++) c.write(new Uint8Array(1000).fill(i))
+        c.end()
+      })
+      let reply = ''
+      c.on('data', (d) => (reply += d))
+      c.on('close', () => t.is(reply, 'bye'))
+    })
+  })
+  await closed
+  t.true(switched, 'this Node lets a TLS socket read into a buffer of ours')
+  t.true(viaData > 0 && viaData < 200_000, `${viaData} bytes were decrypted before the switch and came as data events, the rest into the buffer`)
+  t.is(seen.length, 200_000)
   t.true(seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
   t.deepEqual([...views], [buffer.buffer], 'read into the buffer given, never another')
 })

@@ -82,7 +82,7 @@ import {
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
-import { adoptWithUserBuffer } from './user-buffer-socket'
+import { adoptWithUserBuffer, readIntoUserBuffer } from './user-buffer-socket'
 import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
 import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
 import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
@@ -357,6 +357,9 @@ class Connection {
   private sink: (bytes: Uint8Array) => void = (b) => this.reader?.push(b.slice())
   private parser: RequestParser | null = null
   private socket: Socket
+  private scratch: Uint8Array | null = null
+  /** Where the next socket read goes: the rest of a large write's payload straight into its buffer, else this connection's scratch buffer. */
+  private readonly nextReadBuffer = (): Uint8Array => this.parser?.directTarget(DIRECT_READ_MIN) ?? (this.scratch ??= new Uint8Array(READ_BUFFER_BYTES))
 
   constructor(
     raw: Socket,
@@ -365,10 +368,7 @@ class Connection {
     // Plain text (no TLS to start): reads go into one buffer of this connection's, not a new one per read.
     let socket = raw
     if (ctx.tls === undefined) {
-      const scratch = new Uint8Array(READ_BUFFER_BYTES)
-      // The rest of a large write's payload is read straight into its buffer.
-      const next = () => this.parser?.directTarget(DIRECT_READ_MIN) ?? scratch
-      socket = adoptWithUserBuffer(raw, next, (b) => this.sink(b)) ?? raw
+      socket = adoptWithUserBuffer(raw, this.nextReadBuffer, (b) => this.sink(b)) ?? raw
       socket.resume()
     }
     this.socket = socket
@@ -543,6 +543,8 @@ class Connection {
     secure.on('close', this.closed)
     this.socket = secure
     this.reader = new SocketReader(secure, this.peer)
+    // Decrypted bytes into our buffers too (else `data` events, as the reader listens for).
+    if (readIntoUserBuffer(secure, this.nextReadBuffer, (b) => this.sink(b))) secure.resume()
     this.secure = true
   }
 
