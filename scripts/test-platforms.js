@@ -31,10 +31,13 @@ const { ROOT, pkg, TARGETS, NODE_MATRIX, NODE_ARM64, nodeBinary } = require('./p
 const { userEnv } = require('./release.js')
 
 /**
- * Specs that load the addon and touch every binding, the loader's cases, and the layers
- * above that lean on newer Node APIs (fs.statfs, AbortSignal.any in the mirror's resync).
+ * Specs that load the addon and touch every binding, the loader's cases, the layers
+ * above that lean on newer Node APIs (fs.statfs, AbortSignal.any in the mirror's resync),
+ * and the NBD server's socket reads and TLS, which lean on Node's internals (a socket's
+ * `_handle`, the fields behind `onread`) and on the OpenSSL each Node bundles (Node 24
+ * refused PSK clients of a server that also verifies certificates).
  */
-const MATRIX_SPECS = ['__test__/native-binding.spec.ts', '__test__/native-load.spec.ts', '__test__/store.spec.ts', '__test__/check.spec.ts', '__test__/bitmap.spec.ts', '__test__/mirror.spec.ts', '__test__/mirror-resync.spec.ts', '__test__/cli.spec.ts']
+const MATRIX_SPECS = ['__test__/native-binding.spec.ts', '__test__/native-load.spec.ts', '__test__/store.spec.ts', '__test__/check.spec.ts', '__test__/bitmap.spec.ts', '__test__/mirror.spec.ts', '__test__/mirror-resync.spec.ts', '__test__/cli.spec.ts', '__test__/nbd-protocol.spec.ts', '__test__/nbd-tls.spec.ts']
 /**
  * Under qemu: the same less the CLI (its children each start Node under emulation), plus
  * the filesystem checks (extent maps, FIEMAP through qemu's ioctl translation), with

@@ -88,15 +88,31 @@ export function checkServerTls(c: NbdServerTlsCredentials): void {
   }
 }
 
-function serverOptions(c: NbdServerTlsCredentials) {
+/**
+ * Node's server options for `c`. With pre-shared keys and verified peers both on, a
+ * client that proved a key has no certificate to show, and Node 24 refuses it when it
+ * rejects unauthorized peers itself (Node 20 lets it through): then Node only asks for
+ * certificates, `pskPeers` gets each socket whose client proved a key, and
+ * {@link acceptTls} refuses the others that show no verified certificate.
+ */
+function serverOptions(c: NbdServerTlsCredentials, pskPeers?: WeakSet<TLSSocket>) {
   const psk = c.psk
   return {
     ...(c.cert !== undefined ? { cert: c.cert, key: c.key } : {}),
     ...(c.ca !== undefined ? { ca: c.ca } : {}),
     requestCert: c.verifyPeer === true,
-    rejectUnauthorized: c.verifyPeer === true,
+    rejectUnauthorized: c.verifyPeer === true && !psk,
     minVersion: 'TLSv1.2' as const,
-    ...(psk ? { ciphers: `${PSK_TLS13}:${c.cert !== undefined ? `${DEFAULT_TLS12}:` : ''}${PSK_CIPHERS}`, pskCallback: (_s: TLSSocket, identity: string) => psk.get(identity) ?? null } : {}),
+    ...(psk
+      ? {
+          ciphers: `${PSK_TLS13}:${c.cert !== undefined ? `${DEFAULT_TLS12}:` : ''}${PSK_CIPHERS}`,
+          pskCallback: (s: TLSSocket, identity: string) => {
+            const key = psk.get(identity)
+            if (key) pskPeers?.add(s)
+            return key ?? null
+          },
+        }
+      : {}),
   }
 }
 
@@ -109,7 +125,8 @@ export function acceptTls(raw: Socket, c: NbdServerTlsCredentials, timeoutMs: nu
   return new Promise((resolve, reject) => {
     // A server object that never listens: it runs Node's server-side handshake
     // (client certificate checks included) on the socket handed to it.
-    const server = createTlsServer({ ...serverOptions(c), handshakeTimeout: timeoutMs })
+    const pskPeers = new WeakSet<TLSSocket>()
+    const server = createTlsServer({ ...serverOptions(c, pskPeers), handshakeTimeout: timeoutMs })
     let done = false
     const finish = (e: NbdError | null, s?: TLSSocket) => {
       if (done) return
@@ -121,7 +138,12 @@ export function acceptTls(raw: Socket, c: NbdServerTlsCredentials, timeoutMs: nu
       } else resolve(s!)
     }
     const onClose = () => finish(new NbdError('ENBD_TLS_CERTIFICATE', `${peer}: the TLS handshake ended without a verified peer (the client certificate is missing or does not verify)`))
-    server.once('secureConnection', (s: TLSSocket) => finish(null, s))
+    server.once('secureConnection', (s: TLSSocket) => {
+      if (c.verifyPeer && !s.authorized && !pskPeers.has(s)) {
+        s.destroy()
+        finish(new NbdError('ENBD_TLS_CERTIFICATE', `${peer}: the client's certificate does not verify (${String(s.authorizationError ?? 'none given')})`))
+      } else finish(null, s)
+    })
     server.once('tlsClientError', (e: Error) => finish(tlsError(e, peer)))
     raw.once('close', onClose)
     server.emit('connection', raw)
