@@ -82,7 +82,7 @@ export function readIntoUserBuffer(socket: Socket, next: () => Uint8Array, sink:
   const handle = (socket as Socket & { _handle?: { useUserBuffer?: unknown } })._handle
   const f = onreadFields
   if (!f || handle === null || typeof handle !== 'object' || typeof handle.useUserBuffer !== 'function' || socket.destroyed) return false
-  for (let c: unknown; (c = socket.read()) !== null; );
+  while (socket.read() !== null);
   const s = socket as unknown as Record<symbol, unknown>
   s[f.generator] = next
   s[f.callback] = (n: number, b: Uint8Array) => {

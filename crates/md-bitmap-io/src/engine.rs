@@ -199,6 +199,10 @@ pub(crate) trait KernelQueue: Send {
     /// Collects every completion available now as (flight, result); an operation the
     /// kernel refused outright comes back here too, with -errno.
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>);
+    /// Whether completion work waits for `collect` (io_uring's DEFER_TASKRUN).
+    fn deferred(&self) -> bool {
+        false
+    }
     /// Keeps a reference to `fd`'s open file until `unpin`, or until every operation of
     /// a process that died has completed (see `Engine::pin`). None: not supported.
     fn pin(&mut self, _fd: RawFd) -> Option<u32> {
@@ -258,19 +262,21 @@ pub struct Engine {
 impl Engine {
     /// The engine `MD_BITMAP_IO_ENGINE` asks for, else the best this kernel allows.
     /// `batch`: submissions wait for `flush()` (the owner calls it once per loop turn).
-    pub fn from_env(batch: bool) -> Result<Engine> {
+    /// `one_thread`: the thread calling this is the only one that will submit, flush,
+    /// reap and pin (an io_uring ring then defers completion work to the reap; see uring.rs).
+    pub fn from_env(batch: bool, one_thread: bool) -> Result<Engine> {
         let forced = match std::env::var("MD_BITMAP_IO_ENGINE") {
             Ok(v) if !v.is_empty() => Some(EngineKind::parse(&v).ok_or_else(|| {
                 IoError::new("EINVAL", format!("MD_BITMAP_IO_ENGINE must be 'uring', 'aio' or 'threads', got '{v}'"))
             })?),
             _ => None,
         };
-        Self::new(forced, batch)
+        Self::new(forced, batch, one_thread)
     }
 
     /// `forced`: that kind or an error saying why it is unavailable; `None`: the best
     /// available, with the reasons the better ones were refused.
-    pub fn new(forced: Option<EngineKind>, batch: bool) -> Result<Engine> {
+    pub fn new(forced: Option<EngineKind>, batch: bool, one_thread: bool) -> Result<Engine> {
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
             return Err(IoError::last("eventfd for I/O completions"));
@@ -278,7 +284,7 @@ impl Engine {
         let completions = Arc::new(Completions { queue: Mutex::new(Vec::new()), eventfd: unsafe { OwnedFd::from_raw_fd(fd) } });
         let make = |kind: EngineKind| -> io::Result<Option<Box<dyn KernelQueue>>> {
             Ok(match kind {
-                EngineKind::Uring => Some(Box::new(Uring::new(fd)?)),
+                EngineKind::Uring => Some(Box::new(Uring::new(fd, one_thread)?)),
                 EngineKind::Aio => Some(Box::new(Aio::new(fd)?)),
                 EngineKind::Threads => None,
             })
@@ -315,6 +321,11 @@ impl Engine {
 
     pub fn kind(&self) -> EngineKind {
         self.kind
+    }
+    /// Whether completion work waits for the reap (an io_uring ring used from one
+    /// thread, on a kernel that allows it; see uring.rs).
+    pub fn deferred_completions(&self) -> bool {
+        self.kernel.as_ref().is_some_and(|k| k.lock().unwrap().queue.deferred())
     }
     /// Why a better kind was not used (or that the kind was forced).
     pub fn reason(&self) -> Option<&str> {
@@ -530,8 +541,10 @@ mod tests {
     /// queued, and then go to the kernel without it.
     #[test]
     fn a_full_batch_goes_to_the_kernel_without_a_flush() {
-        for kind in [EngineKind::Uring, EngineKind::Aio] {
-            let Ok(engine) = Engine::new(Some(kind), true) else { panic!("{} is unavailable on this machine", kind.name()) };
+        for (kind, one_thread) in [(EngineKind::Uring, false), (EngineKind::Uring, true), (EngineKind::Aio, false)] {
+            let Ok(engine) = Engine::new(Some(kind), true, one_thread) else { panic!("{} is unavailable on this machine", kind.name()) };
+            // This kernel (6.1 or later) takes the deferred mode for a ring used from one thread.
+            assert_eq!(engine.deferred_completions(), one_thread, "{}: deferred completion work", kind.name());
             let file = unlinked_temp_file();
             let done = Arc::new(AtomicUsize::new(0));
             let page = vec![7u8; 512];

@@ -68,7 +68,7 @@ fn engine() -> Arc<Engine> {
     static ENGINE: std::sync::OnceLock<Arc<Engine>> = std::sync::OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            let e = Arc::new(Engine::from_env(false).unwrap());
+            let e = Arc::new(Engine::from_env(false, false).unwrap());
             e.reap_on_own_thread();
             e
         })

@@ -209,7 +209,8 @@ impl Reactor {
         };
         // The thread reaper has no per-turn hook to flush a batch from: per write.
         let batch = kind == ReaperKind::Loop && std::env::var("MD_BITMAP_IO_SUBMIT").map(|v| v != "write").unwrap_or(true);
-        let engine = Arc::new(Engine::from_env(batch)?);
+        // This thread alone submits, reaps and pins (the thread reaper only polls).
+        let engine = Arc::new(Engine::from_env(batch, true)?);
         let r = Self::register(env, lp, engine, kind, reason)?;
         REACTOR.with(|slot| slot.set(Some(r)));
         TORN_DOWN.with(|t| t.set(false));
