@@ -2,6 +2,10 @@
 //! count of writes in flight and a condition variable that wakes waiters when it drops
 //! to zero, plus a sticky error flag that keeps the first write error (later errors
 //! are usually consequences of the first and would hide its cause).
+//!
+//! The lock guards the number of threads waiting: the last `end` wakes them only if
+//! there are any (a wake is a system call; writes drop the count to zero all the time,
+//! at every write when one is in flight, with nobody waiting).
 
 use crate::error::IoError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,7 +15,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 pub struct Pending {
     count: AtomicUsize,
-    lock: Mutex<()>,
+    /// Threads blocked in `wait_idle`.
+    lock: Mutex<usize>,
     idle: Condvar,
     error: Mutex<Option<IoError>>,
 }
@@ -33,10 +38,10 @@ impl Pending {
         }
         // Decrement under the lock so a waiter cannot check the count, miss the
         // notification and sleep forever.
-        let _g = self.lock.lock().unwrap();
+        let waiters = self.lock.lock().unwrap();
         let before = self.count.fetch_sub(1, Ordering::SeqCst);
         assert!(before > 0, "pending-write count underflow");
-        if before == 1 {
+        if before == 1 && *waiters > 0 {
             self.idle.notify_all();
         }
     }
@@ -50,19 +55,23 @@ impl Pending {
     pub fn wait_idle(&self, timeout: Option<Duration>) -> bool {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut g = self.lock.lock().unwrap();
+        let mut idle = true;
+        *g += 1;
         while self.count.load(Ordering::SeqCst) > 0 {
             match deadline {
                 None => g = self.idle.wait(g).unwrap(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return false;
+                        idle = false;
+                        break;
                     }
                     g = self.idle.wait_timeout(g, d - now).unwrap().0;
                 }
             }
         }
-        true
+        *g -= 1;
+        idle
     }
 
     /// Keeps `e` as the sticky error unless an earlier one is kept already; for

@@ -58,7 +58,7 @@ impl Uring {
             let mut b = IoUring::builder();
             b.setup_cqsize(ENTRIES * 2);
             if deferred {
-                b.setup_single_issuer().setup_defer_taskrun();
+                b.setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag();
             }
             b.build(ENTRIES)
         };
@@ -149,13 +149,29 @@ impl KernelQueue for Uring {
     }
 
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>) {
-        if self.deferred {
-            // Runs the completion work queued since the last reap, posting its entries.
+        if !self.deferred {
+            for cqe in self.ring.completion() {
+                out.push((cqe.user_data() as *mut Flight, cqe.result() as i64));
+            }
+            return;
+        }
+        // The deferred work is run with the eventfd muted: the entries it posts are
+        // collected right here, and signalling them would only wake the loop again for
+        // nothing. Work queued meanwhile (its signal muted too) raises the ring's TASKRUN
+        // flag, which is checked once the eventfd is on again (a full fence between, as
+        // the kernel raises the flag before it looks at the mute): then run it too.
+        loop {
+            self.ring.completion().disable_eventfd();
             // SAFETY: no submission, no argument; GETEVENTS with min_complete 0 does not block.
             let _ = unsafe { self.ring.submitter().enter::<nix::libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None) };
-        }
-        for cqe in self.ring.completion() {
-            out.push((cqe.user_data() as *mut Flight, cqe.result() as i64));
+            for cqe in self.ring.completion() {
+                out.push((cqe.user_data() as *mut Flight, cqe.result() as i64));
+            }
+            self.ring.completion().enable_eventfd();
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if !self.ring.submission().taskrun() {
+                return;
+            }
         }
     }
 }
