@@ -333,7 +333,7 @@ async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sampl
 async function childMain(job: ChildJob): Promise<void> {
   const store = await PageStore.open(job.file)
   const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
-  const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '8 (default)'
+  const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '4 (default)'
   const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, engine=${store.engine}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
   try {
     const bufs = randomBufs(job.depth, true)

@@ -40,12 +40,12 @@
 //! ```
 //!
 //! Submissions, `loop`: batched (the default): the engine hands its queue to the kernel
-//! whenever 8 I/Os are queued (`MD_BITMAP_IO_SUBMIT=N`; `tick`: never mid-turn), a
+//! whenever 4 I/Os are queued (`MD_BITMAP_IO_SUBMIT=N`; `tick`: never mid-turn), a
 //! prepare handle flushes the rest just before the loop waits, and every wake-up
 //! flushes what the settled promises' reactions submitted. `MD_BITMAP_IO_SUBMIT=write`
 //! hands each I/O to the kernel as it is submitted. Measured here (docs/benchmarks.md):
-//! batching takes less CPU per write than `write` at depth 32, and batches of 8 keep
-//! the device busier than whole turns.
+//! batching takes less CPU per write than `write` at depth 32, and batches of 4 keep
+//! the device busier than whole turns or batches of 8.
 //!
 //! Submissions, `thread`: per write, always. There is no per-turn hook to flush from,
 //! and flushing at the end of the handed-over call would miss most of a turn's I/O:
