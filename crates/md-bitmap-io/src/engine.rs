@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex};
 /// batches"). 4 since completion work is deferred to the reap (uring.rs), which hands
 /// over every completion since the last reap at once: in two runs at depth 32, batches
 /// of 4 reached 0.95 and 0.97 of fio, batches of 8 0.90 and 0.78 ("Deferred completion
-/// work").
+/// work and batches of 4").
 pub const DEFAULT_BATCH_LIMIT: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

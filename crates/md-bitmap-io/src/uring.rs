@@ -9,8 +9,9 @@
 //! signals the eventfd, and no completion interrupts the thread while it runs
 //! JavaScript, as the default mode's task work does (a signal-like notification per
 //! completion, each an inter-processor interrupt and a VM exit on a virtual machine).
-//! Measured on this project's 2-vCPU machine (docs/benchmarks.md, "DEFER_TASKRUN"):
-//! 4 KiB O_DIRECT writes at depth 32 rose from 0.75 to 0.93 of fio's rate. A kernel
+//! Measured on this project's 2-vCPU machine (docs/benchmarks.md, "Deferred completion
+//! work and batches of 4"): 4 KiB O_DIRECT writes at depth 32 went from 0.75 to
+//! 0.92–0.94 of fio's rate in a scratch series, and to 0.91–0.97 in `bench:io`. A kernel
 //! older than 6.1 refuses the flags; the ring is then made without them. Rings shared
 //! between threads (the core's tests reap on a thread of their own) never use them:
 //! only the thread that made such a ring may reap from it.
