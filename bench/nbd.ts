@@ -31,6 +31,10 @@
  *    c. `nbdcopy --connections=1` against `--connections=4` (and `--threads` the
  *       same) of the source into that served mirror (NBD_FLAG_CAN_MULTI_CONN):
  *       MB/s and the ratio 4/1.
+ *    d. the same four transfers, in the same rounds, into qemu-nbd (C, GnuTLS; `--cache=none
+ *       --aio=native` on a file of the same size, `--shared=8`, which advertises
+ *       multi-conn): the reference a goal can be read against, TLS/plain and 4/1 of a
+ *       server that is not ours on this machine with these clients.
  *    For b and c, CPU is counted beside the wall time, since a shared machine's wall
  *    times swing with other work: the server's (this process, `process.cpuUsage`,
  *    its I/O threads included) per request and per MB, the client's (the child,
@@ -108,14 +112,16 @@ async function waitPort(port: number, proc: ChildProcess): Promise<void> {
 }
 
 const children = new Set<ChildProcess>()
-async function qemuNbd(file: string, name: string, extra: string[] = []): Promise<{ url: string; stop: () => Promise<void> }> {
+async function qemuNbd(file: string, name: string, extra: string[] = []): Promise<{ url: string; port: number; pid: number; stop: () => Promise<void> }> {
   const port = await freePort()
-  const proc = spawn('qemu-nbd', ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-x', name, '--persistent', '--shared=8', '--cache=writeback', ...extra, file], { stdio: 'ignore' })
+  const proc = spawn('qemu-nbd', ['-f', 'raw', '-b', '127.0.0.1', '-p', String(port), '-x', name, '--persistent', '--shared=8', ...(extra.some((a) => a.startsWith('--cache')) ? [] : ['--cache=writeback']), ...extra, file], { stdio: 'ignore' })
   children.add(proc)
   const exited = new Promise<void>((r) => proc.once('exit', () => r()))
   await waitPort(port, proc)
   return {
     url: `nbd://127.0.0.1:${port}/${name}`,
+    port,
+    pid: proc.pid!,
     stop: async () => {
       proc.kill('SIGTERM')
       await exited
@@ -390,27 +396,57 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
       await mirror.close()
     }
   }
-  const kinds = ['plain', 'tls', 'copy1', 'copy4'] as const
-  const runs: Record<(typeof kinds)[number], StreamRun[]> = { plain: [], tls: [], copy1: [], copy4: [] }
-  const label = { plain: 'qemu-img convert, plain', tls: 'qemu-img convert, TLS (X.509)', copy1: 'nbdcopy --connections=1', copy4: 'nbdcopy --connections=4' }
+  // d. The reference: qemu-nbd on a file of the same size, plain and TLS, direct I/O as the mirror's member.
+  // A file each: qemu-nbd locks the image it writes.
+  const refFiles = ['reference-plain.img', 'reference-tls.img'].map((n) => path.join(dir, n))
+  for (const file of refFiles) {
+    fs.closeSync(fs.openSync(file, 'w'))
+    fs.truncateSync(file, f.srcSize)
+  }
+  const refPlain = await qemuNbd(refFiles[0], 'ref', ['--cache=none', '--aio=native'])
+  const refTls = await qemuNbd(refFiles[1], 'ref', ['--cache=none', '--aio=native', '--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${pki.server},verify-peer=off`, '--tls-creds', 'tls0'])
+  /** One transfer into qemu-nbd: its CPU from /proc/PID/stat. */
+  const reference = async (q: { pid: number }, work: () => Promise<void>): Promise<StreamRun> => {
+    const cpu0 = processCpuSeconds(q.pid)
+    const child0 = childrenCpuSeconds()
+    const t0 = performance.now()
+    await work()
+    const seconds = (performance.now() - t0) / 1000
+    return { seconds, serverCpu: processCpuSeconds(q.pid) - cpu0, clientCpu: childrenCpuSeconds() - child0, requests: NaN, elu: NaN, load1: os.loadavg()[0] }
+  }
+  const tlsConvert = (port: number, name: string) =>
+    run('qemu-img', ['convert', '-n', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.anonymous}`, '-f', 'raw', f.src, '--target-image-opts', `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=${name},file.tls-creds=tls0`])
+  const kinds = ['plain', 'tls', 'copy1', 'copy4', 'refPlain', 'refTls', 'refCopy1', 'refCopy4'] as const
+  const runs: Record<(typeof kinds)[number], StreamRun[]> = { plain: [], tls: [], copy1: [], copy4: [], refPlain: [], refTls: [], refCopy1: [], refCopy4: [] }
+  const label = {
+    plain: 'qemu-img convert, plain',
+    tls: 'qemu-img convert, TLS (X.509)',
+    copy1: 'nbdcopy --connections=1',
+    copy4: 'nbdcopy --connections=4',
+    refPlain: 'qemu-nbd: qemu-img convert, plain',
+    refTls: 'qemu-nbd: qemu-img convert, TLS',
+    refCopy1: 'qemu-nbd: nbdcopy --connections=1',
+    refCopy4: 'qemu-nbd: nbdcopy --connections=4',
+  }
   for (let round = 0; round < o.rounds; round++) {
     for (const k of kinds.map((_, i) => kinds[(i + round) % kinds.length])) {
       let r: StreamRun
+      const copies = (n: number, url: string) => run('nbdcopy', [`--connections=${n}`, `--threads=${n}`, f.src, url])
       if (k === 'plain') r = await served(undefined, (_p, url) => run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', f.src, url]))
-      else if (k === 'tls') {
-        r = await served(creds, (port) =>
-          run('qemu-img', ['convert', '-n', '--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${pki.anonymous}`, '-f', 'raw', f.src, '--target-image-opts', `driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=${port},file.export=mirror,file.tls-creds=tls0`]),
-        )
-      } else {
-        const n = k === 'copy1' ? 1 : 4
-        r = await served(undefined, (_p, url) => run('nbdcopy', [`--connections=${n}`, `--threads=${n}`, f.src, url]))
-      }
+      else if (k === 'tls') r = await served(creds, (port) => tlsConvert(port, 'mirror'))
+      else if (k === 'copy1' || k === 'copy4') r = await served(undefined, (_p, url) => copies(k === 'copy1' ? 1 : 4, url))
+      else if (k === 'refPlain') r = await reference(refPlain, () => run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', f.src, refPlain.url]))
+      else if (k === 'refTls') r = await reference(refTls, () => tlsConvert(refTls.port, 'ref'))
+      else r = await reference(refPlain, () => copies(k === 'refCopy1' ? 1 : 4, refPlain.url))
       runs[k].push(r)
       process.stderr.write(
-        `  round ${round + 1} ${label[k]}: ${fmt(f.srcSize / 1e6 / r.seconds, 1)} MB/s, server CPU ${r.serverCpu.toFixed(2)} s (${fmt((r.serverCpu * 1e6) / r.requests)} µs/request), client CPU ${r.clientCpu.toFixed(2)} s, event loop ${(r.elu * 100).toFixed(0)} % busy, load ${r.load1.toFixed(2)}\n`,
+        `  round ${round + 1} ${label[k]}: ${fmt(f.srcSize / 1e6 / r.seconds, 1)} MB/s, server CPU ${r.serverCpu.toFixed(2)} s${Number.isNaN(r.requests) ? '' : ` (${fmt((r.serverCpu * 1e6) / r.requests)} µs/request)`}, client CPU ${r.clientCpu.toFixed(2)} s${Number.isNaN(r.elu) ? '' : `, event loop ${(r.elu * 100).toFixed(0)} % busy`}, load ${r.load1.toFixed(2)}\n`,
       )
     }
   }
+  await refPlain.stop()
+  await refTls.stop()
+  for (const file of refFiles) fs.rmSync(file)
   const sum = (a: StreamRun[], key: 'seconds' | 'serverCpu' | 'clientCpu' | 'requests') => a.reduce((n, r) => n + r[key], 0)
   const mbOf = (a: StreamRun[]) => (f.srcSize * a.length) / 1e6 / sum(a, 'seconds')
   /** Server CPU milliseconds per MB copied. */
@@ -426,9 +462,9 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
           fmt(mbOf(a), 1),
           a.map((r) => r.seconds.toFixed(2)).join(' / '),
           fmt(cpuPerMb(a), 2),
-          fmt((sum(a, 'serverCpu') * 1e6) / sum(a, 'requests')),
+          k.startsWith('ref') ? '–' : fmt((sum(a, 'serverCpu') * 1e6) / sum(a, 'requests')),
           fmt(sum(a, 'clientCpu') / a.length, 2),
-          `${fmt((100 * a.reduce((n, r) => n + r.elu, 0)) / a.length)} %`,
+          k.startsWith('ref') ? '–' : `${fmt((100 * a.reduce((n, r) => n + r.elu, 0)) / a.length)} %`,
           a.map((r) => r.load1.toFixed(1)).join(' / '),
         ]
       }),
@@ -442,6 +478,10 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
   console.log(`\nRatio TLS / plain (MB/s): ${tlsRatio.toFixed(2)} (goal ≥ 0.85); per round ${perRound('tls', 'plain').map((x) => x.toFixed(2)).join(' / ')}`)
   console.log(`  server CPU per MB, plain / TLS: ${tlsCpuRatio.toFixed(2)} (what TLS costs the serving process)`)
   console.log(`nbdcopy 4 / 1 connections (MB/s): ${connRatio.toFixed(2)} (goal ≥ 1.5); per round ${perRound('copy4', 'copy1').map((x) => x.toFixed(2)).join(' / ')}`)
+  const refTlsRatio = mbOf(runs.refTls) / mbOf(runs.refPlain)
+  const refConnRatio = mbOf(runs.refCopy4) / mbOf(runs.refCopy1)
+  console.log(`reference, qemu-nbd in the same rounds: TLS / plain ${refTlsRatio.toFixed(2)} (per round ${perRound('refTls', 'refPlain').map((x) => x.toFixed(2)).join(' / ')}); nbdcopy 4 / 1 ${refConnRatio.toFixed(2)} (per round ${perRound('refCopy4', 'refCopy1').map((x) => x.toFixed(2)).join(' / ')})`)
+  console.log(`  served mirror ÷ qemu-nbd (MB/s): plain ${(mbOf(runs.plain) / mbOf(runs.refPlain)).toFixed(2)}, TLS ${(mbOf(runs.tls) / mbOf(runs.refTls)).toFixed(2)}, nbdcopy 1 ${(mbOf(runs.copy1) / mbOf(runs.refCopy1)).toFixed(2)}, 4 ${(mbOf(runs.copy4) / mbOf(runs.refCopy4)).toFixed(2)}`)
   console.log(`TLS ack latency p50 ${(latency.tls.p50 / latency.plain.p50).toFixed(2)}×, p99 ${(latency.tls.p99 / latency.plain.p99).toFixed(2)}× plain`)
   return {
     latency,
@@ -454,6 +494,7 @@ async function tlsPart(o: Options, dir: string, f: { local: string; remote: stri
     tlsRatio,
     tlsCpuRatio,
     connRatio,
+    reference: { tlsRatio: refTlsRatio, connRatio: refConnRatio, mbPlain: mbOf(runs.refPlain), mbTls: mbOf(runs.refTls), mbCopy1: mbOf(runs.refCopy1), mbCopy4: mbOf(runs.refCopy4) },
   }
 }
 
@@ -473,6 +514,12 @@ function childrenCpuSeconds(): number {
   // Fields after the command name (which may hold spaces) start at field 3; cutime and cstime are fields 16 and 17.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(fields[13]) + Number(fields[14])) / CLOCK_TICKS
+}
+/** CPU seconds (user + system) of process `pid` so far, from /proc/PID/stat (utime, stime: fields 14 and 15). */
+function processCpuSeconds(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
 }
 /** USER_HZ: the unit of /proc's times (100 on Linux everywhere it runs). */
 const CLOCK_TICKS = 100
