@@ -9,7 +9,9 @@
  *   then only the listed ranges copied from the export onto the full copy (qemu-img
  *   convert through raw offset/size windows) equals the disk (qemu-img compare);
  * - `md-bitmap mirror track|checkpoint|untrack` through the control socket of a
- *   running `md-bitmap serve`, and `md-bitmap dirty` on the tracking file;
+ *   running `md-bitmap serve`, `md-bitmap dirty` on the tracking file, and `mirror
+ *   detail` listing the tracking bitmaps, live and (a mirror nobody holds) from their
+ *   files, one that is gone by name;
  * - 20 times: `md-bitmap serve` (a child) SIGKILLed while this process writes to it
  *   through NBD; reopened, every chunk acknowledged, and every chunk whose bytes
  *   changed on a member, since the checkpoint is still set, and none that no write
@@ -19,10 +21,10 @@
  */
 import test from 'ava'
 import { execFile } from 'node:child_process'
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 
-import { Mirror, NbdMember } from '../src'
+import { Mirror, NbdMember, allocAligned } from '../src'
 import { Prng } from '../src/cli/demo/prng'
 import { requires } from './helpers/env'
 import { KiB, MiB, pattern } from './helpers/mirror'
@@ -124,6 +126,9 @@ withTools('md-bitmap mirror track|checkpoint|untrack on a served mirror, through
   await qemuIo(s.url!, [`write -P 0x66 ${3 * CHUNK} 4k`])
   const port = Number(/:(\d+)\//.exec(s.url!)![1])
   t.deepEqual(chunksOf(await qemuDirty(port, 'nightly')), [3])
+  // mirror detail lists it, live, with the chunks changed since its checkpoint.
+  t.deepEqual(JSON.parse(await cli(['mirror', 'detail', '--bitmap', bitmap, '--json'])).tracking, [{ name: 'nightly', path: `${bitmap}.nightly.track`, chunkSize: CHUNK, dirtyChunks: 1 }])
+  t.regex(await cli(['mirror', 'detail', '--bitmap', bitmap]), /Tracking : nightly: 1 of 64 chunks \(64 KiB each\) changed since its checkpoint/)
   const dirty = JSON.parse(await cli(['dirty', '--json', `${bitmap}.nightly.track`]))
   t.deepEqual(dirty.ranges, [{ offset: 3 * CHUNK, length: CHUNK }], 'md-bitmap dirty reads the tracking file while it is served')
   const cp = JSON.parse(await cli(['mirror', 'checkpoint', '--bitmap', bitmap, '--name', 'nightly', '--json']))
@@ -133,6 +138,28 @@ withTools('md-bitmap mirror track|checkpoint|untrack on a served mirror, through
   await t.throwsAsync(cli(['mirror', 'checkpoint', '--bitmap', bitmap, '--name', 'other']), { message: /ETRACK_UNKNOWN/ })
   t.regex(await cli(['mirror', 'untrack', '--bitmap', bitmap, '--name', 'nightly']), /no longer tracking "nightly"/)
   t.deepEqual(JSON.parse(await cli(['mirror', 'track', '--bitmap', bitmap, '--list', '--json'])), [])
+  t.is(JSON.parse(await cli(['mirror', 'detail', '--bitmap', bitmap, '--json'])).tracking, undefined, 'none listed once untracked')
+})
+
+test('mirror detail of a mirror nobody holds lists its tracking bitmaps from their files, and one it cannot read by name', async (t) => {
+  const d = join(dir, 'stored-detail')
+  mkdirSync(d)
+  const bitmap = join(d, 'disk.bitmap')
+  await cli(['mirror', 'create', '--bitmap', bitmap, '--size', '4M', '--chunk', '64K', '--member', join(d, 'a.img'), '--member', join(d, 'b.img')])
+  const mirror = await Mirror.open({ bitmap })
+  await mirror.track('bk', { path: join(d, 'bk.track') })
+  await mirror.track('gone', { path: join(d, 'gone.track') })
+  await mirror.write(allocAligned(4096, 4096).fill(1), 5 * CHUNK)
+  await mirror.close()
+  rmSync(join(d, 'gone.track'))
+  const stored = JSON.parse(await cli(['mirror', 'detail', '--bitmap', bitmap, '--json']))
+  t.deepEqual(stored.tracking, [
+    { name: 'bk', path: join(d, 'bk.track'), chunkSize: CHUNK, dirtyChunks: 1 },
+    { name: 'gone', path: join(d, 'gone.track') },
+  ])
+  const text = await cli(['mirror', 'detail', '--bitmap', bitmap])
+  t.regex(text, /Tracking : bk: 1 of 64 chunks \(64 KiB each\) changed since its checkpoint/)
+  t.regex(text, /Tracking : gone: file not readable/)
 })
 
 withTools.serial('SIGKILL of md-bitmap serve mid-write, 20 times: reopened, every chunk written since the checkpoint is still listed', async (t) => {

@@ -7,7 +7,7 @@
  *   md-bitmap extents FILE [--json]
  *   md-bitmap dirty FILE [--json]
  *   md-bitmap resync --bitmap FILE [--json]
- *   md-bitmap mirror create|detail|fail|remove|re-add|add|check --bitmap FILE ...
+ *   md-bitmap mirror create|detail|fail|remove|re-add|add|check|track|checkpoint|untrack --bitmap FILE ...
  *   md-bitmap serve --bitmap FILE (--port N [--host ADDR] | --socket PATH) [--export NAME]
  *   md-bitmap demo
  *

@@ -24,8 +24,9 @@ cannot be reached is marked faulty and the mirror is served degraded. The export
 minimum block size is the mirror's alignment: clients read-modify-write smaller I/O.
 
 While it runs, the mirror listens on its control socket (FILE.mirror.sock beside the
-metadata, owner-only): \`md-bitmap mirror detail|fail|remove|re-add|add|check\` act on
-the served mirror live through it. A second serve of the same mirror fails ELOCKED.
+metadata, owner-only): \`md-bitmap mirror detail|fail|remove|re-add|add|check\` and
+\`track|checkpoint|untrack\` act on the served mirror live through it. A second serve
+of the same mirror fails ELOCKED.
 
 The line "serving URL" goes to stdout once the export accepts connections. SIGINT or
 SIGTERM stops it: requests in flight are answered, clients are disconnected, and the

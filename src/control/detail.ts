@@ -51,6 +51,19 @@ export interface MirrorDetail {
   progress?: OperationProgress
   /** The I/O engine of a mirror held open with a bitmap, and why (null: the best one); absent otherwise. */
   engine?: { name: string; reason: string | null }
+  /** The changed-block tracking bitmaps (absent when there are none). */
+  tracking?: TrackingDetail[]
+}
+
+/**
+ * A changed-block tracking bitmap: its name and file, and (where its file could be
+ * read) its chunk size and the chunks changed since its last checkpoint.
+ */
+export interface TrackingDetail {
+  name: string
+  path: string
+  chunkSize?: number
+  dirtyChunks?: number
 }
 
 /** The state, by the rules at the top of this file. */
@@ -76,6 +89,8 @@ export function describeMirror(mirror: Mirror, progress?: OperationProgress): Mi
   if (progress) detail.progress = progress
   const { engine, engineReason } = mirror.stats()
   if (engine) detail.engine = { name: engine, reason: engineReason }
+  const tracked = mirror.tracked()
+  if (tracked.length) detail.tracking = tracked.map(({ name, path, chunkSize, dirtyChunks }) => ({ name, path, chunkSize, dirtyChunks }))
   return detail
 }
 
@@ -85,7 +100,7 @@ export function describeMirror(mirror: Mirror, progress?: OperationProgress): Mi
  * when the bitmap is stale, or when a mirror without one needs a resync). Nothing
  * runs on it, so the state is degraded, active (some chunk to resync) or clean.
  */
-export function describeStored(meta: MirrorMetadata, dirtyChunks: number): MirrorDetail {
+export function describeStored(meta: MirrorMetadata, dirtyChunks: number, tracking: TrackingDetail[] = []): MirrorDetail {
   return {
     uuid: meta.uuid,
     size: meta.size,
@@ -94,6 +109,7 @@ export function describeStored(meta: MirrorMetadata, dirtyChunks: number): Mirro
     state: stateOf({ running: false, members: meta.members, dirtyChunks, busy: false }),
     dirtyChunks,
     members: meta.members.map((m, index) => ({ index, path: m.path, state: m.state, writeMostly: m.writeMostly, events: Number(m.events) })),
+    ...(tracking.length ? { tracking } : {}),
   }
 }
 

@@ -44,7 +44,7 @@ export function lockMirror(metadataPath: string): FileLock {
     throw toMdBitmapError(err, {
       context: `the mirror of ${metadataPath} is open elsewhere`,
       hint: listening
-        ? `its control socket is ${socket}: \`md-bitmap mirror detail|fail|remove|re-add|add|check\` act on it there; stop that process to open the mirror here`
+        ? `its control socket is ${socket}: \`md-bitmap mirror detail|fail|remove|re-add|add|check|track|checkpoint|untrack\` act on it there; stop that process to open the mirror here`
         : 'close the mirror there, or stop that process, to open it here (a process that dies releases it)',
     })
   }

@@ -55,7 +55,7 @@ export interface MirrorCreateOptions {
   overwrite?: boolean
   /**
    * Listen on a control socket while the mirror is open, through which the
-   * `md-bitmap mirror detail|fail|remove|re-add|add|check` commands act on this running
+   * `md-bitmap mirror detail|fail|remove|re-add|add|check|track|checkpoint|untrack` commands act on this running
    * mirror (without it they fail `ELOCKED`, since the mirror is held here): `true` for
    * the default path beside the metadata (`METADATA` without `.json`, plus `.sock`:
    * `disk.bitmap.mirror.sock`), or a path. The socket is a Unix socket with owner-only
@@ -79,7 +79,7 @@ export interface MirrorOpenOptions {
   allowVolatile?: boolean
   /**
    * Listen on a control socket while the mirror is open, through which the
-   * `md-bitmap mirror detail|fail|remove|re-add|add|check` commands act on this running
+   * `md-bitmap mirror detail|fail|remove|re-add|add|check|track|checkpoint|untrack` commands act on this running
    * mirror (without it they fail `ELOCKED`, since the mirror is held here): `true` for
    * the default path beside the metadata (`METADATA` without `.json`, plus `.sock`:
    * `disk.bitmap.mirror.sock`), or a path. The socket is a Unix socket with owner-only

@@ -21,7 +21,10 @@ index, state, write-mostly flag, event count and path. A mirror held open by
 nobody holds is read from its metadata and bitmap files, changing nothing.
 
 JSON: { uuid, size, chunkSize, events, state, dirtyChunks,
-        members: [{ index, path, state, writeMostly, events }], progress? }
+        members: [{ index, path, state, writeMostly, events }], progress?,
+        tracking?: [{ name, path, chunkSize?, dirtyChunks? }] }
+(tracking: the changed-block tracking bitmaps, with the chunks changed since each one's
+last checkpoint; a file that cannot be read is listed without its counts)
 
 Options:
 ${TARGET_HELP}`
@@ -53,6 +56,10 @@ export function formatDetail(metadataPath: string, d: MirrorDetail): string {
   if (p) {
     const eta = p.etaSeconds === null ? 'ETA unknown' : `ETA ${p.etaSeconds} s`
     lines.push(`${(p.action[0].toUpperCase() + p.action.slice(1) + ' Status').padStart(14)} : ${percent(p.bytesDone, p.bytesTotal)} (${p.chunksDone}/${p.chunksTotal} chunks) at ${rate(p.rate)}, ${eta}`)
+  }
+  for (const t of d.tracking ?? []) {
+    const counts = t.chunkSize === undefined || t.dirtyChunks === undefined ? 'file not readable' : `${t.dirtyChunks} of ${Math.ceil(d.size / t.chunkSize)} chunks (${bytes(t.chunkSize)} each) changed since its checkpoint`
+    lines.push(`      Tracking : ${t.name}: ${counts}, ${t.path}`)
   }
   lines.push('', ...table([['Number', 'State', 'Write-mostly', 'Events', 'Path'], ...d.members.map((m) => [String(m.index), m.state, m.writeMostly ? 'yes' : 'no', String(m.events), m.path])]).map((l) => `  ${l}`))
   return lines.join('\n')

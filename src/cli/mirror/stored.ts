@@ -5,7 +5,7 @@
  * @internal
  * @module
  */
-import { describeStored, type MirrorDetail } from '../../control/detail'
+import { describeStored, type MirrorDetail, type TrackingDetail } from '../../control/detail'
 import { STATE_STALE, bitVersion, dirtyCount } from '../../bitmap/superblock'
 import { readMetadata } from '../../mirror/metadata'
 import { lockMirror } from '../../mirror/owner'
@@ -27,7 +27,17 @@ export async function storedDetail(metadataPath: string, bitmapPath: string | un
       const stale = (f.sb.state & STATE_STALE) !== 0 || f.sb.events < meta.events
       dirty = stale ? all : dirtyCount(f.bits, f.bitsInFile, bitVersion(f.sb))
     }
-    return describeStored(meta, dirty)
+    // Each tracking bitmap as its file says; one that cannot be read is listed by name and path.
+    const tracking: TrackingDetail[] = []
+    for (const { name, path: file } of meta.tracking ?? []) {
+      try {
+        const f = await readBitmapFile(file)
+        tracking.push({ name, path: file, chunkSize: f.sb.chunkSize, dirtyChunks: dirtyCount(f.bits, f.bitsInFile, bitVersion(f.sb)) })
+      } catch {
+        tracking.push({ name, path: file })
+      }
+    }
+    return describeStored(meta, dirty, tracking)
   } finally {
     lock.release({ unlink: true })
   }
