@@ -18,7 +18,7 @@ import { which } from './env'
 
 export const QEMU_TOOLS = ['qemu-nbd', 'qemu-io', 'qemu-img']
 
-import { freePort } from './net'
+import { freePort, listensOn } from './net'
 
 export { freePort }
 
@@ -116,6 +116,15 @@ async function startServerChild(
     register(on, () => c.stop())
     try {
       await waitListening(o.socket ? { socket: o.socket } : { port: port! }, 10_000, () => (dead ? `${tool} exited: ${stderr}` : null))
+      // Something listens there; it must be this child (another server of the test
+      // process may have been given the same port between freePort and the bind).
+      if (port !== undefined) {
+        const deadline = Date.now() + 10_000
+        while (!listensOn(proc.pid!, port)) {
+          if (dead || Date.now() > deadline) throw new Error(`${tool} is not the one listening on port ${port}: ${stderr}`)
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
       return c
     } catch (e) {
       await c.stop()
