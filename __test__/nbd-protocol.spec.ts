@@ -4,7 +4,7 @@
  * typed error (an NbdError with an ENBD_* or errno code), never another exception,
  * a crash or a hang.
  */
-import test from 'ava'
+import test, { type ExecutionContext } from 'ava'
 import fc from 'fast-check'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { createServer, connect, type Server, type Socket } from 'node:net'
@@ -14,7 +14,7 @@ import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket 
 
 import { MdBitmapError, NbdError, NbdMember, allocAligned, listNbdExports, serveNbd, type NbdTarget } from '../src'
 import * as P from '../src/nbd/protocol'
-import { adoptWithUserBuffer, readIntoUserBuffer } from '../src/nbd/user-buffer-socket'
+import { readIntoUserBuffer } from '../src/nbd/user-buffer-socket'
 import { makePki } from './helpers/certs'
 import { removeDir } from './helpers/tmp'
 
@@ -232,23 +232,43 @@ test('RequestParser: any chunking of a request stream gives the same requests, f
   t.pass()
 })
 
-test('adoptWithUserBuffer: an accepted socket reads into the buffer given, every byte in order; writes and close work as on any socket', async (t) => {
+/**
+ * A Unix-socket server whose connection `accept` turns into the socket under test and
+ * hands to `ready`, which switches it to one 4 KiB buffer of ours (keeping a `data`
+ * listener for what it already held); a client (`dial`) sends `blocks` blocks of 1000
+ * bytes, block i filled with i, ends, and expects "bye" back. What the server received,
+ * and how.
+ */
+async function readThroughUserBuffer(
+  t: ExecutionContext,
+  blocks: number,
+  accept: (raw: Socket, ready: (s: Socket) => void) => void,
+  dial: (path: string, connected: () => void) => Socket,
+): Promise<{ seen: number[]; views: ArrayBufferLike[]; buffer: Uint8Array; switched: boolean; viaData: number }> {
   const buffer = new Uint8Array(4096)
   const seen: number[] = []
   const views = new Set<ArrayBufferLike>()
-  const closed = new Promise<void>((resolve) => {
-    const server: Server = createServer({ pauseOnConnect: true }, (raw) => {
-      const s = adoptWithUserBuffer(raw, () => buffer, (b) => {
-        views.add(b.buffer)
-        seen.push(...b)
-      })
-      if (!s) return void raw.destroy()
-      s.on('end', () => s.end(Buffer.from('bye')))
-      s.on('close', () => server.close(() => resolve()))
-    })
+  let switched = false
+  let viaData = 0
+  await new Promise<void>((resolve) => {
+    const server: Server = createServer({ pauseOnConnect: true }, (raw) =>
+      accept(raw, (s) => {
+        s.on('data', (d: Uint8Array) => {
+          viaData += d.length
+          seen.push(...d)
+        })
+        switched = readIntoUserBuffer(s, () => buffer, (b) => {
+          views.add(b.buffer)
+          seen.push(...b)
+        })
+        s.resume()
+        s.on('end', () => s.end('bye'))
+        s.on('close', () => server.close(() => resolve()))
+      }),
+    )
     server.listen(sockPath(), () => {
-      const c = connect((server.address() as string), () => {
-        for (let i = 0; i < 40; i++) c.write(new Uint8Array(1000).fill(i))
+      const c = dial(server.address() as string, () => {
+        for (let i = 0; i < blocks; i++) c.write(new Uint8Array(1000).fill(i))
         c.end()
       })
       let reply = ''
@@ -256,59 +276,38 @@ test('adoptWithUserBuffer: an accepted socket reads into the buffer given, every
       c.on('close', () => t.is(reply, 'bye'))
     })
   })
-  await closed
-  t.is(seen.length, 40_000)
-  t.true(seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
-  t.deepEqual([...views], [buffer.buffer], 'read into the buffer given, never another')
+  return { seen, views: [...views], buffer, switched, viaData }
+}
+
+test('readIntoUserBuffer: an accepted socket reads into the buffer given, every byte in order; writes and close work as on any socket', async (t) => {
+  const r = await readThroughUserBuffer(t, 40, (raw, ready) => ready(raw), (path, connected) => connect(path, connected))
+  t.true(r.switched, 'this Node lets an accepted socket read into a buffer of ours')
+  t.is(r.seen.length, 40_000)
+  t.true(r.seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
+  t.deepEqual(r.views, [r.buffer.buffer], 'read into the buffer given, never another')
 })
 
 test('readIntoUserBuffer: a TLS socket past its handshake reads into the buffer given, bytes it had buffered first, every byte in order', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-ub-tls-'))
   t.teardown(() => removeDir(dir))
   const pki = await makePki(dir)
-  const buffer = new Uint8Array(4096)
-  const seen: number[] = []
-  const views = new Set<ArrayBufferLike>()
-  let switched = false
-  let viaData = 0
-  const closed = new Promise<void>((resolve) => {
-    const server: Server = createServer({ pauseOnConnect: true }, (raw) => {
+  const r = await readThroughUserBuffer(
+    t,
+    200,
+    (raw, ready) => {
       // As the NBD server does after STARTTLS: a listening-less TLS server runs the handshake on a socket it is handed.
       const tls = createTlsServer({ key: readFileSync(join(pki.server, 'server-key.pem')), cert: readFileSync(join(pki.server, 'server-cert.pem')) })
-      tls.once('secureConnection', (s: TLSSocket) => {
-        // Wait for bytes to be decrypted and buffered before the switch: they must come first.
-        setTimeout(() => {
-          s.on('data', (d: Uint8Array) => {
-            viaData += d.length
-            seen.push(...d)
-          })
-          switched = readIntoUserBuffer(s, () => buffer, (b) => {
-            views.add(b.buffer)
-            seen.push(...b)
-          })
-          s.resume()
-          s.on('end', () => s.end('bye'))
-          s.on('close', () => server.close(() => resolve()))
-        }, 50)
-      })
+      // Waits for bytes to be decrypted and buffered before the switch: they must come first.
+      tls.once('secureConnection', (s: TLSSocket) => setTimeout(() => ready(s), 50))
       tls.emit('connection', raw)
-    })
-    server.listen(sockPath(), () => {
-      const c = tlsConnect({ path: server.address() as string, ca: readFileSync(pki.caCert), checkServerIdentity: () => undefined }, () => {
-        for (let i = 0; i < 200; i++) c.write(new Uint8Array(1000).fill(i))
-        c.end()
-      })
-      let reply = ''
-      c.on('data', (d) => (reply += d))
-      c.on('close', () => t.is(reply, 'bye'))
-    })
-  })
-  await closed
-  t.true(switched, 'this Node lets a TLS socket read into a buffer of ours')
-  t.true(viaData > 0 && viaData < 200_000, `${viaData} bytes were decrypted before the switch and came as data events, the rest into the buffer`)
-  t.is(seen.length, 200_000)
-  t.true(seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
-  t.deepEqual([...views], [buffer.buffer], 'read into the buffer given, never another')
+    },
+    (path, connected) => tlsConnect({ path, ca: readFileSync(pki.caCert), checkServerIdentity: () => undefined }, connected),
+  )
+  t.true(r.switched, 'this Node lets a TLS socket read into a buffer of ours')
+  t.true(r.viaData > 0 && r.viaData < 200_000, `${r.viaData} bytes were decrypted before the switch and came as data events, the rest into the buffer`)
+  t.is(r.seen.length, 200_000)
+  t.true(r.seen.every((x, i) => x === Math.floor(i / 1000)), 'every byte, in order')
+  t.deepEqual(r.views, [r.buffer.buffer], 'read into the buffer given, never another')
 })
 
 test('ReplyParser: read payloads land in their buffers in any chunking; unknown handles and bad magic are typed errors', (t) => {

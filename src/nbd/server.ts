@@ -82,7 +82,7 @@ import {
   type Request,
 } from './protocol'
 import { SocketReader } from './socket-reader'
-import { adoptWithUserBuffer, readIntoUserBuffer } from './user-buffer-socket'
+import { readIntoUserBuffer } from './user-buffer-socket'
 import { isBlockStatusMirror, mirrorMetaContexts } from './block-status'
 import { decodeMetaContextRequest, encodeMetaContextReply, selectContexts, type MetaContext, type SelectedContext } from './meta-context'
 import { encodeBlockStatusChunk, encodeErrorChunk, readChunks } from './protocol/structured-reply'
@@ -362,13 +362,12 @@ class Connection {
   private readonly nextReadBuffer = (): Uint8Array => this.parser?.directTarget(DIRECT_READ_MIN) ?? (this.scratch ??= new Uint8Array(READ_BUFFER_BYTES))
 
   constructor(
-    raw: Socket,
+    socket: Socket,
     private readonly ctx: Context,
   ) {
     // Plain text (no TLS to start): reads go into one buffer of this connection's, not a new one per read.
-    let socket = raw
     if (ctx.tls === undefined) {
-      socket = adoptWithUserBuffer(raw, this.nextReadBuffer, (b) => this.sink(b)) ?? raw
+      readIntoUserBuffer(socket, this.nextReadBuffer, (b) => this.sink(b))
       socket.resume()
     }
     this.socket = socket
