@@ -458,10 +458,7 @@ export class Bitmap extends EventEmitter {
       }
       touched.add(page)
     }
-    if (behind) {
-      this._behind++
-      if (this._behind > this._behindHigh) this._behindHigh = this._behind
-    }
+    if (behind) this.countBehind()
     if (this._error) return // kicked: the mirror goes on without a bitmap
     for (const p of touched) {
       if (this.pages.isDirty(p)) {
@@ -491,11 +488,14 @@ export class Bitmap extends EventEmitter {
     }
     // Not 'full' (checked above), and the bit is set: 'counted', no page to write.
     for (let c = first; c <= last; c++) this.counters.startWrite(c)
-    if (behind) {
-      this._behind++
-      if (this._behind > this._behindHigh) this._behindHigh = this._behind
-    }
+    if (behind) this.countBehind()
     return true
+  }
+
+  /** A behind write started: counted, with its high-water mark. */
+  private countBehind(): void {
+    this._behind++
+    if (this._behind > this._behindHigh) this._behindHigh = this._behind
   }
 
   /** Group commit: every DIRTY page of this tick in one batch, written and waited for. */
