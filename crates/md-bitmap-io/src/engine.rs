@@ -34,8 +34,12 @@
 //! `in_flight()` counts operations from `submit` until their `Done` has run; the
 //! binding keeps the loop alive (its poll handle referenced) while it is non-zero.
 //! Submission is per write (`flush` inside `submit`) or batched (`submit` only queues,
-//! and flushes once `batch_limit` operations are queued; the owner calls `flush()` once
-//! per loop turn and after each `reap()`).
+//! and flushes once `batch_limit` operations are queued, or at once while the kernel
+//! holds fewer than `batch_limit` of them, so an idle device is never kept waiting for a
+//! batch; the owner calls `flush()` once per loop turn and after each `reap()`).
+//! An event loop may reap with `reap_before_rearm()` and call `rearm()` after its flush:
+//! the eventfd is then drained once the next submissions are in the kernel, off the
+//! path from a completion to them, and signalled again if a completion came meanwhile.
 //! Invariants: every operation's `Done` runs exactly once, on the thread that calls
 //! `reap()`; a buffer passed in an `Op` is owned by its `Done` closure, so it stays
 //! alive until the kernel is finished with it.
@@ -206,6 +210,12 @@ pub(crate) trait KernelQueue: Send {
     fn deferred(&self) -> bool {
         false
     }
+    /// Whether completions wait to be collected, told without a system call; the
+    /// kernel makes them visible before it signals the eventfd. None: cannot tell so
+    /// (AIO), and the eventfd must be drained before each `collect`.
+    fn ready(&mut self) -> Option<bool> {
+        None
+    }
     /// Keeps a reference to `fd`'s open file until `unpin`, or until every operation of
     /// a process that died has completed (see `Engine::pin`). None: not supported.
     fn pin(&mut self, _fd: RawFd) -> Option<u32> {
@@ -361,7 +371,11 @@ impl Engine {
                 } else {
                     k.backlog.push_back(flight);
                 }
-                if !self.batch || k.unflushed >= self.batch_limit {
+                // Batched: hand over once a batch is queued, or at once while the kernel
+                // holds less than a batch of this engine's operations (the device would
+                // otherwise idle until the end of the turn; at depth 1, every write).
+                let handed = k.on_kernel - k.unflushed;
+                if !self.batch || k.unflushed >= self.batch_limit || (self.batch_limit != usize::MAX && handed < self.batch_limit) {
                     k.unflushed = 0;
                     k.queue.flush();
                 }
@@ -413,8 +427,46 @@ impl Engine {
     /// Settles every completion available now, in one pass: each operation's `Done`
     /// runs here, on the caller's thread. Returns how many settled.
     pub fn reap(&self) -> usize {
+        self.drain_signal();
+        self.settle_available()
+    }
+
+    /// `reap` for an event loop that calls [`Engine::rearm`] once the wake-up's own work
+    /// is done (the settlements' reactions, and the flush of what they submitted): the
+    /// eventfd is then drained after the next submissions have reached the kernel, not
+    /// on the way from a completion to them. Where the kernel queue cannot tell whether
+    /// completions wait without a system call (AIO), this drains first, as `reap` does.
+    pub fn reap_before_rearm(&self) -> usize {
+        if !self.drains_late() {
+            self.drain_signal();
+        }
+        self.settle_available()
+    }
+
+    /// After [`Engine::reap_before_rearm`] and the flush: drains the eventfd, then signals
+    /// it again if a completion arrived meanwhile whose signal the drain took (it is
+    /// collected at the next wake-up, which comes at once).
+    pub fn rearm(&self) {
+        if !self.drains_late() {
+            return;
+        }
+        self.drain_signal();
+        let kernel_ready = self.kernel.as_ref().is_some_and(|k| k.lock().unwrap().queue.ready() == Some(true));
+        if kernel_ready || !self.completions.queue.lock().unwrap().is_empty() {
+            self.completions.signal();
+        }
+    }
+
+    fn drains_late(&self) -> bool {
+        self.kernel.as_ref().is_none_or(|k| k.lock().unwrap().queue.ready().is_some())
+    }
+
+    fn drain_signal(&self) {
         let mut count: u64 = 0;
         unsafe { libc::read(self.eventfd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
+    fn settle_available(&self) -> usize {
         let mut ready: Vec<(Done, io::Result<()>)> = Vec::new();
         if let Some(kernel) = &self.kernel {
             let mut k = kernel.lock().unwrap();
@@ -540,30 +592,57 @@ mod tests {
         engine.reap()
     }
 
-    /// Batched submission: operations wait for `flush()` until `DEFAULT_BATCH_LIMIT` are
-    /// queued, and then go to the kernel without it.
+    fn readable_now(engine: &Engine) -> bool {
+        let mut pfd = libc::pollfd { fd: engine.eventfd(), events: libc::POLLIN, revents: 0 };
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    /// A write of one 512-byte page of `file` at page `i`; counts its success in `done`.
+    fn submit_page(engine: &Engine, file: &std::fs::File, page: &[u8], i: usize, done: &Arc<AtomicUsize>) {
+        let d = done.clone();
+        let op = Op::Write { fd: file.as_raw_fd(), buf: page.as_ptr(), len: page.len(), offset: (i * 512) as u64 };
+        engine.submit(op, Route::Kernel, Box::new(move |r| {
+            r.unwrap();
+            d.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+
+    /// Batched submission: while the kernel holds less than a batch of the engine's
+    /// operations, each goes to the kernel at once (no flush needed); once it holds a
+    /// batch, operations wait for `flush()` until `DEFAULT_BATCH_LIMIT` are queued.
+    /// Reads of an empty pipe hold the kernel busy (io_uring waits on the pipe for them).
     #[test]
-    fn a_full_batch_goes_to_the_kernel_without_a_flush() {
-        for (kind, one_thread) in [(EngineKind::Uring, false), (EngineKind::Uring, true), (EngineKind::Aio, false)] {
-            let Ok(engine) = Engine::new(Some(kind), true, one_thread) else { panic!("{} is unavailable on this machine", kind.name()) };
+    fn operations_wait_for_a_batch_only_while_the_kernel_holds_one() {
+        for one_thread in [false, true] {
+            let engine = Engine::new(Some(EngineKind::Uring), true, one_thread).expect("io_uring is available on this machine");
             // This kernel (6.1 or later) takes the deferred mode for a ring used from one thread.
-            assert_eq!(engine.deferred_completions(), one_thread, "{}: deferred completion work", kind.name());
+            assert_eq!(engine.deferred_completions(), one_thread, "deferred completion work");
             let file = unlinked_temp_file();
             let done = Arc::new(AtomicUsize::new(0));
             let page = vec![7u8; 512];
-            let submit = |i: usize| {
-                let d = done.clone();
-                let op = Op::Write { fd: file.as_raw_fd(), buf: page.as_ptr(), len: page.len(), offset: (i * 512) as u64 };
-                engine.submit(op, Route::Kernel, Box::new(move |r| {
-                    r.unwrap();
-                    d.fetch_add(1, Ordering::SeqCst);
+            // Idle kernel: the first write goes at once.
+            submit_page(&engine, &file, &page, 0, &done);
+            assert_eq!(completions_within(&engine, 2000), 1, "a write to an idle kernel waited for a flush");
+            // A batch of pipe reads the kernel keeps until the pipe has data.
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let mut sinks = [[0u8; 1]; DEFAULT_BATCH_LIMIT];
+            let reads = Arc::new(AtomicUsize::new(0));
+            for sink in sinks.iter_mut() {
+                let r = reads.clone();
+                engine.submit(Op::Read { fd: rd.as_raw_fd(), buf: sink.as_mut_ptr(), len: 1, offset: u64::MAX }, Route::Kernel, Box::new(move |res| {
+                    res.unwrap();
+                    r.fetch_add(1, Ordering::SeqCst);
                 }));
-            };
-            for i in 0..DEFAULT_BATCH_LIMIT - 1 {
-                submit(i);
             }
-            assert_eq!(completions_within(&engine, 200), 0, "{}: a partial batch reached the kernel unflushed", kind.name());
-            submit(DEFAULT_BATCH_LIMIT - 1);
+            assert_eq!(completions_within(&engine, 200), 0, "a read of an empty pipe completed");
+            // Now a partial batch waits.
+            for i in 1..DEFAULT_BATCH_LIMIT {
+                submit_page(&engine, &file, &page, i, &done);
+            }
+            assert_eq!(completions_within(&engine, 200), 0, "a partial batch reached a busy kernel unflushed");
+            submit_page(&engine, &file, &page, DEFAULT_BATCH_LIMIT, &done);
             let mut settled = 0;
             for _ in 0..50 {
                 settled += completions_within(&engine, 100);
@@ -571,8 +650,59 @@ mod tests {
                     break;
                 }
             }
-            assert_eq!(settled, DEFAULT_BATCH_LIMIT, "{}: the full batch did not complete", kind.name());
-            assert_eq!(done.load(Ordering::SeqCst), DEFAULT_BATCH_LIMIT);
+            assert_eq!(settled, DEFAULT_BATCH_LIMIT, "the full batch did not complete");
+            assert_eq!(done.load(Ordering::SeqCst), DEFAULT_BATCH_LIMIT + 1);
+            // Release the reads: one byte each.
+            let bytes = [1u8; DEFAULT_BATCH_LIMIT];
+            assert_eq!(unsafe { libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) }, bytes.len() as isize);
+            for _ in 0..50 {
+                completions_within(&engine, 100);
+                if reads.load(Ordering::SeqCst) == DEFAULT_BATCH_LIMIT {
+                    break;
+                }
+            }
+            assert_eq!(reads.load(Ordering::SeqCst), DEFAULT_BATCH_LIMIT);
+            assert_eq!(engine.in_flight(), 0);
+        }
+    }
+
+    /// AIO has no way to hold its kernel busy on demand here; its idle-kernel half.
+    #[test]
+    fn under_aio_a_write_to_an_idle_kernel_goes_without_a_flush() {
+        let engine = Engine::new(Some(EngineKind::Aio), true, false).expect("AIO is available on this machine");
+        let file = unlinked_temp_file();
+        let done = Arc::new(AtomicUsize::new(0));
+        let page = vec![7u8; 512];
+        submit_page(&engine, &file, &page, 0, &done);
+        assert_eq!(completions_within(&engine, 2000), 1);
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+    }
+
+    /// `reap_before_rearm` leaves the eventfd to `rearm`: a completion that arrived after
+    /// the settlements, whose signal the drain takes, is signalled again (not lost); with
+    /// nothing left, the eventfd is quiet (no empty wake-up).
+    #[test]
+    fn rearm_keeps_the_signal_of_a_completion_that_came_after_the_reap() {
+        for (kind, one_thread) in [(EngineKind::Uring, true), (EngineKind::Uring, false), (EngineKind::Threads, false)] {
+            let engine = Engine::new(Some(kind), true, one_thread).unwrap();
+            let file = unlinked_temp_file();
+            let done = Arc::new(AtomicUsize::new(0));
+            let page = vec![7u8; 512];
+            submit_page(&engine, &file, &page, 0, &done);
+            engine.flush();
+            let mut pfd = libc::pollfd { fd: engine.eventfd(), events: libc::POLLIN, revents: 0 };
+            assert_eq!(unsafe { libc::poll(&mut pfd, 1, 2000) }, 1, "{}: no signal", kind.name());
+            assert_eq!(engine.reap_before_rearm(), 1);
+            // A completion between the reap and the rearm: its signal is drained by rearm.
+            submit_page(&engine, &file, &page, 1, &done);
+            engine.flush();
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            engine.rearm();
+            assert!(readable_now(&engine), "{}: the second completion's signal was lost", kind.name());
+            assert_eq!(engine.reap_before_rearm(), 1, "{}: the second completion", kind.name());
+            engine.rearm();
+            assert!(!readable_now(&engine), "{}: signalled with nothing to reap", kind.name());
+            assert_eq!(done.load(Ordering::SeqCst), 2);
             assert_eq!(engine.in_flight(), 0);
         }
     }

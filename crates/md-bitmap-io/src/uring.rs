@@ -149,6 +149,14 @@ impl KernelQueue for Uring {
         self.deferred
     }
 
+    fn ready(&mut self) -> Option<bool> {
+        // Deferred work raises the TASKRUN flag before it signals; a completion posted
+        // outside a reap (an operation that finished inside its submission) is on the
+        // completion ring before its signal.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Some((self.deferred && self.ring.submission().taskrun()) || !self.ring.completion().is_empty())
+    }
+
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>) {
         if !self.deferred {
             for cqe in self.ring.completion() {

@@ -40,9 +40,12 @@
 //! ```
 //!
 //! Submissions, `loop`: batched (the default): the engine hands its queue to the kernel
-//! whenever 4 I/Os are queued (`MD_BITMAP_IO_SUBMIT=N`; `tick`: never mid-turn), a
+//! whenever 4 I/Os are queued (`MD_BITMAP_IO_SUBMIT=N`; `tick`: never mid-turn), and
+//! each I/O at once while the kernel holds fewer than 4 (at depth 1, every one), a
 //! prepare handle flushes the rest just before the loop waits, and every wake-up
-//! flushes what the settled promises' reactions submitted. `MD_BITMAP_IO_SUBMIT=write`
+//! flushes what the settled promises' reactions submitted, then drains the eventfd
+//! (`Engine::rearm`: after the flush, so the drain is not on the way from a completion
+//! to the next submission). `MD_BITMAP_IO_SUBMIT=write`
 //! hands each I/O to the kernel as it is submitted. Measured here (docs/benchmarks.md):
 //! batching takes less CPU per write than `write` at depth 32, and batches of 4 keep
 //! the device busier than whole turns or batches of 8.
@@ -352,16 +355,19 @@ impl Reactor {
     }
 
     /// One reap: every completion available settled, then the waiters it satisfied.
+    /// The eventfd is drained by `after_wake`, once the next submissions are made.
     fn reap(&self) {
-        self.engine.reap();
+        self.engine.reap_before_rearm();
         self.wake_waiters();
     }
 
-    /// After a wake-up's settlements: flush what they submitted, let the loop go if idle.
+    /// After a wake-up's settlements: flush what they submitted, drain the eventfd (and
+    /// signal it again if a completion came meanwhile), let the loop go if idle.
     fn after_wake(&self) {
         if self.engine.batched() {
             self.engine.flush();
         }
+        self.engine.rearm();
         if self.engine.in_flight() == 0 && self.referenced.get() {
             self.keep_alive(false);
         }
