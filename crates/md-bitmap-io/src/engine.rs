@@ -270,6 +270,9 @@ pub struct Engine {
     kernel: Option<Mutex<KernelState>>,
     completions: Arc<Completions>,
     in_flight: AtomicUsize,
+    /// Whether `rearm` drains the eventfd (the kernel queue tells without a system call
+    /// whether completions wait; see `KernelQueue::ready`), not `reap_before_rearm`.
+    drains_late: bool,
 }
 
 impl Engine {
@@ -309,14 +312,15 @@ impl Engine {
         };
         for &kind in order {
             match make(kind) {
-                Ok(queue) => {
+                Ok(mut queue) => {
+                    let drains_late = queue.as_mut().is_none_or(|q| q.ready().is_some());
                     let kernel = queue.map(|queue| Mutex::new(KernelState { queue, on_kernel: 0, backlog: VecDeque::new(), unflushed: 0 }));
                     let reason = match forced {
                         Some(_) => Some("forced by MD_BITMAP_IO_ENGINE".to_string()),
                         None if refusals.is_empty() => None,
                         None => Some(refusals.join("; ")),
                     };
-                    return Ok(Engine { kind, reason, batch, batch_limit: batch_limit_from_env(), kernel, completions, in_flight: AtomicUsize::new(0) });
+                    return Ok(Engine { kind, reason, batch, batch_limit: batch_limit_from_env(), kernel, completions, in_flight: AtomicUsize::new(0), drains_late });
                 }
                 Err(e) => {
                     let what = if kind == EngineKind::Uring { "io_uring_setup" } else { "io_setup" };
@@ -437,7 +441,7 @@ impl Engine {
     /// on the way from a completion to them. Where the kernel queue cannot tell whether
     /// completions wait without a system call (AIO), this drains first, as `reap` does.
     pub fn reap_before_rearm(&self) -> usize {
-        if !self.drains_late() {
+        if !self.drains_late {
             self.drain_signal();
         }
         self.settle_available()
@@ -447,7 +451,7 @@ impl Engine {
     /// it again if a completion arrived meanwhile whose signal the drain took (it is
     /// collected at the next wake-up, which comes at once).
     pub fn rearm(&self) {
-        if !self.drains_late() {
+        if !self.drains_late {
             return;
         }
         self.drain_signal();
@@ -455,10 +459,6 @@ impl Engine {
         if kernel_ready || !self.completions.queue.lock().unwrap().is_empty() {
             self.completions.signal();
         }
-    }
-
-    fn drains_late(&self) -> bool {
-        self.kernel.as_ref().is_none_or(|k| k.lock().unwrap().queue.ready().is_some())
     }
 
     fn drain_signal(&self) {
