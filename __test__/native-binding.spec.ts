@@ -9,10 +9,11 @@ import test from 'ava'
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { MdBitmapError } from '../src'
 import { binding, platformTriple } from '../src/native/load'
 
 const EXERCISED = {
-  functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole'],
+  functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole', 'setErrorClass'],
   classes: {
     NativeFileLock: ['release'],
     NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write'],
@@ -30,6 +31,34 @@ test('census: the addon exports exactly the bindings this spec exercises', (t) =
     t.deepEqual(Object.getOwnPropertyNames(proto).filter((n) => n !== 'constructor').sort(), members, `members of ${name}`)
   }
   t.log(`${platformTriple()} on Node ${process.version} (${process.arch})`)
+})
+
+// Serial: it swaps the class every error of this thread's addon is made with.
+test.serial('setErrorClass: the addon throws and rejects with the registered class (MdBitmapError once loaded), code and errno set', async (t) => {
+  const b = binding()
+  const missing = join(tmpdir(), `md-bitmap-binding-missing-${process.pid}`)
+  const loaded = await t.throwsAsync(b.check(missing), { instanceOf: MdBitmapError })
+  t.is(loaded?.code, 'ENOENT')
+  t.is((loaded as MdBitmapError).errno, 2)
+  class Other extends Error {
+    constructor(
+      readonly code: string,
+      message: string,
+      readonly options?: { errno?: number },
+    ) {
+      super(message)
+    }
+  }
+  b.setErrorClass(Other)
+  try {
+    const other = await t.throwsAsync(b.check(missing), { instanceOf: Other })
+    t.is(other?.code, 'ENOENT')
+    t.is((other as Other).options?.errno, 2)
+    t.throws(() => b.alignmentOffset(new Uint8Array(8), 3), { instanceOf: Other, message: /power of two/ })
+  } finally {
+    b.setErrorClass(MdBitmapError as never)
+  }
+  t.true(await b.check(missing).catch((e: unknown) => e instanceof MdBitmapError))
 })
 
 test('every binding answers: alignmentOffset, check, extents, openStore and each NativeStore member, lockFile, NativeFileLock.release, clearImmutable', async (t) => {

@@ -185,6 +185,13 @@ export interface ProblemInfo {
  */
 export declare function punchHole(path: string, offset: number, length: number): Promise<void>
 
+/**
+ * Makes every error this thread's addon throws or rejects with an instance of `class`
+ * (the TypeScript layer's `MdBitmapError`), so no promise needs a handler of its own
+ * to convert them.
+ */
+export declare function setErrorClass(errorClass: new (code: string, message: string, options?: { errno?: number }) => Error): void
+
 /** The first write error a native store saw. */
 export interface StoreError {
   /** The error code (an errno name such as `EIO`, or one of the core's codes). */

@@ -186,7 +186,18 @@ function fail(platform: string, attempts: string[], hint: string): MdBitmapError
 
 let cached: NativeBinding | undefined
 
-/** The loaded binding; loads it on first use. */
+/**
+ * The loaded binding; loads it on first use, and has it make its errors
+ * {@link MdBitmapError}s (its promises then need no handler of their own to convert
+ * them; a binding that predates `setErrorClass` keeps plain errors, which
+ * {@link native} converts).
+ */
 export function binding(): NativeBinding {
-  return (cached ??= load())
+  if (cached === undefined) {
+    const b = load()
+    // The addon's codes are the core's errno-style codes, MdBitmapErrorCode's own.
+    b.setErrorClass?.(MdBitmapError as new (code: string, message: string, options?: { errno?: number }) => Error)
+    cached = b
+  }
+  return cached
 }

@@ -18,8 +18,56 @@ use napi_derive::napi;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+thread_local! {
+    /// This thread's error class (`setErrorClass`), called as `new Class(code, message,
+    /// { errno })`; until one is set, errors are plain `Error`s with `code` and `errno`.
+    static ERROR_CLASS: std::cell::Cell<sys::napi_ref> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Makes every error this thread's addon throws or rejects with an instance of `class`
+/// (the TypeScript layer's `MdBitmapError`), so no promise needs a handler of its own
+/// to convert them.
+#[napi(ts_args_type = "errorClass: new (code: string, message: string, options?: { errno?: number }) => Error")]
+pub fn set_error_class(env: &Env, error_class: Unknown) -> Result<()> {
+    let mut r = std::ptr::null_mut();
+    check_status!(unsafe { sys::napi_create_reference(env.raw(), error_class.raw(), 1, &mut r) }, "napi_create_reference")?;
+    let old = ERROR_CLASS.with(|c| c.replace(r));
+    if !old.is_null() {
+        unsafe { sys::napi_delete_reference(env.raw(), old) };
+    }
+    Ok(())
+}
+
+/// `new ErrorClass(code, message, { errno })`, when a class is set.
+fn typed_error_object<'e>(env: &'e Env, e: &IoError) -> Option<Object<'e>> {
+    let class_ref = ERROR_CLASS.with(|c| c.get());
+    if class_ref.is_null() {
+        return None;
+    }
+    let raw = env.raw();
+    unsafe {
+        let mut class = std::ptr::null_mut();
+        if sys::napi_get_reference_value(raw, class_ref, &mut class) != sys::Status::napi_ok || class.is_null() {
+            return None;
+        }
+        let mut options = Object::new(env).ok()?;
+        if let Some(n) = e.errno {
+            options.set("errno", n).ok()?;
+        }
+        let args = [env.create_string(&e.code).ok()?.raw(), env.create_string(&e.message).ok()?.raw(), options.raw()];
+        let mut out = std::ptr::null_mut();
+        if sys::napi_new_instance(raw, class, args.len(), args.as_ptr(), &mut out) != sys::Status::napi_ok {
+            return None;
+        }
+        Some(Object::from_raw(raw, out))
+    }
+}
+
 /// The JS error object for a core error, made on the JS thread, so `code` is the core's.
 fn js_error_object<'e>(env: &'e Env, e: &IoError) -> Result<Object<'e>> {
+    if let Some(obj) = typed_error_object(env, e) {
+        return Ok(obj);
+    }
     env.create_error(Error::new(Status::GenericFailure, e.message.clone())).and_then(|mut obj| {
         obj.set("code", e.code.as_str())?;
         if let Some(n) = e.errno {
