@@ -3,8 +3,9 @@
 //! reads, writes and syncs go through this thread's I/O engine (`reactor.rs`) and are
 //! settled on the JavaScript thread, as are `waitIdle` and `close` (from the reap that
 //! ends the last I/O in flight); opening and checking run on the I/O threads.
-//! Errors reach JavaScript as `Error` objects whose `code` is the core's (an errno
-//! name, or one of the project's own such as `EEXTENT_HOLE`).
+//! Errors reach JavaScript as instances of the class the TypeScript layer registers
+//! (`setErrorClass`: `MdBitmapError`), else as `Error` objects, their `code` the core's
+//! (an errno name, or one of the project's own such as `EEXTENT_HOLE`).
 
 pub mod allocated;
 pub mod punch;
