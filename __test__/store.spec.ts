@@ -435,6 +435,20 @@ test.serial('a native addon that cannot be loaded gives ENATIVE_LOAD naming ever
     fs.rmSync(dirname(bogus), { recursive: true, force: true })
   }
 
+  // A loadable module that is not this version's addon (no setErrorClass): refused, saying why.
+  const older = join(fs.mkdtempSync(join(tmpdir(), 'md-bitmap-older-')), 'older.js')
+  fs.writeFileSync(older, 'module.exports = { alignmentOffset: () => 0, check: async () => ({}) }')
+  try {
+    const o = JSON.parse(node(['-e', probe], { env: { MD_BITMAP_NATIVE_PATH: older } }).stdout)
+    for (const k of ['sync', 'async'] as const) {
+      t.true(o[k].inst, `${k}: an MdBitmapError`)
+      t.is(o[k].code, 'ENATIVE_LOAD')
+      t.regex(o[k].message, /older than this md-bitmap.*setErrorClass.*npm run build:native/)
+    }
+  } finally {
+    fs.rmSync(dirname(older), { recursive: true, force: true })
+  }
+
   // The override pointing at the real addon loads it.
   const real = join(ROOT, 'native', fs.readdirSync(join(ROOT, 'native')).find((f) => f.endsWith('.node'))!)
   const ok = node(['-e', probe], { env: { MD_BITMAP_NATIVE_PATH: real } })

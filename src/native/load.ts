@@ -188,15 +188,20 @@ let cached: NativeBinding | undefined
 
 /**
  * The loaded binding; loads it on first use, and has it make its errors
- * {@link MdBitmapError}s (its promises then need no handler of their own to convert
- * them; a binding that predates `setErrorClass` keeps plain errors, which
- * {@link native} converts).
+ * {@link MdBitmapError}s (its page reads and writes are returned as they are, with no
+ * handler of their own to convert a rejection).
  */
 export function binding(): NativeBinding {
   if (cached === undefined) {
     const b = load()
+    if (typeof (b as Partial<NativeBinding>).setErrorClass !== 'function') {
+      throw new MdBitmapError(
+        'ENATIVE_LOAD',
+        'the loaded native addon is older than this md-bitmap (it has no setErrorClass); rebuild it with `npm run build:native`, or install the platform package of this version',
+      )
+    }
     // The addon's codes are the core's errno-style codes, MdBitmapErrorCode's own.
-    b.setErrorClass?.(MdBitmapError as new (code: string, message: string, options?: { errno?: number }) => Error)
+    b.setErrorClass(MdBitmapError as new (code: string, message: string, options?: { errno?: number }) => Error)
     cached = b
   }
   return cached
