@@ -34,6 +34,12 @@
  *    ≥ 0.85 at 32) and (a); CPU per write against fio's (this process's user + system
  *    time ÷ mirror writes; fio's usr + sys ÷ its I/Os); and with bitmap ÷ without, (b)
  *    ÷ (a) (goal ≥ 0.97). The 1-minute load average is recorded with every sample.
+ *    The 1-in-flight workload is also taken apart (lockstep.ts), two more entries of
+ *    the rotation writing the same 4 KiB to both member files and waiting for both:
+ *    the native engine alone, with no Node (a Rust example, built with cargo; the row
+ *    is skipped, and said so, if that fails), and two page stores from Node with no
+ *    mirror above them. Printed beside the ceiling and mirrors (a) and (b): writes to
+ *    both per second, ÷ the ceiling, and CPU per write to both.
  * 2. Resync of a mirror of `--size` (default 4 GiB, both members written in full) with
  *    a bitmap of `--resync-chunk` chunks (default 4 MiB: 1024 chunks): member 1 is
  *    removed, 1 % of the chunks are dirtied by writes, and reAdd copies only those
@@ -72,6 +78,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { promisify } from 'node:util'
 import { barChart } from './chart'
+import { buildEngineLockstep, engineLockstep, storesLockstep, type LockstepSample } from './lockstep'
 import { KiB, MiB, Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
 import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
@@ -575,11 +582,24 @@ async function writeTests(o: Options, dir: string, files: Files, withFio: boolea
   const samples = new Map<string, Sample[]>()
   const fioSamples = new Map<WorkloadKey, FioSample[]>()
   const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
-  // The fio ceiling is one more entry of the rotation.
-  const entries: (Config | 'fio')[] = withFio ? [...CONFIGS, 'fio'] : CONFIGS
+  // The 1-in-flight workload taken apart (lockstep.ts): the engine alone, and two page stores from Node.
+  const engine = await buildEngineLockstep()
+  if ('skipped' in engine) console.log(`  the engine-alone row is skipped: ${engine.skipped}`)
+  const parts: LockstepPart[] = 'binary' in engine ? ['engine', 'stores'] : ['stores']
+  const lockstep = new Map<LockstepPart, (LockstepSample & { load1: number })[]>(parts.map((p) => [p, []]))
+  // The fio ceiling and the parts are more entries of the rotation.
+  const entries: (Config | 'fio' | LockstepPart)[] = [...CONFIGS, ...(withFio ? ['fio' as const] : []), ...parts]
+  const qd1 = WORKLOADS.find((x) => x.key === 'rand4k-qd1')!
   for (let round = 0; round < o.rounds; round++) {
     for (let i = 0; i < entries.length; i++) {
       const c = entries[(i + round) % entries.length]
+      if (c === 'engine' || c === 'stores') {
+        const pair: [string, string] = [files.m0, files.m1]
+        const s = c === 'engine' && 'binary' in engine ? await engineLockstep(engine.binary, pair, o.region, o.durationS) : await storesLockstep(pair, o.region, o.durationS, 7 + round)
+        lockstep.get(c)!.push({ ...s, load1: load1() })
+        console.log(`  round ${round + 1}/${o.rounds} ${PART_LABELS[c].padEnd(38)} ${qd1.label.padEnd(30)} ${fmt(s.writes / s.seconds).padStart(7)} writes/s to both; load ${load1().toFixed(1)}`)
+        continue
+      }
       if (c === 'fio') {
         for (const wk of CEILING_WORKLOADS) {
           const w = WORKLOADS.find((x) => x.key === wk)!
@@ -686,6 +706,7 @@ async function writeTests(o: Options, dir: string, files: Files, withFio: boolea
     console.log(`\nagainst the two-file fio ceiling (fio libaio on both member files at twice the depth, IOPS ÷ 2); per round: median (min–max) of the rounds' ratios`)
     console.log(table(ceilingRows, 1))
   }
+  const takenApart = takeApart(ceiling.find((f) => f.workload === qd1.key), lockstep, get('a', qd1.key), get('b', qd1.key))
   const goals: [string, string, string][] = []
   for (const f of ceiling) {
     const depth = f.depth / 2
@@ -693,7 +714,37 @@ async function writeTests(o: Options, dir: string, files: Files, withFio: boolea
     goals.push([`CPU per write ÷ fio's, ${depth} in flight`, (get('b', f.workload).cpuUsPerWrite / f.cpuUsPerIo).toFixed(1), '–'])
   }
   for (const wk of CEILING_WORKLOADS) goals.push([`with bitmap ÷ without, ${WORKLOADS.find((x) => x.key === wk)!.label}`, (get('b', wk).iops / get('a', wk).iops).toFixed(2), '≥ 0.97'])
-  return { results, ratios, ceiling, get, goals }
+  return { results, ratios, ceiling, get, goals, takenApart }
+}
+
+type LockstepPart = 'engine' | 'stores'
+const PART_LABELS: Record<LockstepPart, string> = { engine: 'engine alone (Rust, no Node)', stores: 'two page stores (Node)' }
+
+/**
+ * Prints the 1-in-flight workload taken apart: per row, writes to both files per second,
+ * ÷ the ceiling (median of the rounds' ratios, min–max) and CPU per write to both.
+ */
+function takeApart(f: FioResult | undefined, lockstep: Map<LockstepPart, (LockstepSample & { load1: number })[]>, a: WriteResult, b: WriteResult) {
+  const rows: { what: string; iops: number; rounds: number[]; cpuUs: number; load: number[] }[] = []
+  for (const [part, samples] of lockstep) {
+    const writes = samples.reduce((s, x) => s + x.writes, 0)
+    rows.push({
+      what: PART_LABELS[part],
+      iops: writes / samples.reduce((s, x) => s + x.seconds, 0),
+      rounds: samples.map((x) => x.writes / x.seconds),
+      cpuUs: (samples.reduce((s, x) => s + x.cpuSeconds, 0) * 1e6) / writes,
+      load: samples.map((x) => x.load1),
+    })
+  }
+  for (const [what, r] of [['mirror (a), no bitmap', a], ['mirror (b), bitmap', b]] as const) rows.push({ what, iops: r.iops, rounds: r.roundsIops, cpuUs: r.cpuUsPerWrite, load: r.roundsLoad })
+  const table1 = [['4 KiB random, 1 in flight', 'writes/s to both', '÷ ceiling', 'per round', 'CPU µs per write to both', 'load (1 min)']]
+  if (f) table1.push(['fio ceiling (depth 2, IOPS ÷ 2)', fmt(f.ceilingIops), '1.00', '', `${fmt(2 * f.cpuUsPerIo, 1)} (fio, two I/Os)`, f.roundsLoad.map((x) => x.toFixed(1)).join(' ')])
+  for (const r of rows) {
+    table1.push([r.what, fmt(r.iops), f ? (r.iops / f.ceilingIops).toFixed(2) : '–', f ? spread(r.rounds.map((x, i) => x / f.roundsCeilingIops[i])) : '', fmt(r.cpuUs, 1), r.load.map((x) => x.toFixed(1)).join(' ')])
+  }
+  console.log('\nthe mirror at 1 in flight taken apart: the same writes with less of the stack above the disk')
+  console.log(table(table1, 1))
+  return rows.map((r) => ({ what: r.what, iops: r.iops, overCeiling: f ? r.iops / f.ceilingIops : null, roundsOverCeiling: f ? r.rounds.map((x, i) => x / f.roundsCeilingIops[i]) : null, cpuUsPerWrite: r.cpuUs }))
 }
 
 /** Part 2: bitmap recoveries, full recoveries (4 chunks in flight and 1) and dd, in rotated rounds. */
@@ -782,6 +833,7 @@ async function main(): Promise<void> {
     params: { ...o, writeChunk: WRITE_CHUNK, behindLimit: BEHIND_LIMIT },
     writes: writes?.results,
     ratios: writes?.ratios,
+    takenApart: writes?.takenApart,
     ceiling: writes?.ceiling.map((f) => {
       const a = writes.get('a', f.workload)
       const b = writes.get('b', f.workload)
