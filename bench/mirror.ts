@@ -722,7 +722,8 @@ const PART_LABELS: Record<LockstepPart, string> = { engine: 'engine alone (Rust,
 
 /**
  * Prints the 1-in-flight workload taken apart: per row, writes to both files per second,
- * ÷ the ceiling (median of the rounds' ratios, min–max) and CPU per write to both.
+ * ÷ the ceiling (over all rounds, and the rounds' ratios: median, min–max) and CPU per
+ * write to both; returns the same for the JSON output.
  */
 function takeApart(f: FioResult | undefined, lockstep: Map<LockstepPart, (LockstepSample & { load1: number })[]>, a: WriteResult, b: WriteResult) {
   const rows: { what: string; iops: number; rounds: number[]; cpuUs: number; load: number[] }[] = []
