@@ -321,27 +321,79 @@ interface ChildJob {
  * JavaScript thread at the first open, so each engine needs a process.
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
-  await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
-    env: { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) },
-    maxBuffer: 64 << 20,
-  })
+  try {
+    await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
+      env: { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) },
+      maxBuffer: 64 << 20,
+      // The child's own watchdog reports first; this ends one that cannot even run it.
+      timeout: (job.seconds + CHILD_GRACE_S + 30) * 1000,
+      killSignal: 'SIGKILL',
+    })
+  } catch (e) {
+    const err = e as Error & { stderr?: string; killed?: boolean }
+    throw new Error(`native ${engine} child failed${err.killed ? ' (killed: no answer, not even from its watchdog)' : ''}: ${err.message}\n${err.stderr ?? ''}`)
+  }
   const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
   fs.rmSync(job.result)
   return result
 }
 
+/**
+ * Seconds past its run after which a child reports itself stuck (I/O that never
+ * completed, or a close that never ended) and exits, rather than leaving the
+ * benchmark waiting with nothing said.
+ */
+const CHILD_GRACE_S = 60
+
+/** A stuck child's state, written synchronously: its phase, writes in flight, each thread, and the engine's descriptors. */
+function reportStuck(phase: string, store: PageStore | undefined, seconds: number): void {
+  const lines = [`child stuck ${phase}, ${CHILD_GRACE_S} s past its ${seconds} s run; writes in flight: ${store?.pending ?? 'no store yet'}`]
+  const read = (f: string) => {
+    try {
+      return fs.readFileSync(f, 'utf8').trim()
+    } catch {
+      return '?'
+    }
+  }
+  for (const t of fs.readdirSync('/proc/self/task')) {
+    const stat = read(`/proc/self/task/${t}/stat`)
+    lines.push(`  thread ${t} ${read(`/proc/self/task/${t}/comm`)}: state ${stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)}, wchan ${read(`/proc/self/task/${t}/wchan`)}`)
+  }
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    let link: string
+    try {
+      link = fs.readlinkSync(`/proc/self/fd/${fd}`)
+    } catch {
+      continue
+    }
+    if (/io_uring|eventfd|\[aio\]/.test(link)) lines.push(`  fd ${fd} ${link}: ${read(`/proc/self/fdinfo/${fd}`).split('\n').join('; ')}`)
+  }
+  fs.writeSync(2, lines.join('\n') + '\n')
+}
+
 async function childMain(job: ChildJob): Promise<void> {
-  const store = await PageStore.open(job.file)
+  let phase = 'opening the store'
+  let store: PageStore | undefined
+  const watchdog = setTimeout(() => {
+    reportStuck(phase, store, job.seconds)
+    process.exit(70)
+  }, (job.seconds + CHILD_GRACE_S) * 1000)
+  watchdog.unref()
+  const opened = await PageStore.open(job.file)
+  store = opened
+  phase = 'writing'
   const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
   const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '4 (default)'
-  const detail = `PageStore mode=${store.mode}${store.reason ? ` (${store.reason})` : ''}, engine=${store.engine}, alignment=${store.alignment} (${store.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
+  const detail = `PageStore mode=${opened.mode}${opened.reason ? ` (${opened.reason})` : ''}, engine=${opened.engine}, alignment=${opened.alignment} (${opened.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
   try {
     const bufs = randomBufs(job.depth, true)
     const offsets = new Offsets(job.pages, job.pattern, job.seed)
-    const sample = await runPattern(job.sync)({ write: (b, o) => store.write(b, o), sync: () => store.sync() }, bufs, job.depth, offsets, job.seconds)
+    const sample = await runPattern(job.sync)({ write: (b, o) => opened.write(b, o), sync: () => opened.sync() }, bufs, job.depth, offsets, job.seconds)
     fs.writeFileSync(job.result, JSON.stringify({ sample, detail }))
   } finally {
-    await store.close()
+    phase = 'closing the store'
+    await opened.close()
+    clearTimeout(watchdog)
   }
 }
 
