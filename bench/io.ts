@@ -35,6 +35,11 @@
  *
  * The Node rows run on libuv's thread pool (UV_THREADPOOL_SIZE, default 4), so at depth
  * 32 at most that many of their writes are really in flight; the value is recorded.
+ *
+ * A native child still running 60 s past its run (I/O that never completed, a close
+ * that never ended) writes its state to stderr and exits: its phase, writes in flight,
+ * every thread's kernel wait, and the fdinfo of its eventfds and io_uring ring. The
+ * benchmark then fails with that report rather than waiting.
  */
 import { execFile, execFileSync } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
