@@ -210,9 +210,12 @@ pub(crate) trait KernelQueue: Send {
     fn deferred(&self) -> bool {
         false
     }
-    /// Whether completions wait to be collected, told without a system call; the
-    /// kernel makes them visible before it signals the eventfd. None: cannot tell so
-    /// (AIO), and the eventfd must be drained before each `collect`.
+    /// After the eventfd is drained: whether completions wait to be collected whose
+    /// signal the drain may have taken (the loop then signals itself). The kernel makes
+    /// them visible before it signals. Where the queue only has a hint (io_uring's
+    /// TASKRUN flag, which can be stale), it has the kernel run the work and signal
+    /// what it posts instead, and answers false. None: cannot tell (AIO), and the
+    /// eventfd must be drained before each `collect`.
     fn ready(&mut self) -> Option<bool> {
         None
     }
@@ -222,6 +225,9 @@ pub(crate) trait KernelQueue: Send {
         None
     }
     fn unpin(&mut self, _slot: u32) {}
+    /// Test-only fault: see `Uring::raise_stale_taskrun`.
+    #[cfg(test)]
+    fn raise_stale_taskrun(&mut self) {}
 }
 
 struct KernelState {
@@ -706,9 +712,76 @@ mod tests {
         }
     }
 
+    /// The kernel can leave `IORING_SQ_TASKRUN` raised with no completion work queued
+    /// (uring.rs, top comment); nothing lowers it until the next completion's work runs. A
+    /// wake-up must still end, and must not signal the loop again on the flag's word
+    /// alone (an idle loop would spin), and the next completion must still be seen.
+    /// Test-only fault (`raise_stale_taskrun`): the kernel's race cannot be made to
+    /// happen on demand, so the flag is raised by hand where the race leaves it.
+    #[test]
+    fn a_stale_taskrun_flag_neither_spins_the_reap_nor_wakes_the_loop() {
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        // A deferred ring is used only from the thread that made it.
+        let worker = std::thread::spawn(move || {
+            let engine = Engine::new(Some(EngineKind::Uring), true, true).unwrap();
+            assert!(engine.deferred_completions(), "this kernel takes the deferred mode");
+            let file = unlinked_temp_file();
+            let done = Arc::new(AtomicUsize::new(0));
+            let page = vec![7u8; 512];
+            // One wake-up as the Node reactor runs it.
+            let wake_up = |engine: &Engine| {
+                let n = engine.reap_before_rearm();
+                engine.flush();
+                engine.rearm();
+                n
+            };
+            submit_page(&engine, &file, &page, 0, &done);
+            assert!(signalled_within(&engine, 2000));
+            assert_eq!(wake_up(&engine), 1);
+            engine.kernel.as_ref().unwrap().lock().unwrap().queue.raise_stale_taskrun();
+            // The stale flag before a wake-up's reap (a signal with it, or another
+            // operation's): the reap returns.
+            assert_eq!(wake_up(&engine), 0);
+            tx.send("reaped").unwrap();
+            // And the loop is not woken for it again and again.
+            let mut woken = 0;
+            for _ in 0..3 {
+                if signalled_within(&engine, 50) {
+                    woken += 1;
+                    wake_up(&engine);
+                }
+            }
+            assert_eq!(woken, 0, "the loop was woken for a stale flag");
+            // The next completion is seen.
+            submit_page(&engine, &file, &page, 1, &done);
+            assert!(signalled_within(&engine, 2000), "the next completion was not signalled");
+            let mut settled = wake_up(&engine);
+            for _ in 0..20 {
+                if settled == 1 {
+                    break;
+                }
+                signalled_within(&engine, 100);
+                settled += wake_up(&engine);
+            }
+            assert_eq!(settled, 1);
+            assert_eq!(done.load(Ordering::SeqCst), 2);
+            assert_eq!(engine.in_flight(), 0);
+            tx.send("done").unwrap();
+        });
+        for what in ["the reap after the stale flag", "the wake-ups after it"] {
+            match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: still running after 10 s (spinning on the stale flag)"),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
+            }
+        }
+    }
+
     fn unlinked_temp_file() -> std::fs::File {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir();
-        let path = dir.join(format!("md-bitmap-engine-batch-{}", std::process::id()));
+        // Unique per call: tests run in parallel, and one's removal must not be another's.
+        let path = dir.join(format!("md-bitmap-engine-batch-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
         let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         f

@@ -16,6 +16,31 @@
 //! between threads (the core's tests reap on a thread of their own) never use them:
 //! only the thread that made such a ring may reap from it.
 //!
+//! The ring's `IORING_SQ_TASKRUN` flag (raised when completion work is queued) is a
+//! hint, never proof. The kernel queues a completion's work first and raises the flag
+//! after; a reap on the other CPU in between runs the work and lowers the flag, which
+//! the completing CPU then raises again over an empty queue. Nothing lowers it until the
+//! next completion's work runs. A reap that looped while the flag was up spun there for
+//! ever once the last write had completed: the JavaScript thread at 100 % CPU inside
+//! `collect`, its timers never run (the hangs of `bench:io` on 2026-11-30, caught by
+//! the engine soak; docs/benchmarks.md). So a round of `collect` that finds nothing
+//! ends the loop, and a raised flag is answered by running the work with the eventfd
+//! on, never by signalling it ourselves: the kernel signals what the work posts, and a
+//! stale flag costs one call.
+//!
+//! `collect` under the deferred mode, one wake-up:
+//!
+//! ```text
+//!   muted: eventfd off ──enter GETEVENTS (runs up to a kernel batch of work)──▶
+//!     collect the posted entries ──eventfd on, full fence──▶ TASKRUN?
+//!       no ──────────────────────────────▶ done
+//!       yes, entries came this round ────▶ muted again (more work than one batch,
+//!                                          or work queued while muted)
+//!       yes, none came this round ───────▶ enter GETEVENTS unmuted ──▶ done
+//!                                          (stale flag: nothing; late work: the
+//!                                          kernel signals it, reaped next wake-up)
+//! ```
+//!
 //! The ring also pins files (`pin`): a descriptor placed in its fixed-file table is
 //! referenced by the ring until unpinned or until the ring is freed. A process killed
 //! with I/O in flight closes the ring's descriptor, but the kernel frees the ring only
@@ -85,6 +110,13 @@ impl Uring {
         }
     }
 
+    /// Enters the ring to run the completion work it deferred (up to a batch the kernel
+    /// chooses; it raises TASKRUN again for the rest). Does not block.
+    fn run_deferred_work(&mut self) {
+        // SAFETY: no submission, no argument; GETEVENTS with min_complete 0 does not block.
+        let _ = unsafe { self.ring.submitter().enter::<nix::libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None) };
+    }
+
     fn submit(&mut self) -> io::Result<()> {
         while self.unsubmitted > 0 {
             match self.ring.submit() {
@@ -150,11 +182,19 @@ impl KernelQueue for Uring {
     }
 
     fn ready(&mut self) -> Option<bool> {
-        // Deferred work raises the TASKRUN flag before it signals; a completion posted
-        // outside a reap (an operation that finished inside its submission) is on the
-        // completion ring before its signal.
+        // A completion posted outside a reap (an operation that finished inside its
+        // submission) is on the completion ring before its signal.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        Some((self.deferred && self.ring.submission().taskrun()) || !self.ring.completion().is_empty())
+        if !self.ring.completion().is_empty() {
+            return Some(true);
+        }
+        // Deferred work raises TASKRUN before it signals, but the flag may be stale (see
+        // the top comment): not a reason to signal. Run what waits, with the eventfd on:
+        // the kernel signals whatever that posts, and a stale flag costs this one call.
+        if self.deferred && self.ring.submission().taskrun() {
+            self.run_deferred_work();
+        }
+        Some(false)
     }
 
     fn collect(&mut self, out: &mut Vec<(*mut Flight, i64)>) {
@@ -168,11 +208,15 @@ impl KernelQueue for Uring {
         // collected right here, and signalling them would only wake the loop again for
         // nothing. Work queued meanwhile (its signal muted too) raises the ring's TASKRUN
         // flag, which is checked once the eventfd is on again (a full fence between, as
-        // the kernel raises the flag before it looks at the mute): then run it too.
+        // the kernel raises the flag before it looks at the mute): then run it too. A
+        // round that collects nothing with the flag up is the flag gone stale, or work
+        // queued after that round's call: run it once more unmuted and stop, so the
+        // kernel signals what it posts (collected at the next wake-up) and a stale flag
+        // ends here instead of being run for ever.
         loop {
             self.ring.completion().disable_eventfd();
-            // SAFETY: no submission, no argument; GETEVENTS with min_complete 0 does not block.
-            let _ = unsafe { self.ring.submitter().enter::<nix::libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None) };
+            self.run_deferred_work();
+            let before = out.len();
             for cqe in self.ring.completion() {
                 out.push((cqe.user_data() as *mut Flight, cqe.result() as i64));
             }
@@ -181,6 +225,35 @@ impl KernelQueue for Uring {
             if !self.ring.submission().taskrun() {
                 return;
             }
+            if out.len() == before {
+                self.run_deferred_work();
+                return;
+            }
         }
+    }
+
+    /// Test-only fault: raises `IORING_SQ_TASKRUN` in the ring's shared memory with no
+    /// completion work queued, the state the kernel's race leaves (top comment). The
+    /// flag's place is the kernel's (`sq_off.flags`, from a throwaway ring's parameters);
+    /// the ring is mapped a second time to reach it.
+    #[cfg(test)]
+    fn raise_stale_taskrun(&mut self) {
+        use nix::libc;
+        use std::os::fd::AsRawFd;
+        // struct io_uring_params: 10 words, then sq_off (head, tail, ring_mask,
+        // ring_entries, flags, ...), then cq_off; 120 bytes in all.
+        let mut params = [0u32; 30];
+        let probe = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+        assert!(probe >= 0, "io_uring_setup for the probe: {}", io::Error::last_os_error());
+        unsafe { libc::close(probe as i32) };
+        let flags_at = params[10 + 4] as usize;
+        let len = flags_at + 4;
+        // IORING_OFF_SQ_RING is 0.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, self.ring.as_raw_fd(), 0) };
+        assert_ne!(base, libc::MAP_FAILED, "mapping the ring: {}", io::Error::last_os_error());
+        let flags = unsafe { &*(base.cast::<u8>().add(flags_at).cast::<std::sync::atomic::AtomicU32>()) };
+        // IORING_SQ_TASKRUN is 1 << 2 in the kernel's uapi header.
+        flags.fetch_or(1 << 2, std::sync::atomic::Ordering::SeqCst);
+        unsafe { libc::munmap(base, len) };
     }
 }
