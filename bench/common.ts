@@ -1,19 +1,24 @@
 /**
  * What the benchmark scripts share: their command-line options, percentiles, number
  * formatting and tables for the printed report, a work directory that is removed
- * however the run ends, and readings of how loaded the machine was (load average,
- * pressure stall information) to record beside the figures.
+ * however the run ends, `execFile` as a promise (for fio, dd and child runs), and
+ * readings of how loaded the machine was (load average, pressure stall information)
+ * to record beside the figures.
  */
+import { execFile } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import * as os from 'node:os'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
+import { parseArgs, promisify } from 'node:util'
 
 export { percentile } from '../src/cli/format'
 export { Prng } from '../src/cli/demo/prng'
 
 export const KiB = 1024
 export const MiB = 1024 * KiB
+
+/** `execFile` as a promise of `{ stdout, stderr }`. */
+export const execFileP = promisify(execFile)
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 

@@ -41,16 +41,15 @@
  * every thread's kernel wait, and the fdinfo of its eventfds and io_uring ring. The
  * benchmark then fails with that report rather than waiting.
  */
-import { execFile, execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { promisify } from 'node:util'
+import { describeProcess } from '../__test__/helpers/proc-report'
 import { PageStore, allocAligned, check } from '../src/index'
-import { Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
+import { Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
 
-const execFileP = promisify(execFile)
 const PAGE = 4096
 
 // ---------------------------------------------------------------------------------------
@@ -326,17 +325,23 @@ interface ChildJob {
  * JavaScript thread at the first open, so each engine needs a process.
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
-  try {
-    await execFileP(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], {
-      env: { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) },
-      maxBuffer: 64 << 20,
-      // The child's own watchdog reports first; this ends one that cannot even run it.
-      timeout: (job.seconds + CHILD_GRACE_S + 30) * 1000,
-      killSignal: 'SIGKILL',
-    })
-  } catch (e) {
-    const err = e as Error & { stderr?: string; killed?: boolean }
-    throw new Error(`native ${engine} child failed${err.killed ? ' (killed: no answer, not even from its watchdog)' : ''}: ${err.message}\n${err.stderr ?? ''}`)
+  const env = { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) }
+  const child = spawn(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stdout.resume()
+  child.stderr.on('data', (d) => (stderr += d))
+  // The child's own watchdog reports first. One that cannot even run it (its thread
+  // busy in native code: no timer runs) is described from outside, then killed.
+  let stuck: string | undefined
+  const backstop = setTimeout(() => {
+    stuck = describeProcess(child.pid!)
+    child.kill('SIGKILL')
+  }, (job.seconds + CHILD_GRACE_S + 30) * 1000)
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])))
+  clearTimeout(backstop)
+  if (code !== 0) {
+    const why = stuck ? ` (no answer, not even from its watchdog; killed)\n${stuck}` : ` (exit ${code ?? signal})`
+    throw new Error(`native ${engine} child failed${why}\n${stderr}`)
   }
   const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
   fs.rmSync(job.result)
@@ -352,41 +357,20 @@ const CHILD_GRACE_S = 60
 
 /** A stuck child's state, written synchronously: its phase, writes in flight, each thread, and the engine's descriptors. */
 function reportStuck(phase: string, store: PageStore | undefined, seconds: number): void {
-  const lines = [`child stuck ${phase}, ${CHILD_GRACE_S} s past its ${seconds} s run; writes in flight: ${store?.pending ?? 'no store yet'}`]
-  const read = (f: string) => {
-    try {
-      return fs.readFileSync(f, 'utf8').trim()
-    } catch {
-      return '?'
-    }
-  }
-  for (const t of fs.readdirSync('/proc/self/task')) {
-    const stat = read(`/proc/self/task/${t}/stat`)
-    lines.push(`  thread ${t} ${read(`/proc/self/task/${t}/comm`)}: state ${stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)}, wchan ${read(`/proc/self/task/${t}/wchan`)}`)
-  }
-  for (const fd of fs.readdirSync('/proc/self/fd')) {
-    let link: string
-    try {
-      link = fs.readlinkSync(`/proc/self/fd/${fd}`)
-    } catch {
-      continue
-    }
-    if (/io_uring|eventfd|\[aio\]/.test(link)) lines.push(`  fd ${fd} ${link}: ${read(`/proc/self/fdinfo/${fd}`).split('\n').join('; ')}`)
-  }
-  fs.writeSync(2, lines.join('\n') + '\n')
+  const head = `child stuck ${phase}, ${CHILD_GRACE_S} s past its ${seconds} s run; writes in flight: ${store?.pending ?? 'no store yet'}`
+  fs.writeSync(2, `${head}\n${describeProcess('self')}\n`)
 }
 
 async function childMain(job: ChildJob): Promise<void> {
-  let phase = 'opening the store'
-  let store: PageStore | undefined
+  // What the watchdog reports: the phase, and the store once it is open.
+  const state: { phase: string; store?: PageStore } = { phase: 'opening the store' }
   const watchdog = setTimeout(() => {
-    reportStuck(phase, store, job.seconds)
+    reportStuck(state.phase, state.store, job.seconds)
     process.exit(70)
   }, (job.seconds + CHILD_GRACE_S) * 1000)
   watchdog.unref()
-  const opened = await PageStore.open(job.file)
-  store = opened
-  phase = 'writing'
+  const opened = (state.store = await PageStore.open(job.file))
+  state.phase = 'writing'
   const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
   const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '4 (default)'
   const detail = `PageStore mode=${opened.mode}${opened.reason ? ` (${opened.reason})` : ''}, engine=${opened.engine}, alignment=${opened.alignment} (${opened.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
@@ -396,7 +380,7 @@ async function childMain(job: ChildJob): Promise<void> {
     const sample = await runPattern(job.sync)({ write: (b, o) => opened.write(b, o), sync: () => opened.sync() }, bufs, job.depth, offsets, job.seconds)
     fs.writeFileSync(job.result, JSON.stringify({ sample, detail }))
   } finally {
-    phase = 'closing the store'
+    state.phase = 'closing the store'
     await opened.close()
     clearTimeout(watchdog)
   }

@@ -15,14 +15,11 @@
  *
  * @module
  */
-import { execFile } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
-import { promisify } from 'node:util'
 import { PageStore, allocAligned } from '../src/index'
-import { Prng } from './common'
+import { Prng, execFileP } from './common'
 
-const execFileP = promisify(execFile)
 const PAGE = 4096
 
 /** One timed run of lockstep writes. */

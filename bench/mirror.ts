@@ -71,15 +71,13 @@
  *   --chart FILE     the SVG chart drawn from this run's figures (default
  *                    docs/bench-mirror.svg; bench/out/mirror.svg for --quick)
  */
-import { execFile } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { promisify } from 'node:util'
 import { barChart } from './chart'
 import { buildEngineLockstep, engineLockstep, storesLockstep, type LockstepSample } from './lockstep'
-import { KiB, MiB, Prng, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
+import { KiB, MiB, Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
 import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
 // ---------------------------------------------------------------------------------------
@@ -138,7 +136,6 @@ function parseArgs(argv: string[]): Options {
 
 const now = (): number => Number(process.hrtime.bigint()) / 1e3 // µs
 const load1 = (): number => os.loadavg()[0]
-const execFileP = promisify(execFile)
 
 // ---------------------------------------------------------------------------------------
 // Write tests
