@@ -38,8 +38,10 @@
  *
  * A native child still running 60 s past its run (I/O that never completed, a close
  * that never ended) writes its state to stderr and exits: its phase, writes in flight,
- * every thread's kernel wait, and the fdinfo of its eventfds and io_uring ring. The
- * benchmark then fails with that report rather than waiting.
+ * every thread's kernel wait, and the fdinfo of its eventfds and io_uring ring. One
+ * that cannot (its JavaScript thread busy in native code runs no timer) is described
+ * from outside by the parent 30 s later (__test__/helpers/proc-report.ts) and killed.
+ * Either way the benchmark fails with the report rather than waiting.
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
