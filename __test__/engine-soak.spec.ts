@@ -16,10 +16,9 @@
  * 2000). The engine is the default unless MD_BITMAP_IO_ENGINE forces one.
  */
 import test from 'ava'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { PAGE, writeWhole } from './helpers/io'
-import { describeProcess } from './helpers/proc-report'
+import { runWithDeadline } from './helpers/proc-report'
 import { diskTempDir, removeDir } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'engine-store.ts')
@@ -29,33 +28,6 @@ const RUN_MS = 1000
 /** A child writes for a second; one still running 30 s after its start is stuck. */
 const DEADLINE_MS = 30_000
 const FILE_PAGES = 16384
-
-interface Outcome {
-  code: number | null
-  signal: NodeJS.Signals | null
-  stdout: string
-  stderr: string
-  stuck?: string
-}
-
-function runChild(file: string, seed: number): Promise<Outcome> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', FIXTURE, file, 'soak', String(RUN_MS), String(seed)], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    let stuck: string | undefined
-    p.stdout.on('data', (d) => (stdout += d))
-    p.stderr.on('data', (d) => (stderr += d))
-    const deadline = setTimeout(() => {
-      stuck = describeProcess(p.pid!)
-      p.kill('SIGKILL')
-    }, DEADLINE_MS)
-    p.on('close', (code, signal) => {
-      clearTimeout(deadline)
-      resolve({ code, signal, stdout, stderr, stuck })
-    })
-  })
-}
 
 test(`engine soak: ${CHILDREN} short-lived processes, ${LANES} at a time, each writing at depth 32 for ${RUN_MS} ms, all end on their own with every page as written`, async (t) => {
   t.timeout(Math.max(180_000, (CHILDREN / LANES) * (DEADLINE_MS / 4)) + DEADLINE_MS)
@@ -75,7 +47,7 @@ test(`engine soak: ${CHILDREN} short-lived processes, ${LANES} at a time, each w
       files.map(async (file) => {
         while (next < CHILDREN && failures.length === 0) {
           const seed = ++next
-          const o = await runChild(file, seed)
+          const o = await runWithDeadline(['--import', 'tsx', FIXTURE, file, 'soak', String(RUN_MS), String(seed)], process.env, DEADLINE_MS)
           const last = o.stdout.trim().split('\n').pop() ?? ''
           let report: { engine?: string; writes?: number; syncs?: number; mismatches?: number[]; pending?: number; error?: unknown } = {}
           try {

@@ -43,12 +43,12 @@
  * from outside by the parent 30 s later (__test__/helpers/proc-report.ts) and killed.
  * Either way the benchmark fails with the report rather than waiting.
  */
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import { describeProcess } from '../__test__/helpers/proc-report'
+import { describeProcess, runWithDeadline } from '../__test__/helpers/proc-report'
 import { PageStore, allocAligned, check } from '../src/index'
 import { Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
 
@@ -328,22 +328,12 @@ interface ChildJob {
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
   const env = { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) }
-  const child = spawn(process.execPath, ['--import', 'tsx', __filename, '--child', JSON.stringify(job)], { env, stdio: ['ignore', 'pipe', 'pipe'] })
-  let stderr = ''
-  child.stdout.resume()
-  child.stderr.on('data', (d) => (stderr += d))
   // The child's own watchdog reports first. One that cannot even run it (its thread
   // busy in native code: no timer runs) is described from outside, then killed.
-  let stuck: string | undefined
-  const backstop = setTimeout(() => {
-    stuck = describeProcess(child.pid!)
-    child.kill('SIGKILL')
-  }, (job.seconds + CHILD_GRACE_S + 30) * 1000)
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])))
-  clearTimeout(backstop)
-  if (code !== 0) {
-    const why = stuck ? ` (no answer, not even from its watchdog; killed)\n${stuck}` : ` (exit ${code ?? signal})`
-    throw new Error(`native ${engine} child failed${why}\n${stderr}`)
+  const o = await runWithDeadline(['--import', 'tsx', __filename, '--child', JSON.stringify(job)], env, (job.seconds + CHILD_GRACE_S + 30) * 1000)
+  if (o.code !== 0) {
+    const why = o.stuck ? ` (no answer, not even from its watchdog; killed)\n${o.stuck}` : ` (exit ${o.code ?? o.signal})`
+    throw new Error(`native ${engine} child failed${why}\n${o.stderr}`)
   }
   const result = JSON.parse(fs.readFileSync(job.result, 'utf8'))
   fs.rmSync(job.result)

@@ -3,8 +3,10 @@
  * thread's state, kernel wait and current system call, and the fdinfo of its eventfds,
  * io_uring rings and AIO contexts (a ring's heads and tails say whether anything is in
  * flight). Read from outside (`pid`): a thread spinning in native code runs no timer,
- * so a watchdog inside it can say nothing. Used by the engine soak and bench:io.
+ * so a watchdog inside it can say nothing. {@link runWithDeadline} runs a child that
+ * way. Used by the engine soak and bench:io.
  */
+import { spawn } from 'node:child_process'
 import { readFileSync, readdirSync, readlinkSync } from 'node:fs'
 
 /** x86-64 and aarch64 numbers of the calls a stuck engine would be in. */
@@ -61,4 +63,34 @@ export function describeProcess(pid: number | 'self'): string {
     }
   }
   return lines.join('\n')
+}
+
+/** How a child run by {@link runWithDeadline} ended. */
+export interface DeadlineOutcome {
+  code: number | null
+  signal: NodeJS.Signals | null
+  stdout: string
+  stderr: string
+  /** Set when the child was still running at the deadline: its description, taken before the SIGKILL. */
+  stuck?: string
+}
+
+/** Runs `node args` with `env`; one still running after `deadlineMs` is described ({@link describeProcess}) and killed. */
+export function runWithDeadline(args: string[], env: NodeJS.ProcessEnv, deadlineMs: number): Promise<DeadlineOutcome> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    let stuck: string | undefined
+    p.stdout.on('data', (d) => (stdout += d))
+    p.stderr.on('data', (d) => (stderr += d))
+    const deadline = setTimeout(() => {
+      stuck = describeProcess(p.pid!)
+      p.kill('SIGKILL')
+    }, deadlineMs)
+    p.on('close', (code, signal) => {
+      clearTimeout(deadline)
+      resolve({ code, signal, stdout, stderr, stuck })
+    })
+  })
 }
