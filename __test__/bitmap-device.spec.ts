@@ -3,7 +3,8 @@
  * mode (group commit, two-pass clearing, NEEDED, close), judged by reading the file
  * with O_DIRECT and by mdadm -X afterwards; and a write error on the bitmap itself (the
  * loop device shrunk under it) kicks the bitmap: 'error' is emitted, stats().kicked,
- * later startWrites resolve without I/O, and close() rejects with the error's code.
+ * later startWrites resolve without I/O, and close() rejects with the error's code;
+ * an 'error' listener that throws (in a child process) changes none of that.
  */
 import type { ExecutionContext } from 'ava'
 import { randomBytes } from 'node:crypto'
@@ -16,6 +17,7 @@ import { fsCaps, requires } from './helpers/env'
 import { encode, pagedFileSize } from '../src/bitmap/superblock'
 import { PAGE, deviceSize, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { killRunning, startCrashChild } from './helpers/crash-child'
 import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'
 
 const MiB = 1 << 20
@@ -140,7 +142,22 @@ function writeSplitBitmap(dir: string, path: string, size: number, chunkSize: nu
   closeSync(fd)
 }
 
-async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
+/** The bitmap of the kick tests, on a loop-mounted ext4 whose device can be cut after page 0. */
+interface SplitBitmap {
+  path: string
+  /** The chunk size (64 KiB) and the chunk count (70000: three pages of bits). */
+  CS: number
+  CHUNKS: number
+  /** Cuts the loop device right after page 0 (the superblock's page): later pages fail with EIO. */
+  shrink(): void
+}
+
+/**
+ * Runs `body` on a bitmap file whose page 0 lies apart from the rest on its device,
+ * gives the device back in full afterwards (even if `body` failed), and checks that
+ * the next open resyncs everything: the bits past the cut came back as zeros.
+ */
+async function withSplitBitmap(t: ExecutionContext, mode: 'device' | 'file', body: (b: SplitBitmap) => Promise<void>) {
   await withFs('ext4', 64, async (dir, dev, ctx) => {
     // A filler first, so the bitmap's blocks lie well past the start of the device.
     writeWhole(join(dir, 'filler'), new Uint8Array(12 * MiB))
@@ -153,10 +170,45 @@ async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
     const SHRINK = p0 + PAGE // right after the superblock's page
     t.true(p1 >= SHRINK, `page 0 at ${p0}, page 1 at ${p1}: the device can be cut between them at ${SHRINK}`)
 
-    const b = await Bitmap.open(path, { mode })
     const image = ctx.image!
     const fullSize = deviceSize(dev)
     let shrunk = false
+    const shrink = () => {
+      sh('truncate', ['-s', String(SHRINK), image])
+      sh('losetup', ['-c', dev])
+      shrunk = true
+      t.is(deviceSize(dev), SHRINK)
+    }
+    try {
+      await body({ path, CS, CHUNKS, shrink })
+    } finally {
+      if (shrunk) {
+        // Give the filesystem its device back before it is unmounted.
+        sh('truncate', ['-s', String(fullSize), image])
+        sh('losetup', ['-c', dev])
+      }
+    }
+    t.is(deviceSize(dev), fullSize)
+    const r = await Bitmap.open(path, { mode })
+    try {
+      t.true(r.wasStale)
+      t.is(r.stats().dirty, CHUNKS)
+      t.deepEqual(r.dirtyChunks(), [{ offset: 0, length: CHUNKS * CS }])
+    } finally {
+      await r.close()
+    }
+  }, FS_OPTIONS)
+}
+
+/** Whether the superblock on the device (page 0, read with O_DIRECT) carries STALE. */
+function staleOnDisk(path: string): boolean {
+  const sb = readDirect(path, 0, PAGE)
+  return (new DataView(sb.buffer, sb.byteOffset).getUint32(48, true) & 0x2) === 0x2
+}
+
+async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
+  await withSplitBitmap(t, mode, async ({ path, CS, shrink }) => {
+    const b = await Bitmap.open(path, { mode })
     try {
       t.is(b.stats().mode, mode === 'device' ? 'device' : 'direct')
       const errors: MdBitmapError[] = []
@@ -164,11 +216,7 @@ async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
       await b.startWrite(40000 * CS, 512) // page 1
       t.true(readDisk(path).bit(40000))
       t.false(b.stats().kicked)
-
-      sh('truncate', ['-s', String(SHRINK), image])
-      sh('losetup', ['-c', dev])
-      shrunk = true
-      t.is(deviceSize(dev), SHRINK)
+      shrink()
 
       // The next write of page 1 fails: the bitmap is kicked, the startWrite still
       // resolves. Meanwhile, writes into page 0 (the superblock's page) go on every
@@ -209,30 +257,36 @@ async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
       const closing = await t.throwsAsync(b.close(), { instanceOf: MdBitmapError })
       t.is(closing?.code, err.code, 'close() rejects with the error code')
       // Only page 0 can be read back now.
-      const sb = readDirect(path, 0, PAGE)
-      t.is(new DataView(sb.buffer, sb.byteOffset).getUint32(48, true) & 0x2, 0x2, 'the superblock (still writable) was marked STALE')
+      t.true(staleOnDisk(path), 'the superblock (still writable) was marked STALE')
     } finally {
       await b.close().catch(() => {})
-      if (shrunk) {
-        // Give the filesystem its device back before it is unmounted.
-        sh('truncate', ['-s', String(fullSize), image])
-        sh('losetup', ['-c', dev])
-      }
     }
-    t.is(deviceSize(dev), fullSize)
-    // The next open resyncs everything (the bits past the cut came back as zeros).
-    const r = await Bitmap.open(path, { mode })
-    try {
-      t.true(r.wasStale)
-      t.is(r.stats().dirty, CHUNKS)
-      t.deepEqual(r.dirtyChunks(), [{ offset: 0, length: CHUNKS * CS }])
-    } finally {
-      await r.close()
-    }
-  }, FS_OPTIONS)
+  })
 }
 
 kick('a write error on the bitmap (device mode, the loop device shrunk) kicks it: error event, kicked, no more I/O, close rejects', (t) =>
   kickTest(t, 'device'),
 )
 kick('a write error on the bitmap (file mode, the loop device shrunk) kicks it the same way', (t) => kickTest(t, 'file'))
+
+kick("an 'error' listener that throws cannot unwind the failed page write: the kick completes as with any listener (child process)", async (t) => {
+  await withSplitBitmap(t, 'file', async ({ path, CS, shrink }) => {
+    const c = startCrashChild('bitmap-kick-listener.ts', [path, String(CS)])
+    t.teardown(killRunning)
+    await c.waitFor('ready', 30_000)
+    shrink()
+    c.send('go')
+    await c.waitFor('done', 60_000)
+    await c.ended
+    const lines = c.lines
+    t.log(lines.join('\n'))
+    // close's line: its code (the message names the file).
+    const seen = lines.filter((l) => l !== 'ready').map((l) => (l.startsWith('close ') ? l.split(' ').slice(0, 2).join(' ') : l))
+    t.deepEqual(
+      seen,
+      ['error EIO', 'uncaught the error listener threw', 'failing ok', 'page0 ok', 'later ok 0', 'close EIO', 'done'],
+      "the listener ran once, its throw reached the process as an uncaught exception, and the bitmap's own work went on",
+    )
+    t.true(staleOnDisk(path), 'the superblock was marked STALE')
+  })
+})

@@ -144,9 +144,10 @@ export interface BitmapOpenReport {
 export interface BitmapEvents {
   /**
    * A write to the bitmap failed: the bitmap is kicked (marked STALE, no longer used)
-   * and a mirror goes on without it. Emitted once, and only while an `'error'`
-   * listener is attached; the error is kept in {@link Bitmap.error} and `close()`
-   * rejects with it either way.
+   * and a mirror goes on without it. Emitted once, on a later tick than the failed
+   * write's completion (a listener that throws cannot unwind it), and only while an
+   * `'error'` listener is attached; the error is kept in {@link Bitmap.error} and
+   * `close()` rejects with it either way.
    */
   error: [error: MdBitmapError]
 }
@@ -360,7 +361,7 @@ export class Bitmap extends EventEmitter {
    *
    * - `'error'` ({@link MdBitmapError}): a write to the bitmap failed; the bitmap is
    *   kicked (marked STALE, no longer used) and a mirror goes on without it. Emitted
-   *   only while an `'error'` listener is attached; the error stays in
+   *   on a later tick, only while an `'error'` listener is attached; the error stays in
    *   {@link Bitmap.error} and `close()` rejects with it either way.
    *
    * See {@link BitmapEvents} for each event in full.
@@ -779,7 +780,14 @@ export class Bitmap extends EventEmitter {
     // Through the image and page 0's chain (as every superblock write), so every later
     // write of page 0 carries STALE too and no earlier snapshot lands after it.
     void this.syncSuperblock()
-    if (this.listenerCount('error') > 0) this.emit('error', this._error)
+    // On a later tick: kick runs inside a failed page write's completion, where a
+    // listener's throw would reject that page's chain of writes with it: the waiting
+    // startWrites, later writes of the page and close() all rejected with the
+    // listener's error (bitmap-device.spec.ts, the throwing-listener test).
+    const kicked = this._error
+    process.nextTick(() => {
+      if (this.listenerCount('error') > 0) this.emit('error', kicked)
+    })
   }
 
   private throwIfError(): void {
