@@ -12,7 +12,7 @@ import test, { type ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
-import { constants as os } from 'node:os'
+import { constants as os, release } from 'node:os'
 import { join } from 'node:path'
 import { extents } from '../src'
 import { fsCaps, requires } from './helpers/env'
@@ -27,6 +27,12 @@ const RUNS = [...ENGINES.map((e) => [e, 'loop'] as const), ['uring', 'thread'] a
 const MiB = 1 << 20
 
 type Line = Record<string, any>
+
+/** Whether an io_uring ring defers its completion work here: Linux 6.1 and later take DEFER_TASKRUN. */
+const DEFERS = (() => {
+  const [major, minor] = release().split('.').map(Number)
+  return major > 6 || (major === 6 && minor >= 1)
+})()
 
 /** A child running the fixture: its JSON lines as they come, stdin, and its exit. */
 function child(args: string[], engine: string | null, reaper: string | null = null) {
@@ -112,6 +118,7 @@ test('the best engine is chosen and reported: io_uring where the kernel allows i
   await exercise(t, null, (r) => {
     t.true(ENGINES.includes(r.engine))
     if (r.engine !== 'uring') t.truthy(r.engineReason, 'a fallback says why')
+    t.is(r.deferredCompletions, r.engine === 'uring' && DEFERS, `deferred completion work reported (kernel ${release()})`)
     t.is(r.reaper, 'loop')
     t.is(r.reaperReason, null)
   })
@@ -121,6 +128,8 @@ for (const engine of ENGINES) {
   test(`MD_BITMAP_IO_REAPER=thread, ${engine}: the completion thread is used and reported; 1000 concurrent writes, waitIdle, nothing pending`, async (t) => {
     await exercise(t, engine, (r) => {
       t.is(r.engine, engine)
+      // The completion thread only polls; the JavaScript thread still reaps alone.
+      t.is(r.deferredCompletions, engine === 'uring' && DEFERS)
       t.is(r.reaper, 'thread')
       t.regex(r.reaperReason, /forced by MD_BITMAP_IO_REAPER/)
     }, 'thread')
@@ -136,6 +145,7 @@ for (const engine of ENGINES) {
     await exercise(t, engine, (r) => {
       t.is(r.engine, engine)
       t.regex(r.engineReason, /forced by MD_BITMAP_IO_ENGINE/)
+      t.is(r.deferredCompletions, engine === 'uring' && DEFERS)
     })
   })
 }
@@ -184,6 +194,7 @@ tr.serial('io_uring refused (kernel.io_uring_disabled=2): AIO is chosen, says wh
     }
     t.is(report.engine, 'aio')
     t.regex(report.engineReason, /io_uring_setup refused/)
+    t.false(report.deferredCompletions)
     const result = await fallback.line(1)
     t.true(result.idle)
     t.is(result.pendingAtIdle, 0)

@@ -16,7 +16,7 @@ const EXERCISED = {
   functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole', 'setErrorClass'],
   classes: {
     NativeFileLock: ['release'],
-    NativeStore: ['alignment', 'alignmentSource', 'close', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write'],
+    NativeStore: ['alignment', 'alignmentSource', 'close', 'deferredCompletions', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write'],
   },
 }
 
@@ -100,6 +100,7 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     t.true(s.engineReason === null || typeof s.engineReason === 'string')
     t.true(['loop', 'thread'].includes(s.reaper), s.reaper)
     t.true(s.reaperReason === null || typeof s.reaperReason === 'string')
+    t.is(typeof s.deferredCompletions, 'boolean')
     t.is(s.pending(), 0)
     t.is(s.error(), null)
     const aligned = alignedPage(b.alignmentOffset)

@@ -105,6 +105,8 @@ export interface BitmapStats {
   engine: IoEngine
   /** Why that engine and not a better one (or that `MD_BITMAP_IO_ENGINE` forced it); null when it is the best. */
   engineReason: string | null
+  /** Whether the kernel's completion work for them waits until the thread reaps ({@link PageStore.deferredCompletions}). */
+  deferredCompletions: boolean
   /** How their completions reach the JavaScript thread: `'loop'` or `'thread'` ({@link PageStore.reaper}). */
   reaper: IoReaper
   /** Set once a write to the bitmap failed: the bitmap is no longer used. */
@@ -632,6 +634,7 @@ export class Bitmap extends EventEmitter {
       mode: this.store.mode,
       engine: this.store.engine,
       engineReason: this.store.engineReason,
+      deferredCompletions: this.store.deferredCompletions,
       reaper: this.store.reaper,
       kicked: this._error !== undefined,
       events: this.sb.events,

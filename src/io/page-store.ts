@@ -92,6 +92,16 @@ export class PageStore {
   get engineReason(): string | null {
     return this.inner.engineReason
   }
+  /**
+   * Whether the kernel's completion work for this store's I/O waits until the thread
+   * reaps (`'uring'` on Linux 6.1 and later: io_uring's `DEFER_TASKRUN`), so a finished
+   * I/O does not interrupt the thread while it runs JavaScript. False under `'aio'` and
+   * `'threads'`, for a store whose I/O runs on the I/O threads, and where the kernel
+   * refused the mode (an older kernel: io_uring then works without it).
+   */
+  get deferredCompletions(): boolean {
+    return this.inner.deferredCompletions
+  }
   /** How this store's completions reach the JavaScript thread (see {@link IoReaper}). */
   get reaper(): IoReaper {
     return this.inner.reaper

@@ -31,6 +31,12 @@ export declare class NativeStore {
   /** Why the store uses that engine, when it is not the best one (or was forced). */
   get engineReason(): string | null
   /**
+   * Whether the kernel's completion work for this store's I/O waits until the
+   * JavaScript thread reaps (an io_uring ring made with DEFER_TASKRUN, Linux 6.1 and
+   * later); false under "aio", "threads", a store on the I/O threads, or an older kernel.
+   */
+  get deferredCompletions(): boolean
+  /**
    * How completions reach this store's JavaScript thread: "loop" (the engine's
    * eventfd polled by the thread's libuv loop) or "thread" (a completion thread
    * handing over through one threadsafe function).

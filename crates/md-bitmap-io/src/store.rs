@@ -377,6 +377,12 @@ impl PageStore {
         }
     }
 
+    /// Whether this store's completions wait for the reap: its I/O goes to an io_uring
+    /// ring that defers completion work (see [`Engine::deferred_completions`]).
+    pub fn deferred_completions(&self) -> bool {
+        self.route == Route::Kernel && self.engine.deferred_completions()
+    }
+
     /// Why the store uses the engine it does, when not the best one.
     pub fn engine_reason(&self) -> Option<String> {
         match (self.route, self.engine.kind()) {

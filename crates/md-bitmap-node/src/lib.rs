@@ -406,6 +406,14 @@ impl NativeStore {
         self.inner.engine_reason()
     }
 
+    /// Whether the kernel's completion work for this store's I/O waits until the
+    /// JavaScript thread reaps (an io_uring ring made with DEFER_TASKRUN, Linux 6.1 and
+    /// later); false under "aio", "threads", a store on the I/O threads, or an older kernel.
+    #[napi(getter)]
+    pub fn deferred_completions(&self) -> bool {
+        self.inner.deferred_completions()
+    }
+
     /// How completions reach this store's JavaScript thread: "loop" (the engine's
     /// eventfd polled by the thread's libuv loop) or "thread" (a completion thread
     /// handing over through one threadsafe function).
