@@ -228,6 +228,9 @@ pub(crate) trait KernelQueue: Send {
     /// Test-only fault: see `Uring::raise_stale_taskrun`.
     #[cfg(test)]
     fn raise_stale_taskrun(&mut self) {}
+    /// Test-only fault: see `Uring::miscount_queued`.
+    #[cfg(test)]
+    fn miscount_queued(&mut self) {}
 }
 
 struct KernelState {
@@ -774,6 +777,37 @@ mod tests {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("{what}: still running after 10 s (spinning on the stale flag)"),
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
             }
+        }
+    }
+
+    /// Test-only fault (`miscount_queued`): a ring that takes nothing from a submission
+    /// (0 entries consumed) cannot be made on demand here (no SQPOLL thread consumes
+    /// entries behind the count), so the count is put one above the ring's by hand.
+    #[test]
+    fn a_submission_the_kernel_takes_nothing_of_ends_the_flush_instead_of_spinning() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            let engine = Engine::new(Some(EngineKind::Uring), true, true).unwrap();
+            let file = unlinked_temp_file();
+            let done = Arc::new(AtomicUsize::new(0));
+            let page = vec![3u8; 512];
+            engine.kernel.as_ref().unwrap().lock().unwrap().queue.miscount_queued();
+            // An idle ring: the write goes to the kernel at once, with the miscount.
+            submit_page(&engine, &file, &page, 0, &done);
+            engine.flush();
+            tx.send(()).unwrap();
+            // The write itself reached the kernel, and the next one does too.
+            assert_eq!(completions_within(&engine, 2000), 1);
+            submit_page(&engine, &file, &page, 1, &done);
+            engine.flush();
+            assert_eq!(completions_within(&engine, 2000), 1);
+            assert_eq!(done.load(Ordering::SeqCst), 2);
+            assert_eq!(engine.in_flight(), 0);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(()) => worker.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the submission still running after 10 s (spinning on a count the ring does not have)"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::panic::resume_unwind(worker.join().unwrap_err()),
         }
     }
 
