@@ -17,6 +17,7 @@ import { fsCaps, requires } from './helpers/env'
 import { encode, pagedFileSize } from '../src/bitmap/superblock'
 import { PAGE, deviceSize, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { failPageOne } from './helpers/bitmap-kick'
 import { killRunning, startCrashChild } from './helpers/crash-child'
 import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'
 
@@ -222,13 +223,7 @@ async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
       // resolves. Meanwhile, writes into page 0 (the superblock's page) go on every
       // tick: none of them may take the STALE mark off the disk again.
       const w0 = b.stats().pagesWritten
-      const failing = b.startWrite(35000 * CS, 512)
-      const page0: Promise<void>[] = []
-      for (let c = 1000; !b.stats().kicked && c < 30000; c++) {
-        page0.push(b.startWrite(c * CS, 512))
-        await new Promise((r) => setImmediate(r))
-      }
-      page0.push(b.startWrite(999 * CS, 512))
+      const { failing, page0 } = await failPageOne(b, CS)
       await failing
       await Promise.all(page0)
       t.true(b.stats().pagesWritten > w0, 'the page write was tried')
