@@ -37,7 +37,24 @@ function alignedView(backing: Uint8Array, size: number, align: number): Uint8Arr
   return new Uint8Array(backing.buffer, backing.byteOffset + offset, size)
 }
 
+/**
+ * Where each ArrayBuffer's memory starts, modulo {@link START_MODULUS}: asked of the
+ * addon once per buffer, not once per check (the mirror checks every write). An
+ * ArrayBuffer's memory does not move once native code or `view.buffer` has seen it:
+ * V8 moves a small typed array's bytes out of its heap for good at that moment.
+ */
+const starts = new WeakMap<ArrayBufferLike, number>()
+const START_MODULUS = 1 << 20
+
 /** Whether `view` starts at an address that is a multiple of `align`. */
 export function isAligned(view: Uint8Array, align: number): boolean {
-  return binding().alignmentOffset(view, align) === 0
+  const buffer = view.buffer
+  // Alignments the cache cannot answer (and bad ones, which the addon refuses), and empty buffers.
+  if (align > START_MODULUS || (align & (align - 1)) !== 0 || buffer.byteLength === 0) return binding().alignmentOffset(view, align) === 0
+  let start = starts.get(buffer)
+  if (start === undefined) {
+    start = (START_MODULUS - binding().alignmentOffset(new Uint8Array(buffer), START_MODULUS)) % START_MODULUS
+    starts.set(buffer, start)
+  }
+  return (start + view.byteOffset) % align === 0
 }
