@@ -27,8 +27,9 @@
 //!       (poll handle closed / completion thread stopped and joined, threadsafe function
 //!       released); completions reaped right here until in_flight() == 0, with every
 //!       settlement and waiter dropped without calling into the environment
-//!   draining ──nothing in flight──▶ gone: the reactor freed; the engine (ring, eventfd)
-//!       goes with the last store that holds it
+//!   draining ──nothing in flight──▶ gone: the reactor and its async resource freed (its
+//!       handles once the loop has closed them); the engine (ring, eventfd) goes with
+//!       the last store that holds it
 //! ```
 //!
 //! `thread` mode, the completion thread and the JavaScript side:
@@ -86,7 +87,7 @@ extern "C" {
     fn uv_prepare_start(handle: *mut c_void, cb: extern "C" fn(*mut c_void)) -> c_int;
     fn uv_ref(handle: *mut c_void);
     fn uv_unref(handle: *mut c_void);
-    fn uv_close(handle: *mut c_void, cb: *const c_void);
+    fn uv_close(handle: *mut c_void, cb: extern "C" fn(*mut c_void));
     fn uv_strerror(err: c_int) -> *const std::ffi::c_char;
 }
 
@@ -172,11 +173,16 @@ fn uv(what: &str, r: c_int) -> Result<(), IoError> {
 /// A libuv handle of `kind`, zeroed, its `data` (the first field of every handle)
 /// pointing at `data`. Never freed: libuv may touch a handle until its close completes.
 fn handle(kind: c_int, data: *mut c_void) -> *mut c_void {
-    let size = unsafe { uv_handle_size(kind) };
-    let words = vec![0u64; size.div_ceil(8)].into_boxed_slice();
-    let h = Box::leak(words).as_mut_ptr().cast::<c_void>();
+    // calloc: freed by `on_closed` with no need to know the handle's kind or size.
+    let h = unsafe { libc::calloc(1, uv_handle_size(kind)) };
+    assert!(!h.is_null(), "out of memory for a libuv handle");
     unsafe { *h.cast::<*mut c_void>() = data };
     h
+}
+
+/// A handle's close callback: libuv is done with it, so its memory goes.
+extern "C" fn on_closed(handle: *mut c_void) {
+    unsafe { libc::free(handle) };
 }
 
 /// Which of `fds` are readable, after waiting up to `timeout_ms` (-1: forever) for one.
@@ -397,9 +403,11 @@ impl Reactor {
         TORN_DOWN.with(|t| t.set(true));
         match &self.wake {
             Wake::Loop { poll, prepare } => unsafe {
-                uv_close(*poll, ptr::null());
+                // Freed by on_closed when the loop runs the close callbacks (a worker's
+                // teardown does; at a process's exit the memory goes with it).
+                uv_close(*poll, on_closed);
                 if let Some(p) = prepare {
-                    uv_close(*p, ptr::null());
+                    uv_close(*p, on_closed);
                 }
             },
             Wake::Thread { tsfn, handover, thread } => {
@@ -424,10 +432,16 @@ impl Reactor {
             self.engine.reap();
         }
         self.waiters.borrow_mut().clear();
+        // The async resource of the wake-ups' callback scopes, made in `register`. No
+        // destroy hook runs for it: the environment no longer calls into JavaScript.
+        unsafe {
+            sys::napi_async_destroy(self.env, self.context);
+            sys::napi_delete_reference(self.env, self.resource);
+        }
         REACTOR.with(|slot| slot.set(None));
         // SAFETY: leaked in `register`; nothing refers to it any more: the handles are
-        // closed (their callbacks will not run), the completion thread is joined, the
-        // threadsafe function released, and the thread-local slot cleared.
+        // closed (their close callback frees only the handle), the completion thread is
+        // joined, the threadsafe function released, and the thread-local slot cleared.
         drop(unsafe { Box::from_raw(self as *const Reactor as *mut Reactor) });
     }
 }
