@@ -11,13 +11,13 @@
 import test, { type ExecutionContext } from 'ava'
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { constants as os, release } from 'node:os'
 import { join } from 'node:path'
 import { extents } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, deviceSize, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
+import { noIoUring } from './helpers/no-io-uring'
 import { diskTempDir, removeDir } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'engine-store.ts')
@@ -35,13 +35,14 @@ const DEFERS = (() => {
 })()
 
 /** A child running the fixture: its JSON lines as they come, stdin, and its exit. */
-function child(args: string[], engine: string | null, reaper: string | null = null) {
+function child(args: string[], engine: string | null, reaper: string | null = null, launcher: string | null = null) {
   const env = { ...process.env }
   if (engine === null) delete env.MD_BITMAP_IO_ENGINE
   else env.MD_BITMAP_IO_ENGINE = engine
   if (reaper === null) delete env.MD_BITMAP_IO_REAPER
   else env.MD_BITMAP_IO_REAPER = reaper
-  const p = spawn(process.execPath, ['--import', 'tsx', FIXTURE, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] })
+  const argv = [process.execPath, '--import', 'tsx', FIXTURE, ...args]
+  const p = launcher === null ? spawn(argv[0], argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(launcher, argv, { env, stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
   const waiters: (() => void)[] = []
   let out = ''
@@ -167,31 +168,16 @@ test('an unknown MD_BITMAP_IO_ENGINE is refused with EINVAL', async (t) => {
   await refusedAtStart(t, 'fast', null, /MD_BITMAP_IO_ENGINE must be 'uring', 'aio' or 'threads', got 'fast'/)
 })
 
-// io_uring refused for real: kernel.io_uring_disabled=2 makes io_uring_setup fail with
-// EPERM for every process, so it is set only until the child has chosen its engine,
-// and restored in a finally. Serial: no other test here may start an engine meanwhile.
-const SYSCTL = '/proc/sys/kernel/io_uring_disabled'
-const tr = requires(['root'])
-tr.serial('io_uring refused (kernel.io_uring_disabled=2): AIO is chosen, says why, and works; forcing io_uring fails with EPERM', async (t) => {
-  if (!existsSync(SYSCTL)) {
-    t.fail(`this kernel has no ${SYSCTL}; the io_uring refusal test needs it`)
-    return
-  }
-  const before = readFileSync(SYSCTL, 'utf8').trim()
+// io_uring refused for real, as a container's seccomp profile refuses it: the child runs
+// under a seccomp filter that makes io_uring_setup fail with EPERM (helpers/no-io-uring.ts).
+// The filter holds for the child alone; other test files running meanwhile keep io_uring.
+requires(['cc'])('io_uring refused (a seccomp filter, as in a container): AIO is chosen, says why, and works; forcing io_uring fails with EPERM', async (t) => {
+  const launcher = noIoUring()
   await withPagesFile(1000, async (file) => {
-    let fallback: ReturnType<typeof child>
-    let forced: ReturnType<typeof child>
-    let report: Line
-    let refusal: Error | undefined
-    try {
-      writeFileSync(SYSCTL, '2')
-      fallback = child([file, 'exercise'], null)
-      report = await fallback.line(0)
-      forced = child([file, 'exercise'], 'uring')
-      refusal = await t.throwsAsync(forced.line(0))
-    } finally {
-      writeFileSync(SYSCTL, before)
-    }
+    const fallback = child([file, 'exercise'], null, null, launcher)
+    const report = await fallback.line(0)
+    const forced = child([file, 'exercise'], 'uring', null, launcher)
+    const refusal = await t.throwsAsync(forced.line(0))
     t.is(report.engine, 'aio')
     t.regex(report.engineReason, /io_uring_setup refused/)
     t.false(report.deferredCompletions)

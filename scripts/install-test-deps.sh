@@ -8,13 +8,14 @@
 # nbdkit (its nozero and log filters) is the NBD server without WRITE_ZEROES of nbd-zeroes-fallback.spec.ts.
 # chromium (Debian's, headless) is the browser of the API reference test, docs.spec.ts.
 # musl-tools (musl-gcc) builds the musl program whose ELF interpreter native-load.spec.ts reads.
+# gcc (cc) builds the seccomp launcher that refuses io_uring to io-engine.spec.ts's child.
 set -euo pipefail
 need=()
 for pair in mkfs.ext4:e2fsprogs filefrag:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs \
             mdadm:mdadm fio:fio losetup:mount fallocate:util-linux fsfreeze:util-linux lsattr:e2fsprogs \
             qemu-nbd:qemu-utils qemu-io:qemu-utils qemu-img:qemu-utils nbd-server:nbd-server \
             certtool:gnutls-bin psktool:gnutls-bin nbdinfo:libnbd-bin nbdcopy:libnbd-bin \
-            nbdfuse:libnbd-bin nbdkit:nbdkit fstrim:util-linux chromium:chromium musl-gcc:musl-tools; do
+            nbdfuse:libnbd-bin nbdkit:nbdkit fstrim:util-linux chromium:chromium musl-gcc:musl-tools cc:gcc; do
   cmd=${pair%%:*} pkg=${pair##*:}
   PATH="$PATH:/sbin:/usr/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
