@@ -242,10 +242,6 @@ impl KernelQueue for Uring {
         }
     }
 
-    /// Test-only fault: raises `IORING_SQ_TASKRUN` in the ring's shared memory with no
-    /// completion work queued, the state the kernel's race leaves (top comment). The
-    /// flag's place is the kernel's (`sq_off.flags`, from a throwaway ring's parameters);
-    /// the ring is mapped a second time to reach it.
     /// Test-only fault: the count of queued entries one above the ring's, the state in
     /// which the kernel takes none of what `submit` asks it to (see `submit`).
     #[cfg(test)]
@@ -253,6 +249,10 @@ impl KernelQueue for Uring {
         self.unsubmitted += 1;
     }
 
+    /// Test-only fault: raises `IORING_SQ_TASKRUN` in the ring's shared memory with no
+    /// completion work queued, the state the kernel's race leaves (top comment). The
+    /// flag's place is the kernel's (`sq_off.flags`, from a throwaway ring's parameters);
+    /// the ring is mapped a second time to reach it.
     #[cfg(test)]
     fn raise_stale_taskrun(&mut self) {
         use nix::libc;

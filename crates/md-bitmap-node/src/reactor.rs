@@ -171,7 +171,8 @@ fn uv(what: &str, r: c_int) -> Result<(), IoError> {
 }
 
 /// A libuv handle of `kind`, zeroed, its `data` (the first field of every handle)
-/// pointing at `data`. Never freed: libuv may touch a handle until its close completes.
+/// pointing at `data`. Freed by `on_closed` once its close completes (libuv may touch
+/// it until then).
 fn handle(kind: c_int, data: *mut c_void) -> *mut c_void {
     // calloc: freed by `on_closed` with no need to know the handle's kind or size.
     let h = unsafe { libc::calloc(1, uv_handle_size(kind)) };
