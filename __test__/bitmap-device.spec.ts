@@ -18,7 +18,7 @@ import { encode, pagedFileSize } from '../src/bitmap/superblock'
 import { PAGE, deviceSize, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
 import { failPageOne } from './helpers/bitmap-kick'
-import { killRunning, startCrashChild } from './helpers/crash-child'
+import { startCrashChild } from './helpers/crash-child'
 import { examineBitmap, mdadmState, readDisk } from './helpers/mdadm'
 
 const MiB = 1 << 20
@@ -267,12 +267,16 @@ kick('a write error on the bitmap (file mode, the loop device shrunk) kicks it t
 kick("an 'error' listener that throws cannot unwind the failed page write: the kick completes as with any listener (child process)", async (t) => {
   await withSplitBitmap(t, 'file', async ({ path, CS, shrink }) => {
     const c = startCrashChild('bitmap-kick-listener.ts', [path, String(CS)])
-    t.teardown(killRunning)
-    await c.waitFor('ready', 30_000)
-    shrink()
-    c.send('go')
-    await c.waitFor('done', 60_000)
-    await c.ended
+    try {
+      await c.waitFor('ready', 30_000)
+      shrink()
+      c.send('go')
+      await c.waitFor('done', 60_000)
+      await c.ended
+    } finally {
+      // Before the device is given back and the filesystem unmounted: the child holds the file.
+      await c.kill()
+    }
     const lines = c.lines
     t.log(lines.join('\n'))
     // close's line: its code (the message names the file).
