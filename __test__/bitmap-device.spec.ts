@@ -14,7 +14,7 @@ import { join } from 'node:path'
 import { Bitmap, MdBitmapError, NEEDED, extents } from '../src'
 import { chunkCounter, daemonPass } from '../src/bitmap/testing'
 import { fsCaps, requires } from './helpers/env'
-import { encode, pagedFileSize } from '../src/bitmap/superblock'
+import { STATE_STALE, decode, encode, pagedFileSize } from '../src/bitmap/superblock'
 import { PAGE, deviceSize, readDirect, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
 import { failPageOne } from './helpers/bitmap-kick'
@@ -203,8 +203,7 @@ async function withSplitBitmap(t: ExecutionContext, mode: 'device' | 'file', bod
 
 /** Whether the superblock on the device (page 0, read with O_DIRECT) carries STALE. */
 function staleOnDisk(path: string): boolean {
-  const sb = readDirect(path, 0, PAGE)
-  return (new DataView(sb.buffer, sb.byteOffset).getUint32(48, true) & 0x2) === 0x2
+  return (decode(readDirect(path, 0, PAGE)).state & STATE_STALE) !== 0
 }
 
 async function kickTest(t: ExecutionContext, mode: 'device' | 'file') {
