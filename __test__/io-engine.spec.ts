@@ -41,8 +41,9 @@ function child(args: string[], engine: string | null, reaper: string | null = nu
   else env.MD_BITMAP_IO_ENGINE = engine
   if (reaper === null) delete env.MD_BITMAP_IO_REAPER
   else env.MD_BITMAP_IO_REAPER = reaper
-  const argv = [process.execPath, '--import', 'tsx', FIXTURE, ...args]
-  const p = launcher === null ? spawn(argv[0], argv.slice(1), { env, stdio: ['pipe', 'pipe', 'pipe'] }) : spawn(launcher, argv, { env, stdio: ['pipe', 'pipe', 'pipe'] })
+  const node = [process.execPath, '--import', 'tsx', FIXTURE, ...args]
+  const [cmd, ...argv] = launcher === null ? node : [launcher, ...node]
+  const p = spawn(cmd, argv, { env, stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
   const waiters: (() => void)[] = []
   let out = ''
