@@ -6,6 +6,19 @@
  *
  * The in-flight ranges also tell reads where a member may still hold older data.
  *
+ * Finding the overlapping writes costs what they cost, not what every write in flight
+ * costs: the writes in flight are indexed by the 64 KiB granules their ranges touch, so
+ * a small write looks only at the writes in its own granules. A write that touches more
+ * than 16 granules (about 1 MiB) is kept apart, in a short list that every lookup checks;
+ * a lookup for such a range looks at every write in flight.
+ *
+ * ```
+ *   begin(range) ── an overlapping write in flight? ─ no ──► issued now
+ *     │                                                yes ─► issued once they all settled
+ *     └─ indexed: in each granule of its range (or with the wide ones)
+ *   end(entry)   ── the write settled: out of the index
+ * ```
+ *
  * @module
  */
 /** One write in flight on the member: its range and its completion. */
@@ -15,8 +28,26 @@ export interface InFlight {
   done: Promise<void>
 }
 
+/** Bytes per granule of the index. */
+const GRANULE = 64 * 1024
+/** A range touching more granules than this is "wide": kept in a list, not in granules. */
+const MAX_SPAN = 16
+
+function firstGranule(start: number): number {
+  return Math.floor(start / GRANULE)
+}
+
+/** The last granule a range touches; an empty range is kept under the granule of its start. */
+function lastGranule(start: number, end: number): number {
+  return end > start ? Math.floor((end - 1) / GRANULE) : Math.floor(start / GRANULE)
+}
+
 export class WriteOrder {
   private readonly inFlight = new Set<InFlight>()
+  /** The writes in flight that are not wide, under each granule their range touches. */
+  private readonly byGranule = new Map<number, InFlight[]>()
+  /** The writes in flight whose range touches more than MAX_SPAN granules. */
+  private readonly wide = new Set<InFlight>()
 
   /** Runs `write` once every overlapping write issued before it has completed. */
   run(offset: number, length: number, write: () => Promise<void>): Promise<void> {
@@ -46,18 +77,55 @@ export class WriteOrder {
       }
     }
     const entry: InFlight = { start: offset, end: offset + length, done }
-    this.inFlight.add(entry)
+    this.add(entry)
     return entry
   }
 
   /** The write of `entry` (from {@link begin}) settled. */
   end(entry: InFlight): void {
-    this.inFlight.delete(entry)
+    if (!this.inFlight.delete(entry)) return
+    if (this.wide.delete(entry)) return
+    for (let g = firstGranule(entry.start), last = lastGranule(entry.start, entry.end); g <= last; g++) {
+      const list = this.byGranule.get(g)!
+      if (list.length === 1) {
+        this.byGranule.delete(g)
+        continue
+      }
+      const i = list.indexOf(entry)
+      list[i] = list[list.length - 1]
+      list.pop()
+    }
+  }
+
+  private add(entry: InFlight): void {
+    this.inFlight.add(entry)
+    const first = firstGranule(entry.start)
+    const last = lastGranule(entry.start, entry.end)
+    if (last - first >= MAX_SPAN) {
+      this.wide.add(entry)
+      return
+    }
+    for (let g = first; g <= last; g++) {
+      const list = this.byGranule.get(g)
+      if (list) list.push(entry)
+      else this.byGranule.set(g, [entry])
+    }
   }
 
   private anyOverlapping(offset: number, length: number): boolean {
+    if (this.inFlight.size === 0) return false
     const end = offset + length
-    for (const w of this.inFlight) if (w.start < end && offset < w.end) return true
+    const first = firstGranule(offset)
+    const last = lastGranule(offset, end)
+    if (last - first >= MAX_SPAN) {
+      for (const w of this.inFlight) if (w.start < end && offset < w.end) return true
+      return false
+    }
+    for (let g = first; g <= last; g++) {
+      const list = this.byGranule.get(g)
+      if (list) for (const w of list) if (w.start < end && offset < w.end) return true
+    }
+    for (const w of this.wide) if (w.start < end && offset < w.end) return true
     return false
   }
 
@@ -65,7 +133,19 @@ export class WriteOrder {
   overlapping(offset: number, length: number): Promise<unknown>[] {
     const end = offset + length
     const out: Promise<unknown>[] = []
-    for (const w of this.inFlight) if (w.start < end && offset < w.end) out.push(w.done)
+    const first = firstGranule(offset)
+    const last = lastGranule(offset, end)
+    if (last - first >= MAX_SPAN) {
+      for (const w of this.inFlight) if (w.start < end && offset < w.end) out.push(w.done)
+      return out
+    }
+    for (let g = first; g <= last; g++) {
+      const list = this.byGranule.get(g)
+      if (!list) continue
+      // A write under several of these granules is taken once: at the first granule both ranges touch.
+      for (const w of list) if (w.start < end && offset < w.end && g === Math.max(first, firstGranule(w.start))) out.push(w.done)
+    }
+    for (const w of this.wide) if (w.start < end && offset < w.end) out.push(w.done)
     return out
   }
 
