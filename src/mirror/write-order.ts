@@ -67,7 +67,7 @@ export class WriteOrder {
    */
   begin(offset: number, length: number, write: () => Promise<void>): InFlight {
     let done: Promise<void>
-    if (this.anyOverlapping(offset, length)) done = Promise.allSettled(this.overlapping(offset, length)).then(write)
+    if (this.scan(offset, length)) done = Promise.allSettled(this.overlapping(offset, length)).then(write)
     else {
       try {
         done = write()
@@ -112,41 +112,37 @@ export class WriteOrder {
     }
   }
 
-  private anyOverlapping(offset: number, length: number): boolean {
+  /** Completions of the writes in flight that overlap the range. */
+  overlapping(offset: number, length: number): Promise<unknown>[] {
+    const out: Promise<unknown>[] = []
+    this.scan(offset, length, out)
+    return out
+  }
+
+  /**
+   * The writes in flight that overlap the range, through the index: their completions
+   * pushed to `out`, each once; without `out`, whether there is one (the first found ends it).
+   */
+  private scan(offset: number, length: number, out?: Promise<unknown>[]): boolean {
     if (this.inFlight.size === 0) return false
     const end = offset + length
     const first = firstGranule(offset)
     const last = lastGranule(offset, end)
-    if (last - first >= MAX_SPAN) {
-      for (const w of this.inFlight) if (w.start < end && offset < w.end) return true
-      return false
-    }
-    for (let g = first; g <= last; g++) {
-      const list = this.byGranule.get(g)
-      if (list) for (const w of list) if (w.start < end && offset < w.end) return true
-    }
-    for (const w of this.wide) if (w.start < end && offset < w.end) return true
-    return false
-  }
-
-  /** Completions of the writes in flight that overlap the range. */
-  overlapping(offset: number, length: number): Promise<unknown>[] {
-    const end = offset + length
-    const out: Promise<unknown>[] = []
-    const first = firstGranule(offset)
-    const last = lastGranule(offset, end)
-    if (last - first >= MAX_SPAN) {
-      for (const w of this.inFlight) if (w.start < end && offset < w.end) out.push(w.done)
-      return out
-    }
+    if (last - first >= MAX_SPAN) return take(this.inFlight, offset, end, out)
+    let found = false
     for (let g = first; g <= last; g++) {
       const list = this.byGranule.get(g)
       if (!list) continue
-      // A write under several of these granules is taken once: at the first granule both ranges touch.
-      for (const w of list) if (w.start < end && offset < w.end && g === Math.max(first, firstGranule(w.start))) out.push(w.done)
+      for (const w of list) {
+        // A write under several of these granules is taken once: at the first granule both ranges touch.
+        if (w.start < end && offset < w.end && g === Math.max(first, firstGranule(w.start))) {
+          if (!out) return true
+          out.push(w.done)
+          found = true
+        }
+      }
     }
-    for (const w of this.wide) if (w.start < end && offset < w.end) out.push(w.done)
-    return out
+    return take(this.wide, offset, end, out) || found
   }
 
   /** Resolves once no write issued so far overlaps the range (successful or not). */
@@ -165,4 +161,17 @@ export class WriteOrder {
   async idle(): Promise<void> {
     while (this.inFlight.size) await Promise.allSettled([...this.inFlight].map((w) => w.done))
   }
+}
+
+/** The scan of a plain list (the wide writes, or all): every write of `ws` overlapping `[offset, end)`. */
+function take(ws: Iterable<InFlight>, offset: number, end: number, out: Promise<unknown>[] | undefined): boolean {
+  let found = false
+  for (const w of ws) {
+    if (w.start < end && offset < w.end) {
+      if (!out) return true
+      out.push(w.done)
+      found = true
+    }
+  }
+  return found
 }
