@@ -425,8 +425,9 @@ impl Engine {
     /// Under io_uring a killed process's writes can land after it is gone (the ring is
     /// torn down later, by the kernel); a lock held on a pinned file is held until the
     /// ring is freed, after them, so a new owner does not start while they land (not
-    /// always: see uring.rs; the window narrows, it is not proven closed). AIO contexts and I/O threads are
-    /// waited for by the process's death, so there nothing needs pinning (None).
+    /// always: see uring.rs; the wait at a store's open, fence.rs, is what closes the
+    /// window). AIO contexts and I/O threads are waited for by the process's death, so
+    /// there nothing needs pinning (None).
     pub fn pin(&self, fd: RawFd) -> Option<u32> {
         self.kernel.as_ref()?.lock().unwrap().queue.pin(fd)
     }

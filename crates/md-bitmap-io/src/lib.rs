@@ -9,6 +9,7 @@ pub mod check;
 pub mod device;
 pub mod error;
 pub mod extents;
+pub mod fence;
 pub mod pending;
 pub mod engine;
 pub mod pool;

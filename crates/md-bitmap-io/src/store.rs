@@ -21,6 +21,7 @@ use crate::check::{check_open, CheckReport};
 use crate::device::logical_block_size;
 use crate::error::{IoError, Result};
 use crate::extents::{with_path, Extent};
+use crate::fence::wait_for_writes_in_flight;
 use crate::pending::Pending;
 use crate::engine::{Done, Engine, EngineKind, Op, Route};
 use nix::libc;
@@ -158,6 +159,8 @@ impl PageStore {
             _ => Route::Kernel,
         };
         let Opened { fds, device, mode, reason, size, align } = opened;
+        // A dead owner's writes still in flight land before this store reads or writes.
+        wait_for_writes_in_flight(&fds.file);
         Ok(PageStore {
             path: path.to_path_buf(),
             fds: RwLock::new(Some(fds)),
@@ -237,7 +240,17 @@ impl PageStore {
             }
             r => (r, Mode::Direct, None),
         };
-        let file = file.map_err(|e| with_path(e.into(), path))?;
+        let file = file.map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) if block => IoError::sys(
+                nix::errno::Errno::EBUSY,
+                format!(
+                    "{} is in use: mounted, in an md array or an LVM volume, or open exclusively by another process; \
+                     a process killed moments ago holds it until its writes in flight have landed, so retry once they have",
+                    path.display()
+                ),
+            ),
+            _ => with_path(e.into(), path),
+        })?;
         let (size, align) = if block {
             let mut size: u64 = 0;
             // BLKGETSIZE64 = _IOR(0x12, 114, size_t)

@@ -51,8 +51,11 @@
 //! hand (a writer throttled to 256 KiB/s by a blkio cgroup, killed holding a lock): the
 //! lock came free ~4 s after the kill, with its writes, in 12 runs alone; under a full
 //! suite's load the outcome varied (once a write landed after the lock came free), so
-//! no test asserts it: this narrows the window, it is not proven to close it. The crash
-//! specs settle the filesystem (a freeze) after each kill whatever the lock says.
+//! no test asserts it: this narrows the window, it is not proven to close it. What
+//! closes it on ext4 and XFS is the wait at every store's open (fence.rs), and on a
+//! block device its exclusive open, which the dead process keeps until its writes
+//! completed (both tested in crash-settle.spec.ts). The crash specs settle the
+//! filesystem (a freeze) after each kill, to read the files as the crash left them.
 
 use crate::engine::{Flight, KernelQueue, Op};
 use io_uring::{opcode, squeue, types, IoUring};
