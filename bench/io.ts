@@ -1,11 +1,14 @@
 /**
  * Page store I/O benchmark (`npm run bench:io`).
  *
- * 4 KiB page writes, in two patterns (`--syncs`):
+ * 4 KiB page writes, in three patterns (`--syncs`):
  * - `fdatasync`: made durable batch by batch: a "batch" is N writes issued at once
  *   (N = 1 or 32, the depth), all awaited, then one fdatasync;
  * - `none`: no fdatasync; N writes kept in flight at all times (each completion issues
- *   the next write), as fio's `--iodepth=N` does.
+ *   the next write), as fio's `--iodepth=N` does;
+ * - `dsync`: as `none`, on a descriptor opened O_DSYNC, so each write is durable when it
+ *   completes (the store's `dsync` option, which the bitmap's page store uses; fio's
+ *   `--sync=dsync`). Durable write by write, as `fdatasync` at depth 1, in one operation.
  * Measured, on the same preallocated, fully written file and in the same run:
  *
  * - `native uring`, `native aio`, `native threads`: md-bitmap's PageStore (O_DIRECT
@@ -25,12 +28,16 @@
  *   --size MIB         test file size (default 64)
  *   --pattern P        rand (default) or seq
  *   --depths A,B       default 1,32
- *   --syncs A,B        fdatasync,none (default both)
+ *   --syncs A,B        fdatasync,none,dsync (default fdatasync,none)
  *   --engines A,B      uring,aio,threads (default all three); `ENGINE@SUBMIT` runs that
  *                      engine with MD_BITMAP_IO_SUBMIT=SUBMIT (tick, write or a batch
  *                      size), e.g. --engines uring@tick,uring@8,uring@write
  *   --no-node          skip the fs.promises and node O_DIRECT rows
  *   --no-fio           skip fio
+ *   --no-apart         skip the depth-1 write + fdatasync cycle taken apart (sync-cycle.ts:
+ *                      fio libaio and io_uring, the engine alone with its fdatasync through
+ *                      io_uring or by system call; run after the main rounds, in rotation,
+ *                      when the fdatasync pattern runs at depth 1 and fio is there)
  *   --out FILE         default bench/out/io.json
  *
  * The Node rows run on libuv's thread pool (UV_THREADPOOL_SIZE, default 4), so at depth
@@ -51,6 +58,7 @@ import * as path from 'node:path'
 import { describeProcess, runWithDeadline } from '../__test__/helpers/proc-report'
 import { PageStore, allocAligned, check } from '../src/index'
 import { Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
+import { CYCLE_PARTS, buildSyncStep, runCyclePart, type CyclePart, type CycleSample } from './sync-cycle'
 
 const PAGE = 4096
 
@@ -69,19 +77,21 @@ interface Options {
   engines: Engine[]
   node: boolean
   fio: boolean
+  /** Take the depth-1 fdatasync cycle apart (sync-cycle.ts), when that pattern runs. */
+  apart: boolean
   out: string
 }
 
-/** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight. */
-type SyncMode = 'fdatasync' | 'none'
+/** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight; `dsync`: the same, O_DSYNC. */
+type SyncMode = 'fdatasync' | 'none' | 'dsync'
 /** An engine, optionally with the submission policy it runs under: `uring`, `uring@tick`. */
 type Engine = string
 
 function parseArgs(argv: string[]): Options {
   const a = parseOptions(
     argv,
-    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', size: 'value', pattern: 'value', depths: 'value', syncs: 'value', engines: 'value', 'no-node': 'flag', 'no-fio': 'flag', out: 'value' },
-    'usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--syncs fdatasync,none] [--engines uring,aio,threads] [--no-node] [--no-fio] [--out FILE]',
+    { quick: 'flag', dir: 'value', duration: 'value', rounds: 'value', size: 'value', pattern: 'value', depths: 'value', syncs: 'value', engines: 'value', 'no-node': 'flag', 'no-fio': 'flag', 'no-apart': 'flag', out: 'value' },
+    'usage: npm run bench:io -- [--quick] [--dir DIR] [--duration S] [--rounds R] [--size MIB] [--pattern rand|seq] [--depths 1,32] [--syncs fdatasync,none,dsync] [--engines uring,aio,threads] [--no-node] [--no-fio] [--no-apart] [--out FILE]',
   )
   const quick = a.flag('quick')
   const pattern = a.value('pattern') ?? 'rand'
@@ -98,12 +108,13 @@ function parseArgs(argv: string[]): Options {
     engines: (a.value('engines') ?? 'uring,aio,threads').split(',') as Engine[],
     node: !a.flag('no-node'),
     fio: !a.flag('no-fio'),
+    apart: !a.flag('no-apart'),
     out: path.resolve(a.value('out') ?? path.join(__dirname, 'out', 'io.json')),
   }
   if (!(o.durationS > 0) || !Number.isInteger(o.rounds) || o.rounds < 1) throw new Error('bad --duration or --rounds')
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
-  if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none')) throw new Error('bad --syncs')
+  if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none' || m === 'dsync')) throw new Error('bad --syncs: fdatasync, none or dsync')
   if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?$/.test(e))) throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N')
   return o
 }
@@ -361,11 +372,11 @@ async function childMain(job: ChildJob): Promise<void> {
     process.exit(70)
   }, (job.seconds + CHILD_GRACE_S) * 1000)
   watchdog.unref()
-  const opened = (state.store = await PageStore.open(job.file))
+  const opened = (state.store = await PageStore.open(job.file, { dsync: job.sync === 'dsync' }))
   state.phase = 'writing'
   const threads = process.env.MD_BITMAP_IO_THREADS ?? '4 (default)'
   const submit = process.env.MD_BITMAP_IO_SUBMIT ?? '4 (default)'
-  const detail = `PageStore mode=${opened.mode}${opened.reason ? ` (${opened.reason})` : ''}, engine=${opened.engine}, alignment=${opened.alignment} (${opened.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
+  const detail = `PageStore mode=${opened.mode}${opened.reason ? ` (${opened.reason})` : ''}${job.sync === 'dsync' ? ', dsync' : ''}, engine=${opened.engine}, alignment=${opened.alignment} (${opened.alignmentSource}), MD_BITMAP_IO_THREADS=${threads}, MD_BITMAP_IO_SUBMIT=${submit}`
   try {
     const bufs = randomBufs(job.depth, true)
     const offsets = new Offsets(job.pages, job.pattern, job.seed)
@@ -379,7 +390,7 @@ async function childMain(job: ChildJob): Promise<void> {
 }
 
 async function runNode(file: string, sync: SyncMode, depth: number, offsets: Offsets, seconds: number, direct: boolean): Promise<{ sample: Sample; detail: string }> {
-  const flags = fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0)
+  const flags = fs.constants.O_RDWR | (direct ? fs.constants.O_DIRECT : 0) | (sync === 'dsync' ? fs.constants.O_DSYNC : 0)
   const fh = await fs.promises.open(file, flags)
   try {
     const bufs = randomBufs(depth, direct)
@@ -393,7 +404,7 @@ async function runNode(file: string, sync: SyncMode, depth: number, offsets: Off
     const pool = process.env.UV_THREADPOOL_SIZE ?? '4 (default)'
     return {
       sample,
-      detail: `FileHandle.write + datasync, ${direct ? 'O_DIRECT, allocAligned buffers' : 'buffered'}, UV_THREADPOOL_SIZE=${pool}`,
+      detail: `FileHandle.write + datasync, ${direct ? 'O_DIRECT, allocAligned buffers' : 'buffered'}${sync === 'dsync' ? ', O_DSYNC' : ''}, UV_THREADPOOL_SIZE=${pool}`,
     }
   } finally {
     await fh.close()
@@ -487,6 +498,7 @@ function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number,
     `--iodepth=${depth}`,
     // Without fdatasync: N writes kept in flight, each completion replaced at once.
     ...(sync === 'fdatasync' ? [`--iodepth_batch_submit=${depth}`, `--iodepth_batch_complete_min=${depth}`, `--fdatasync=${depth}`] : []),
+    ...(sync === 'dsync' ? ['--sync=dsync'] : []),
     '--time_based',
     `--runtime=${Math.max(1, Math.round(ms))}ms`,
     '--output-format=json',
@@ -685,6 +697,7 @@ async function main(): Promise<void> {
       }
     }
 
+    const cycle = fioOk && opt.apart && opt.syncs.includes('fdatasync') && opt.depths.includes(1) ? await takeCycleApart(file, size, opt.rounds, perRound) : null
     const trips = await roundTrips(file, opt.depths, opt.quick ? 0.25 : 0.5)
 
     const results: Result[] = []
@@ -747,6 +760,7 @@ async function main(): Promise<void> {
     console.log(table(rows, 2, true))
     console.log()
     console.log(table(ratioRows, 2, true))
+    if (cycle) printCycle(cycle, results)
     console.log()
     console.log(
       table([
@@ -758,7 +772,8 @@ async function main(): Promise<void> {
     console.log('fdatasync=none: N writes always in flight, no fdatasync (batches = writes); fdatasync=fdatasync:')
     console.log('batch µs = wall time / batches (N writes issued together, all awaited, then one fdatasync);')
     console.log('writes µs = batch µs - sync µs mean: the N writes, from issue to the last completion seen.')
-    console.log('sync = the fdatasync after each batch. CPU µs/write: the whole process (Node rows) or fio\'s own.')
+    console.log('sync = the fdatasync after each batch. fdatasync=dsync: as none, each write O_DSYNC (durable when it completes).')
+    console.log('CPU µs/write: the whole process (Node rows) or fio\'s own.')
     const details = new Map<string, string>()
     for (const r of results) if (r.detail) details.set(`${r.impl} (${r.sync})`, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
     for (const [impl, d] of details) console.log(`  ${impl}: ${d}`)
@@ -793,6 +808,7 @@ async function main(): Promise<void> {
         })),
       })),
       ratios,
+      ...(cycle ? { syncCycle: cycle } : {}),
       roundTrips: trips,
     }
     fs.mkdirSync(path.dirname(opt.out), { recursive: true })
@@ -802,6 +818,42 @@ async function main(): Promise<void> {
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true })
     else fs.rmSync(file, { force: true })
   }
+}
+
+/** The depth-1 cycle's parts (sync-cycle.ts), `rounds` times in rotation, `seconds` each. */
+async function takeCycleApart(file: string, size: number, rounds: number, seconds: number): Promise<{ skipped: string } | Record<CyclePart, CycleSample[]>> {
+  const built = await buildSyncStep()
+  if ('skipped' in built) {
+    console.log(`the depth-1 fdatasync cycle taken apart: skipped: ${built.skipped}`)
+    return { skipped: built.skipped }
+  }
+  const out = Object.fromEntries(CYCLE_PARTS.map((p) => [p, [] as CycleSample[]])) as Record<CyclePart, CycleSample[]>
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < CYCLE_PARTS.length; i++) {
+      const part = CYCLE_PARTS[(i + round) % CYCLE_PARTS.length]
+      const s = await runCyclePart(part, built.binary, file, size, seconds)
+      out[part].push(s)
+      process.stdout.write(`  round ${round + 1}/${rounds} cycle ${part.padEnd(29)} ${fmt((s.seconds * 1e6) / s.cycles, 1).padStart(7)} µs/cycle ${fmt((s.cpuSeconds * 1e6) / s.cycles, 1).padStart(6)} CPU µs/cycle, load ${os.loadavg()[0].toFixed(2)}\n`)
+    }
+  }
+  return out
+}
+
+/** The cycle's parts beside the native rows of the main table at fdatasync, depth 1 (one write per batch: a batch is a cycle). */
+function printCycle(cycle: { skipped: string } | Record<CyclePart, CycleSample[]>, results: Result[]): void {
+  if ('skipped' in cycle) return
+  const sum = (xs: CycleSample[]) => ({ cycles: xs.reduce((s, x) => s + x.cycles, 0), seconds: xs.reduce((s, x) => s + x.seconds, 0), cpu: xs.reduce((s, x) => s + x.cpuSeconds, 0) })
+  const fio = sum(cycle['fio libaio'])
+  const rows: string[][] = [['the depth-1 write + fdatasync cycle', 'µs per cycle', 'per round', 'CPU µs per cycle', '÷ fio libaio (cycles/s)']]
+  for (const part of CYCLE_PARTS) {
+    const t = sum(cycle[part])
+    rows.push([part, fmt((t.seconds * 1e6) / t.cycles, 1), cycle[part].map((x) => fmt((x.seconds * 1e6) / x.cycles, 1)).join(' / '), fmt((t.cpu * 1e6) / t.cycles, 1), (t.cycles / t.seconds / (fio.cycles / fio.seconds)).toFixed(2)])
+  }
+  for (const r of results.filter((r) => r.sync === 'fdatasync' && r.depth === 1 && r.impl.startsWith('native') && !r.skipped)) {
+    rows.push([`${r.impl} (main table, from Node)`, fmt(1e6 / r.iops, 1), r.roundIops.map((x) => fmt(1e6 / x, 1)).join(' / '), fmt(r.cpuUsPerWrite, 1), (r.iops / (fio.cycles / fio.seconds)).toFixed(2)])
+  }
+  console.log()
+  console.log(table(rows, 2, true))
 }
 
 const childAt = process.argv.indexOf('--child')
