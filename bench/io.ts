@@ -58,7 +58,8 @@ import * as path from 'node:path'
 import { describeProcess, runWithDeadline } from '../__test__/helpers/proc-report'
 import { PageStore, allocAligned, check } from '../src/index'
 import { Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
-import { CYCLE_PARTS, buildSyncStep, runCyclePart, type CyclePart, type CycleSample } from './sync-cycle'
+import { buildExample } from './cargo-example'
+import { CYCLE_PARTS, runCyclePart, type CyclePart, type CycleSample } from './sync-cycle'
 
 const PAGE = 4096
 
@@ -822,7 +823,7 @@ async function main(): Promise<void> {
 
 /** The depth-1 cycle's parts (sync-cycle.ts), `rounds` times in rotation, `seconds` each. */
 async function takeCycleApart(file: string, size: number, rounds: number, seconds: number): Promise<{ skipped: string } | Record<CyclePart, CycleSample[]>> {
-  const built = await buildSyncStep()
+  const built = await buildExample('syncstep')
   if ('skipped' in built) {
     console.log(`the depth-1 fdatasync cycle taken apart: skipped: ${built.skipped}`)
     return { skipped: built.skipped }

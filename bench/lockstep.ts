@@ -15,8 +15,6 @@
  *
  * @module
  */
-import * as fs from 'node:fs'
-import * as path from 'node:path'
 import { PageStore, allocAligned } from '../src/index'
 import { Prng, execFileP } from './common'
 
@@ -29,18 +27,6 @@ export interface LockstepSample {
   seconds: number
   /** User + system CPU time of the process doing the writes. */
   cpuSeconds: number
-}
-
-/** The lockstep example's path once built, or why it could not be built. */
-export async function buildEngineLockstep(): Promise<{ binary: string } | { skipped: string }> {
-  const root = path.resolve(__dirname, '..')
-  try {
-    await execFileP('cargo', ['build', '--release', '--quiet', '--example', 'lockstep', '-p', 'md-bitmap-io'], { cwd: root })
-  } catch (e) {
-    return { skipped: `cargo build --example lockstep failed: ${(e as Error).message.split('\n')[0]}` }
-  }
-  const binary = path.join(process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR) : path.join(root, 'target'), 'release', 'examples', 'lockstep')
-  return fs.existsSync(binary) ? { binary } : { skipped: `${binary} not found after cargo build` }
 }
 
 /** The engine alone: the lockstep example on `files` for `seconds`. */

@@ -76,7 +76,8 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { barChart } from './chart'
-import { buildEngineLockstep, engineLockstep, storesLockstep, type LockstepSample } from './lockstep'
+import { buildExample } from './cargo-example'
+import { engineLockstep, storesLockstep, type LockstepSample } from './lockstep'
 import { KiB, MiB, Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
 import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
@@ -580,7 +581,7 @@ async function writeTests(o: Options, dir: string, files: Files, withFio: boolea
   const fioSamples = new Map<WorkloadKey, FioSample[]>()
   const key = (c: ConfigKey, w: WorkloadKey) => `${c}/${w}`
   // The 1-in-flight workload taken apart (lockstep.ts): the engine alone, and two page stores from Node.
-  const engine = await buildEngineLockstep()
+  const engine = await buildExample('lockstep')
   if ('skipped' in engine) console.log(`  the engine-alone row is skipped: ${engine.skipped}`)
   const parts: LockstepPart[] = 'binary' in engine ? ['engine', 'stores'] : ['stores']
   const lockstep = new Map<LockstepPart, (LockstepSample & { load1: number })[]>(parts.map((p) => [p, []]))

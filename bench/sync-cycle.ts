@@ -13,8 +13,6 @@
  *
  * @module
  */
-import * as fs from 'node:fs'
-import * as path from 'node:path'
 import { execFileP } from './common'
 
 /** One timed run of write + fdatasync cycles. */
@@ -27,18 +25,6 @@ export interface CycleSample {
 
 export type CyclePart = 'fio libaio' | 'fio io_uring' | 'engine, sync through io_uring' | 'engine, sync by system call'
 export const CYCLE_PARTS: CyclePart[] = ['fio libaio', 'fio io_uring', 'engine, sync through io_uring', 'engine, sync by system call']
-
-/** The syncstep example's path once built, or why it could not be built. */
-export async function buildSyncStep(): Promise<{ binary: string } | { skipped: string }> {
-  const root = path.resolve(__dirname, '..')
-  try {
-    await execFileP('cargo', ['build', '--release', '--quiet', '--example', 'syncstep', '-p', 'md-bitmap-io'], { cwd: root })
-  } catch (e) {
-    return { skipped: `cargo build --example syncstep failed: ${(e as Error).message.split('\n')[0]}` }
-  }
-  const binary = path.join(process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR) : path.join(root, 'target'), 'release', 'examples', 'syncstep')
-  return fs.existsSync(binary) ? { binary } : { skipped: `${binary} not found after cargo build` }
-}
 
 /** One part for `seconds` on `file`, whose first `region` bytes are written. */
 export async function runCyclePart(part: CyclePart, binary: string | null, file: string, region: number, seconds: number): Promise<CycleSample> {
