@@ -485,7 +485,7 @@ async function roundTrips(file: string, depths: number[], seconds: number): Prom
  * file as it is. `--norandommap` makes the random offsets uniform with repetition, like
  * the Node side's generator.
  */
-function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', ms: number): string[] {
+function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', ms: number, ioengine: FioEngine): string[] {
   return [
     '--name=pagestore',
     `--filename=${file}`,
@@ -495,7 +495,7 @@ function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number,
     ...(pattern === 'rand' ? ['--norandommap', '--randrepeat=0'] : []),
     `--bs=${PAGE}`,
     '--direct=1',
-    '--ioengine=libaio',
+    `--ioengine=${ioengine}`,
     `--iodepth=${depth}`,
     // Without fdatasync: N writes kept in flight, each completion replaced at once.
     ...(sync === 'fdatasync' ? [`--iodepth_batch_submit=${depth}`, `--iodepth_batch_complete_min=${depth}`, `--fdatasync=${depth}`] : []),
@@ -512,8 +512,11 @@ interface FioPct {
   N?: number
 }
 
-async function runFio(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', seconds: number): Promise<{ sample: Sample; detail: string }> {
-  const args = fioArgs(file, sizeBytes, sync, depth, pattern, seconds * 1000)
+/** fio's I/O engine: libaio for the main table; io_uring too in the depth-1 cycle taken apart. */
+type FioEngine = 'libaio' | 'io_uring'
+
+async function runFio(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', seconds: number, ioengine: FioEngine = 'libaio'): Promise<{ sample: Sample; detail: string }> {
+  const args = fioArgs(file, sizeBytes, sync, depth, pattern, seconds * 1000, ioengine)
   const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20 })
   const json = JSON.parse(stdout.slice(stdout.indexOf('{')))
   const job = json.jobs[0]
@@ -832,7 +835,7 @@ async function takeCycleApart(file: string, size: number, rounds: number, second
   for (let round = 0; round < rounds; round++) {
     for (let i = 0; i < CYCLE_PARTS.length; i++) {
       const part = CYCLE_PARTS[(i + round) % CYCLE_PARTS.length]
-      const s = await runCyclePart(part, built.binary, file, size, seconds)
+      const s = await runCyclePart(part, seconds, async (ioengine) => (await runFio(file, size, 'fdatasync', 1, 'rand', seconds, ioengine)).sample, built.binary, file, size)
       out[part].push(s)
       process.stdout.write(`  round ${round + 1}/${rounds} cycle ${part.padEnd(29)} ${fmt((s.seconds * 1e6) / s.cycles, 1).padStart(7)} µs/cycle ${fmt((s.cpuSeconds * 1e6) / s.cycles, 1).padStart(6)} CPU µs/cycle, load ${os.loadavg()[0].toFixed(2)}\n`)
     }
