@@ -22,13 +22,12 @@
  */
 import type { ExecutionContext } from 'ava'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { killRunning, startCrashChild } from './helpers/crash-child'
 import { fsCaps, requires } from './helpers/env'
 import { readDirect, writeWhole } from './helpers/io'
-import { MIN_SIZE_MIB, attachLoop, detach, settleWrites, withFs } from './helpers/loopfs'
+import { MIN_SIZE_MIB, settleWrites, withFs, withLoopDevice } from './helpers/loopfs'
 import { sleep } from './helpers/wait'
 import { PageStore, type MdBitmapError } from '../src'
 
@@ -79,19 +78,7 @@ async function afterKill(
     })
     return
   }
-  const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-test-late-'))
-  try {
-    const image = join(dir, 'device.img')
-    writeWhole(image, new Uint8Array(SIZE))
-    const dev = attachLoop(image)
-    try {
-      await run(dev, dev, null)
-    } finally {
-      detach(dev)
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
+  await withLoopDevice(SIZE, (dev) => run(dev, dev, null))
 }
 
 t.serial("a SIGKILLed writer's io_uring writes land after it ended; settleWrites waits for them", (t) =>

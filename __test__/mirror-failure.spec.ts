@@ -14,8 +14,7 @@
  * defers the detach until the last close. Shrinking is how a loop device fails I/O.)
  */
 import test from 'ava'
-import { mkdtempSync, readFileSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, rmSync, statfsSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { MdBitmapError, Mirror, allocAligned, type ResyncProgress } from '../src'
 import { daemonPass } from '../src/bitmap/testing'
@@ -25,7 +24,7 @@ import { MemberControl } from './helpers/members'
 import { KiB, MiB, codeOf, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
 import { removeDir } from './helpers/tmp'
 import { until } from './helpers/wait'
-import { attachLoop, detach, sh, withFs } from './helpers/loopfs'
+import { sh, withFs, withLoopDevice } from './helpers/loopfs'
 import { deviceSize } from './helpers/io'
 
 const parent = rigParent('md-mirror-fail-')
@@ -128,31 +127,6 @@ tfull('a member on a filesystem that fills up (ENOSPC) becomes faulty; writes go
 function writeAndClose(p: string): string {
   writeFileSync(p, '')
   return p
-}
-
-/**
- * A loop device over a fresh sparse image, detached whatever `fn` does (and at process
- * exit). The image's directory is named like loopfs.ts's, so its sweep also cleans up
- * after a test process that died.
- */
-async function withLoopDevice<T>(size: number, fn: (dev: string, image: string) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(tmpdir(), `md-bitmap-test-${process.pid}-loopdev-`))
-  const image = join(dir, 'dev.img')
-  truncateSync(writeAndClose(image), size)
-  let dev: string | null = null
-  const cleanup = () => {
-    if (dev) detach(dev)
-    dev = null
-    rmSync(dir, { recursive: true, force: true })
-  }
-  process.on('exit', cleanup)
-  try {
-    dev = attachLoop(image)
-    return await fn(dev, image)
-  } finally {
-    process.off('exit', cleanup)
-    cleanup()
-  }
 }
 
 const tdev = requires(['root', 'loop', 'losetup', 'truncate'])

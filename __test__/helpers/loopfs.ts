@@ -11,7 +11,7 @@
  * this module sweeps mounts and loop devices leaked by earlier test processes that died.
  */
 import { execFileSync, type ExecFileSyncOptions } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -293,6 +293,32 @@ export function attachLoop(image: string, sectorSize?: number, directIo?: 'on' |
     }
   }
   throw new Error(`losetup -f --show ${image} failed: ${errText(last)}`)
+}
+
+/**
+ * A loop device over a fresh sparse image, detached whatever `fn` does (and at process
+ * exit). The image's directory is named like withFs's, so the sweep also cleans up
+ * after a test process that died.
+ */
+export async function withLoopDevice<T>(size: number, fn: (dev: string, image: string) => Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), `${PREFIX}${process.pid}-loopdev-`))
+  const image = join(dir, 'dev.img')
+  writeFileSync(image, '')
+  truncateSync(image, size)
+  let dev: string | null = null
+  const cleanup = () => {
+    if (dev) detach(dev)
+    dev = null
+    rmSync(dir, { recursive: true, force: true })
+  }
+  process.on('exit', cleanup)
+  try {
+    dev = attachLoop(image)
+    return await fn(dev, image)
+  } finally {
+    process.off('exit', cleanup)
+    cleanup()
+  }
 }
 
 function mkfs(fsType: LoopFsType, dev: string, extra: string[]) {
