@@ -118,12 +118,14 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     // lockFile, NativeFileLock.release and clearImmutable: one owner at a time.
     const lockPath = join(dir, 'lock')
     const held = b.lockFile(lockPath, true)
+    if (!held) return t.fail('lockFile returned null for a lock nobody held')
     t.throws(() => b.lockFile(lockPath, true), { code: 'ELOCKED', message: new RegExp(`locked by process ${process.pid}`) } as object)
     t.throws(() => b.lockFile(join(dir, 'absent'), false), { code: 'ENOENT' } as object)
     held.release(true)
     held.release(false)
     const again = b.lockFile(lockPath, true)
-    again.release(false)
+    t.truthy(again, 'the lock is free again once released')
+    again?.release(false)
     t.false(b.clearImmutable(file), 'a file that is not immutable is left as it is')
   } finally {
     rmSync(dir, { recursive: true, force: true })

@@ -264,7 +264,7 @@ export class Bitmap extends EventEmitter {
     const file = new Uint8Array(pagedFileSize({ syncSize: size / SECTOR, chunkSize }, PAGE_SIZE))
     file.set(header)
     // Replacing a file rewrites it in place: not while someone holds it.
-    const held = options.overwrite ? lockIfExists(path) : undefined
+    const held = options.overwrite ? await lockIfExists(path) : undefined
     try {
       await createWrittenFile(path, file, { overwrite: options.overwrite })
     } catch (e) {
@@ -299,7 +299,7 @@ export class Bitmap extends EventEmitter {
 
   /** {@link Bitmap.open}, with the file's lock taken here unless `held` is given; the lock is released if the open fails. */
   private static async openHeld(path: string, options: BitmapOpenOptions, held: FileLock | undefined): Promise<Bitmap> {
-    const lock = held ?? FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)' })
+    const lock = held ?? (await FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)' }))
     try {
       return await Bitmap.openLocked(path, options, lock, await prepareLocked(path, options))
     } catch (e) {
@@ -835,9 +835,9 @@ async function prepareLocked(path: string, options: BitmapOpenOptions): Promise<
 }
 
 /** The lock on `path` if the file exists (ENOENT: nothing to lock), else throws as {@link FileLock.acquire}. */
-function lockIfExists(path: string): FileLock | undefined {
+async function lockIfExists(path: string): Promise<FileLock | undefined> {
   try {
-    return FileLock.acquire(path, { hint: 'close it there before replacing it' })
+    return await FileLock.acquire(path, { hint: 'close it there before replacing it' })
   } catch (e) {
     if ((e as MdBitmapError).code === 'ENOENT') return undefined
     throw e

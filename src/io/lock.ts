@@ -5,10 +5,16 @@
  *
  * ```
  *   FileLock.acquire(path) ──┬─ free ──► held ── release() ──► free
- *                            └─ held elsewhere (another process, or this one through
- *                               another open) ──► ELOCKED at once, naming the holder's pid
+ *                            ├─ held elsewhere (another process, or this one through
+ *                            │  another open) ──► ELOCKED at once, naming the holder's pid
+ *                            └─ held for a process that has exited ──► waiting: tried
+ *                               again every 5 ms on a timer (the event loop runs on)
+ *                               ──┬─ free within 2 s ──► held
+ *                                 └─ still held ──► ELOCKED, saying so
  *   held ── the process dies (kill -9 included) ──► free: the kernel drops the lock
- *           with the process's descriptors, so crash recovery needs no manual step
+ *           with the process's descriptors (once the dead process's I/O in flight has
+ *           completed: the I/O engine pins the lock), so crash recovery needs no
+ *           manual step
  * ```
  *
  * The lock is advisory: it binds md-bitmap's own opens (bitmaps, mirrors), not other
@@ -18,8 +24,16 @@
  * @module
  */
 import type { NativeFileLock } from '../native/binding'
-import { toMdBitmapError } from '../errors'
+import { MdBitmapError, toMdBitmapError } from '../errors'
 import { binding } from '../native'
+
+/**
+ * How long {@link FileLock.acquire} waits for the lock of a holder that has exited:
+ * the kernel keeps it until that process's writes in flight have completed, which
+ * takes milliseconds, or seconds on a slow or throttled device.
+ */
+const EXITED_HOLDER_WAIT_MS = 2000
+const EXITED_HOLDER_RETRY_MS = 5
 
 /** An exclusive lock on one file, held until {@link FileLock.release} or the process's death. */
 export class FileLock {
@@ -30,16 +44,31 @@ export class FileLock {
   ) {}
 
   /**
-   * Takes the lock on `path` or throws at once: `ELOCKED` when another process, or
-   * another open in this one, holds it (the message names the holder's pid; `hint`
-   * says what to do). With `create`, a missing file is created (mode 0600).
+   * Takes the lock on `path`, or rejects `ELOCKED` when another process, or another
+   * open in this one, holds it (the message names the holder's pid; `hint` says what
+   * to do). A lock still held for a process that has exited is waited for, up to 2 s,
+   * without blocking the event loop. With `create`, a missing file is created (mode 0600).
    */
-  static acquire(path: string, options: { create?: boolean; hint?: string } = {}): FileLock {
-    try {
-      return new FileLock(path, binding().lockFile(path, options.create ?? false))
-    } catch (e) {
-      const err = toMdBitmapError(e, { fallback: 'EINTERNAL' })
-      throw err.code === 'ELOCKED' && options.hint ? toMdBitmapError(err, { hint: options.hint }) : err
+  static async acquire(path: string, options: { create?: boolean; hint?: string } = {}): Promise<FileLock> {
+    const refuse = (err: MdBitmapError) => (err.code === 'ELOCKED' && options.hint ? toMdBitmapError(err, { hint: options.hint }) : err)
+    const until = performance.now() + EXITED_HOLDER_WAIT_MS
+    for (;;) {
+      let inner: NativeFileLock | null
+      try {
+        inner = binding().lockFile(path, options.create ?? false)
+      } catch (e) {
+        throw refuse(toMdBitmapError(e, { fallback: 'EINTERNAL' }))
+      }
+      if (inner) return new FileLock(path, inner)
+      if (performance.now() >= until) {
+        throw refuse(
+          new MdBitmapError(
+            'ELOCKED',
+            `${path} is in use: locked by a process that has exited (or one this process cannot see); the kernel releases an exited process's lock once its last writes have completed (waited ${EXITED_HOLDER_WAIT_MS} ms)`,
+          ),
+        )
+      }
+      await new Promise((resolve) => setTimeout(resolve, EXITED_HOLDER_RETRY_MS))
     }
   }
 

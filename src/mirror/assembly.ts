@@ -67,7 +67,7 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
   const openMember = o.openMember ?? openFileMember
   const paths = o.members.map((m) => memberPath(m.path))
   if (new Set(paths).size !== paths.length) throw new MdBitmapError('EINVAL', `a member is listed twice: ${paths.join(', ')}`)
-  const lock = lockMirror(metadataPath)
+  const lock = await lockMirror(metadataPath)
 
   const slots: Slot[] = []
   let bitmap: Bitmap | null = null
@@ -125,7 +125,7 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
 export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
   if (!o.bitmap && !o.metadata) throw new MdBitmapError('EINVAL', 'Mirror.open needs the bitmap path (or the metadata path of a mirror without a bitmap)')
   const metadataPath = resolve(o.metadata ?? metadataPathFor(o.bitmap!))
-  const lock = lockMirror(metadataPath)
+  const lock = await lockMirror(metadataPath)
   const openMember = o.openMember ?? openFileMember
   let slots: Slot[] = []
   let bitmap: Bitmap | null = null

@@ -32,11 +32,11 @@ export function controlSocketPathFor(metadataPath: string): string {
  * control socket if it has one. Holding the lock, removes a control socket a dead
  * holder left behind.
  */
-export function lockMirror(metadataPath: string): FileLock {
+export async function lockMirror(metadataPath: string): Promise<FileLock> {
   const socket = controlSocketPathFor(metadataPath)
   let lock: FileLock
   try {
-    lock = FileLock.acquire(lockPathFor(metadataPath), { create: true })
+    lock = await FileLock.acquire(lockPathFor(metadataPath), { create: true })
   } catch (e) {
     const err = e as MdBitmapError
     if (err.code !== 'ELOCKED') throw e

@@ -159,10 +159,11 @@ export interface ExtentMapInfo {
 export declare function extents(path: string): Promise<ExtentMapInfo>
 
 /**
- * Takes an exclusive flock on `path` (created, mode 0600, when `create`), or throws
- * `ELOCKED` naming the holder's pid.
+ * Takes an exclusive flock on `path` (created, mode 0600, when `create`); `null` while
+ * it is held for a process that has exited (the kernel releases it once that process's
+ * last I/O completed: try again shortly); throws `ELOCKED` naming a live holder.
  */
-export declare function lockFile(path: string, create?: boolean | undefined | null): NativeFileLock
+export declare function lockFile(path: string, create?: boolean | undefined | null): NativeFileLock | null
 
 export declare function openStore(path: string, mode: 'in-place' | 'on-device' | 'plain', dsync?: boolean | undefined | null): Promise<NativeStore>
 

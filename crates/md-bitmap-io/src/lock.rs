@@ -5,14 +5,20 @@
 //! another descriptor, fails at once with `ELOCKED`, naming the holder's pid as
 //! `/proc/locks` shows it.
 //!
+//! Nothing here blocks. A lock still held for a process that has exited (the kernel
+//! keeps it until that process's I/O in flight has completed: see below) is reported
+//! as such (`Ok(None)`), for the caller to try again shortly; the binding's caller
+//! retries on a timer (src/io/lock.ts), so that its thread's event loop keeps running
+//! meanwhile.
+//!
 //! Also here, because only a lock holder may do it: lifting an immutable flag that a
 //! killed device-mode writer left on its file.
 //!
 //! ```text
 //!   lock(path) ── open (O_CREAT if asked) ── flock EX|NB ─┬─ busy ──► ELOCKED (holder pid)
-//!                                                        ├─ busy, the holder has exited ──
-//!                                                        │  retry for up to 2 s ──► got it, or
-//!                                                        │  ELOCKED (its I/O still completing)
+//!                                                        ├─ busy, the holder has exited
+//!                                                        │  ──► None (its I/O still completing;
+//!                                                        │  the caller tries again shortly)
 //!                                                        └─ got it ── path still names the
 //!                                                           locked inode? ─┬─ yes ──► held
 //!                                                                          └─ no (replaced
@@ -43,9 +49,10 @@ const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
 const FS_IMMUTABLE_FL: libc::c_int = 0x10;
 
 impl FileLock {
-    /// Takes the lock on `path` (creating the file, mode 0600, if `create`), or fails
-    /// at once with `ELOCKED`.
-    pub fn acquire(path: &Path, create: bool) -> Result<FileLock> {
+    /// Takes the lock on `path` (creating the file, mode 0600, if `create`); `None` when
+    /// it is held for a process that has exited, whose lock goes once its last I/O
+    /// completed (try again shortly); fails at once with `ELOCKED` naming a live holder.
+    pub fn try_acquire(path: &Path, create: bool) -> Result<Option<FileLock>> {
         for _ in 0..16 {
             let mut o = OpenOptions::new();
             o.read(true).custom_flags(libc::O_CLOEXEC).mode(0o600);
@@ -64,26 +71,17 @@ impl FileLock {
                 // /proc/locks names no live holder (pid 0, a pid that is gone or a
                 // zombie, or no line) when the process that took the lock has exited:
                 // its lock goes once its last I/O completed.
-                let holder = holder_pid(&file).filter(|&p| p != 0 && alive(p));
-                let exited = holder.is_none();
-                if !(exited && wait_for_exited_holder(&file)) {
-                    let message = match holder {
-                        Some(p) => format!("{} is in use: locked by process {p}", path.display()),
-                        None => format!(
-                            "{} is in use: locked by a process that has exited (or one this process cannot see); the kernel releases an exited process's lock once its last writes have completed (waited {} ms)",
-                            path.display(),
-                            EXITED_HOLDER_WAIT.as_millis()
-                        ),
-                    };
-                    return Err(IoError { code: "ELOCKED".into(), message, errno: Some(errno as i32) });
-                }
+                return match holder_pid(&file).filter(|&p| p != 0 && alive(p)) {
+                    Some(p) => Err(IoError { code: "ELOCKED".into(), message: format!("{} is in use: locked by process {p}", path.display()), errno: Some(errno as i32) }),
+                    None => Ok(None),
+                };
             }
             // The path may have been unlinked or replaced between open and flock (a
             // holder releasing with unlink): then this lock guards nothing; retry.
             let held = file.metadata().map_err(IoError::from)?;
             match std::fs::metadata(path) {
                 Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
-                    return Ok(FileLock { file, path: path.to_path_buf() });
+                    return Ok(Some(FileLock { file, path: path.to_path_buf() }));
                 }
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => continue,
@@ -124,30 +122,12 @@ impl Drop for FileLock {
     }
 }
 
-/// How long `acquire` waits for the lock of a holder that has exited. Its lock is held
-/// by the kernel until the dead process's I/O has completed (an io_uring ring is torn
-/// down after the process, and pins the lock: `Engine::pin`); that takes milliseconds,
-/// or longer on a device that is slow to complete writes.
-const EXITED_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 fn lock_now(file: &File) -> std::result::Result<(), Errno> {
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         Ok(())
     } else {
         Err(Errno::last())
     }
-}
-
-/// Retries the lock until `EXITED_HOLDER_WAIT` passed; whether it was taken.
-fn wait_for_exited_holder(file: &File) -> bool {
-    let until = std::time::Instant::now() + EXITED_HOLDER_WAIT;
-    while std::time::Instant::now() < until {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        if lock_now(file).is_ok() {
-            return true;
-        }
-    }
-    false
 }
 
 /// Whether process `pid` is running (not gone, not a zombie).
@@ -217,12 +197,12 @@ mod tests {
     #[test]
     fn a_second_lock_fails_with_the_holders_pid() {
         let p = tmp("second");
-        let held = FileLock::acquire(&p, true).unwrap();
-        let e = FileLock::acquire(&p, true).unwrap_err();
+        let held = FileLock::try_acquire(&p, true).unwrap().unwrap();
+        let e = FileLock::try_acquire(&p, true).unwrap_err();
         assert_eq!(e.code, "ELOCKED");
         assert!(e.message.contains(&format!("process {}", std::process::id())), "{}", e.message);
         held.release(false).unwrap();
-        let again = FileLock::acquire(&p, false).unwrap();
+        let again = FileLock::try_acquire(&p, false).unwrap().unwrap();
         again.release(true).unwrap();
         assert!(!p.exists());
     }
@@ -230,7 +210,7 @@ mod tests {
     #[test]
     fn lock_without_create_needs_the_file() {
         let p = tmp("missing");
-        assert_eq!(FileLock::acquire(&p, false).unwrap_err().code, "ENOENT");
+        assert_eq!(FileLock::try_acquire(&p, false).unwrap_err().code, "ENOENT");
     }
 
     #[test]

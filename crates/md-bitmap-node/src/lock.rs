@@ -1,6 +1,7 @@
 //! The binding of md-bitmap-io's `lock` module: exclusive file locks and lifting an
 //! immutable flag left by a killed device-mode writer. Both are a few non-blocking
-//! system calls (open, flock with LOCK_NB, ioctl), so they run on the JS thread.
+//! system calls (open, flock with LOCK_NB, ioctl), so they run on the JS thread; a
+//! lock still held for an exited process is `null`, retried by the caller on a timer.
 //! A lock is pinned to this thread's I/O engine (`Engine::pin`), so that the lock of a
 //! process killed with io_uring writes in flight is released only once they landed.
 
@@ -59,14 +60,17 @@ impl NativeFileLock {
     }
 }
 
-/// Takes an exclusive flock on `path` (created, mode 0600, when `create`), or throws
-/// `ELOCKED` naming the holder's pid.
+/// Takes an exclusive flock on `path` (created, mode 0600, when `create`); `null` while
+/// it is held for a process that has exited (the kernel releases it once that process's
+/// last I/O completed: try again shortly); throws `ELOCKED` naming a live holder.
 #[napi]
-pub fn lock_file(env: &Env, path: String, create: Option<bool>) -> Result<NativeFileLock> {
-    let lock = FileLock::acquire(Path::new(&path), create.unwrap_or(false)).map_err(|e| js_error(env, &e))?;
+pub fn lock_file(env: &Env, path: String, create: Option<bool>) -> Result<Option<NativeFileLock>> {
+    let Some(lock) = FileLock::try_acquire(Path::new(&path), create.unwrap_or(false)).map_err(|e| js_error(env, &e))? else {
+        return Ok(None);
+    };
     let engine = crate::reactor(env)?.engine().clone();
     let pin = engine.pin(lock.raw_fd()).map(|slot| Pin { engine, slot });
-    Ok(NativeFileLock { inner: Mutex::new(Some(Held { lock, pin })) })
+    Ok(Some(NativeFileLock { inner: Mutex::new(Some(Held { lock, pin })) }))
 }
 
 /// Clears the immutable flag of `path` if set; returns whether it was set. Call only

@@ -13,7 +13,7 @@ import { readBitmapFile } from '../bitmap-file'
 
 /** The detail of the mirror whose metadata is `metadataPath`, from its files. */
 export async function storedDetail(metadataPath: string, bitmapPath: string | undefined): Promise<MirrorDetail> {
-  const lock = lockMirror(metadataPath)
+  const lock = await lockMirror(metadataPath)
   try {
     const meta = await readMetadata(metadataPath)
     const all = Math.ceil(meta.size / meta.chunkSize)
