@@ -17,6 +17,9 @@
  *
  * A page store opening the file after the kill waits for those writes itself
  * (crates/md-bitmap-io/src/fence.rs), on ext4 and XFS: nothing lands after its open.
+ * On btrfs nothing lands late at all: btrfs allocates on every write, which it will not
+ * start without blocking, so io_uring runs each write on one of its worker threads,
+ * threads of the writing process, and the process's death waits for them.
  * On a block device the dead writer's exclusive open lasts until its writes landed:
  * a new open is refused (EBUSY, saying why) until then, and nothing lands after it.
  *
@@ -43,19 +46,20 @@ const BLKIO = '/sys/fs/cgroup/blkio'
 const SIZE = 4 * 2 ** 20
 const hash = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
 
-const t = requires(['root', 'loop', 'fsfreeze', ...fsCaps('ext4'), ...fsCaps('xfs')])
+const t = requires(['root', 'loop', 'fsfreeze', ...fsCaps('ext4'), ...fsCaps('xfs'), ...fsCaps('btrfs')])
 
 /**
  * Starts the late writer (`store` or `mirror` on `path`) in a blkio cgroup that lets
  * its writes reach `dev` at 256 KiB/s, kills it with its writes queued, and calls
- * `after` with the engine it used. The cgroup is removed after.
+ * `after` with the engine it used and how long its death took to be seen (from the
+ * SIGKILL to its end). The cgroup is removed after.
  */
 async function killThrottled(
   t: ExecutionContext,
   kind: 'store' | 'mirror',
   path: string,
   dev: string,
-  after: (engine: string) => Promise<void>,
+  after: (engine: string, deathMs: number) => Promise<void>,
 ): Promise<void> {
   if (!existsSync(join(BLKIO, 'blkio.throttle.write_bps_device'))) return t.fail(`no cgroup v1 blkio throttle at ${BLKIO}: cannot slow one process's writes`)
   const group = join(BLKIO, `md-bitmap-test-${process.pid}-settle-${kind}`)
@@ -69,8 +73,9 @@ async function killThrottled(
     w.send('go')
     await w.waitFor('writing', 20_000)
     await sleep(300)
+    const killed = Date.now()
     t.is(await w.kill(), 'SIGKILL')
-    await after(engine)
+    await after(engine, Date.now() - killed)
   } finally {
     rmdirSync(group)
   }
@@ -80,17 +85,19 @@ async function killThrottled(
  * Runs the late writer on a page store of a fresh file in a filesystem of `target`, or
  * of a loop device of its own (`device`), kills it with its writes queued, and calls
  * `after` with the file (or device), the mount point (null for a device), the hash of
- * the first SIZE bytes as the kill left them, and the engine the writer used. The
+ * the first SIZE bytes as the kill left them, the engine the writer used and how long
+ * its death took. The
  * cgroup, filesystem and loop device are undone.
  */
 async function afterKill(
   t: ExecutionContext,
-  target: 'ext4' | 'xfs' | 'device',
-  after: (file: string, mnt: string | null, atKill: string, engine: string) => Promise<void>,
+  target: 'ext4' | 'xfs' | 'btrfs' | 'device',
+  after: (file: string, mnt: string | null, atKill: string, engine: string, deathMs: number) => Promise<void>,
 ): Promise<void> {
   t.timeout(120_000)
   t.teardown(killRunning)
-  const run = (file: string, dev: string, mnt: string | null) => killThrottled(t, 'store', file, dev, (engine) => after(file, mnt, hash(readDirect(file, 0, SIZE)), engine))
+  const run = (file: string, dev: string, mnt: string | null) =>
+    killThrottled(t, 'store', file, dev, (engine, deathMs) => after(file, mnt, hash(readDirect(file, 0, SIZE)), engine, deathMs))
   if (target !== 'device') {
     await withFs(target, MIN_SIZE_MIB[target], async (mnt, dev) => {
       const file = join(mnt, 'late.img')
@@ -132,6 +139,22 @@ for (const fsType of ['ext4', 'xfs'] as const) {
     }),
   )
 }
+
+t.serial("btrfs: a killed writer's io_uring writes run on io_uring's worker threads, its death waits for them, and nothing lands after", (t) =>
+  afterKill(t, 'btrfs', async (file, _mnt, atKill, engine, deathMs) => {
+    const store = await PageStore.open(file, { mode: 'plain' })
+    const opened = hash(readDirect(file, 0, SIZE))
+    await sleep(1000)
+    const later = hash(readDirect(file, 0, SIZE))
+    await store.close()
+    t.log(`engine ${engine}: the death took ${deathMs} ms`)
+    t.is(opened, atKill, 'a write of the dead writer landed between its death and the open')
+    t.is(later, opened, 'a write of the dead writer landed after the open')
+    // btrfs allocates on every write, so io_uring runs each on a worker thread, one of the
+    // process's own: the process ends only once those writes are done.
+    if (engine === 'uring') t.true(deathMs > 1000, `the death took ${deathMs} ms: no throttled write was in flight to wait for`)
+  }),
+)
 
 t.serial("a block device: an open after the kill fails EBUSY, saying why, until the dead writer's writes landed; nothing lands after", (t) =>
   afterKill(t, 'device', async (dev, _mnt, atKill, engine) => {

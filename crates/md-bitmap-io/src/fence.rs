@@ -24,7 +24,11 @@
 //! times (a file with no data at all gets its first block allocated, reading zeroes).
 //! Best effort: a filesystem that refuses fallocate, a read-only descriptor or an
 //! immutable file skips the wait, and other filesystems may not wait in fallocate; the
-//! ring's pin of the lock file (uring.rs) is then what narrows the window. Block
+//! ring's pin of the lock file (uring.rs) is then what narrows the window. btrfs needs
+//! none (its fallocate waits only for the writes in the range it allocates): it will not
+//! start a copy-on-write allocation without blocking, so io_uring runs every write there
+//! on one of its worker threads, which are threads of the writing process, and a killed
+//! process ends only once they are done (crash-settle.spec.ts measures it). Block
 //! devices need no fence: a member device is opened exclusively, and a dead process's
 //! writes keep its exclusive open until they completed.
 

@@ -52,9 +52,10 @@
 //! lock came free ~4 s after the kill, with its writes, in 12 runs alone; under a full
 //! suite's load the outcome varied (once a write landed after the lock came free), so
 //! no test asserts it: this narrows the window, it is not proven to close it. What
-//! closes it on ext4 and XFS is the wait at every store's open (fence.rs), and on a
-//! block device its exclusive open, which the dead process keeps until its writes
-//! completed (both tested in crash-settle.spec.ts). The crash specs settle the
+//! closes it on ext4 and XFS is the wait at every store's open (fence.rs), on btrfs the
+//! process's death itself (every write there runs on io_uring's worker threads, which
+//! it waits for), and on a block device its exclusive open, which the dead process
+//! keeps until its writes completed (all tested in crash-settle.spec.ts). The crash specs settle the
 //! filesystem (a freeze) after each kill, to read the files as the crash left them.
 
 use crate::engine::{Flight, KernelQueue, Op};
