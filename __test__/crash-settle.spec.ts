@@ -123,16 +123,22 @@ t.serial("a SIGKILLed writer's io_uring writes land after it ended; settleWrites
   }),
 )
 
+/** Opens a page store on `file` and reads the file at once and a second later: how long the open took, and the file's hash at each read. */
+async function openAndWatch(file: string): Promise<{ openMs: number; opened: string; later: string }> {
+  const t0 = Date.now()
+  const store = await PageStore.open(file, { mode: 'plain' })
+  const openMs = Date.now() - t0
+  const opened = hash(readDirect(file, 0, SIZE))
+  await sleep(1000)
+  const later = hash(readDirect(file, 0, SIZE))
+  await store.close()
+  return { openMs, opened, later }
+}
+
 for (const fsType of ['ext4', 'xfs'] as const) {
   t.serial(`${fsType}: a page store opened after the kill waits for the dead writer's writes to land`, (t) =>
     afterKill(t, fsType, async (file, _mnt, atKill, engine) => {
-      const t0 = Date.now()
-      const store = await PageStore.open(file, { mode: 'plain' })
-      const openMs = Date.now() - t0
-      const opened = hash(readDirect(file, 0, SIZE))
-      await sleep(1000)
-      const later = hash(readDirect(file, 0, SIZE))
-      await store.close()
+      const { openMs, opened, later } = await openAndWatch(file)
       t.log(`engine ${engine}: the open took ${openMs} ms`)
       t.is(later, opened, 'a write of the dead writer landed after the open')
       if (engine === 'uring') t.not(atKill, opened, 'no write of the killed writer was still in flight at the open: nothing was waited for')
@@ -142,11 +148,7 @@ for (const fsType of ['ext4', 'xfs'] as const) {
 
 t.serial("btrfs: a killed writer's io_uring writes run on io_uring's worker threads, its death waits for them, and nothing lands after", (t) =>
   afterKill(t, 'btrfs', async (file, _mnt, atKill, engine, deathMs) => {
-    const store = await PageStore.open(file, { mode: 'plain' })
-    const opened = hash(readDirect(file, 0, SIZE))
-    await sleep(1000)
-    const later = hash(readDirect(file, 0, SIZE))
-    await store.close()
+    const { opened, later } = await openAndWatch(file)
     t.log(`engine ${engine}: the death took ${deathMs} ms`)
     t.is(opened, atKill, 'a write of the dead writer landed between its death and the open')
     t.is(later, opened, 'a write of the dead writer landed after the open')
