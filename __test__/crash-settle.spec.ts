@@ -86,8 +86,7 @@ async function killThrottled(
  * of a loop device of its own (`device`), kills it with its writes queued, and calls
  * `after` with the file (or device), the mount point (null for a device), the hash of
  * the first SIZE bytes as the kill left them, the engine the writer used and how long
- * its death took. The
- * cgroup, filesystem and loop device are undone.
+ * its death took. The cgroup, filesystem and loop device are undone.
  */
 async function afterKill(
   t: ExecutionContext,
