@@ -61,6 +61,8 @@ async function killThrottled(
   dev: string,
   after: (engine: string, deathMs: number) => Promise<void>,
 ): Promise<void> {
+  t.timeout(120_000)
+  t.teardown(killRunning)
   if (!existsSync(join(BLKIO, 'blkio.throttle.write_bps_device'))) return t.fail(`no cgroup v1 blkio throttle at ${BLKIO}: cannot slow one process's writes`)
   const group = join(BLKIO, `md-bitmap-test-${process.pid}-settle-${kind}`)
   mkdirSync(group)
@@ -93,8 +95,6 @@ async function afterKill(
   target: 'ext4' | 'xfs' | 'btrfs' | 'device',
   after: (file: string, mnt: string | null, atKill: string, engine: string, deathMs: number) => Promise<void>,
 ): Promise<void> {
-  t.timeout(120_000)
-  t.teardown(killRunning)
   const run = (file: string, dev: string, mnt: string | null) =>
     killThrottled(t, 'store', file, dev, (engine, deathMs) => after(file, mnt, hash(readDirect(file, 0, SIZE)), engine, deathMs))
   if (target !== 'device') {
@@ -188,10 +188,8 @@ t.serial("a block device: an open after the kill fails EBUSY, saying why, until 
   }),
 )
 
-t.serial("a mirror reopened after the kill: no write of the dead owner lands over the new owner's", (t) => {
-  t.timeout(120_000)
-  t.teardown(killRunning)
-  return withFs('ext4', MIN_SIZE_MIB.ext4 + 8, async (mnt, dev) => {
+t.serial("a mirror reopened after the kill: no write of the dead owner lands over the new owner's", (t) =>
+  withFs('ext4', MIN_SIZE_MIB.ext4 + 8, async (mnt, dev) => {
     const bitmap = join(mnt, 'late.bitmap')
     const members = [join(mnt, 'm0'), join(mnt, 'm1')]
     // Members written in full: a write into a hole would wait for the dead owner's
@@ -247,5 +245,5 @@ t.serial("a mirror reopened after the kill: no write of the dead owner lands ove
       }
       if (engine === 'uring') t.not(atKill, opened, 'no write of the killed owner landed between the kill and the open: nothing was in flight to wait for')
     })
-  })
-})
+  }),
+)

@@ -1,6 +1,6 @@
 /**
- * The engine crate's examples (crates/md-bitmap-io/examples), built with cargo for the
- * benchmarks that run the engine without Node.
+ * The engine crate's examples (crates/md-bitmap-io/examples), built with cargo and run
+ * for the benchmarks that drive the engine without Node.
  *
  * @module
  */
@@ -18,4 +18,23 @@ export async function buildExample(name: string): Promise<{ binary: string } | {
   }
   const binary = path.join(process.env.CARGO_TARGET_DIR ? path.resolve(root, process.env.CARGO_TARGET_DIR) : path.join(root, 'target'), 'release', 'examples', name)
   return fs.existsSync(binary) ? { binary } : { skipped: `${binary} not found after cargo build` }
+}
+
+/** One timed run of an example (examples/common's `run_timed`). */
+export interface ExampleSample {
+  /** Rounds completed in the timed part. */
+  rounds: number
+  seconds: number
+  /** User + system CPU time of the example's process. */
+  cpuSeconds: number
+}
+
+/**
+ * Runs an example `binary` with `args` and reads the one line of JSON it prints
+ * (`run_timed`): `counted` names its count of rounds ("writes", "cycles").
+ */
+export async function runExample(binary: string, args: string[], counted: string): Promise<ExampleSample> {
+  const { stdout } = await execFileP(binary, args)
+  const r = JSON.parse(stdout) as Record<string, number>
+  return { rounds: r[counted], seconds: r.seconds, cpuSeconds: (r.userUs + r.systemUs) / 1e6 }
 }

@@ -16,7 +16,8 @@
  * @module
  */
 import { PageStore, allocAligned } from '../src/index'
-import { Prng, execFileP } from './common'
+import { runExample } from './cargo-example'
+import { Prng } from './common'
 
 const PAGE = 4096
 
@@ -31,9 +32,8 @@ export interface LockstepSample {
 
 /** The engine alone: the lockstep example on `files` for `seconds`. */
 export async function engineLockstep(binary: string, files: [string, string], region: number, seconds: number): Promise<LockstepSample> {
-  const { stdout } = await execFileP(binary, [...files, String(region), String(seconds)])
-  const r = JSON.parse(stdout) as { writes: number; seconds: number; userUs: number; systemUs: number }
-  return { writes: r.writes, seconds: r.seconds, cpuSeconds: (r.userUs + r.systemUs) / 1e6 }
+  const s = await runExample(binary, [...files, String(region), String(seconds)], 'writes')
+  return { writes: s.rounds, seconds: s.seconds, cpuSeconds: s.cpuSeconds }
 }
 
 /** Two page stores from Node, in this process: 0.5 s of warm-up, then `seconds` timed. */

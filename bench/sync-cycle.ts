@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { execFileP } from './common'
+import { runExample } from './cargo-example'
 
 /** One timed run of write + fdatasync cycles. */
 export interface CycleSample {
@@ -43,7 +43,6 @@ export async function runCyclePart(
     const s = await fio(part === 'fio libaio' ? 'libaio' : 'io_uring')
     return { cycles: s.writes, seconds: s.seconds, cpuSeconds: s.cpuSeconds }
   }
-  const { stdout } = await execFileP(binary, [file, String(region), String(seconds), part === 'engine, sync by system call' ? 'syscall' : 'uring'])
-  const r = JSON.parse(stdout) as { cycles: number; seconds: number; userUs: number; systemUs: number }
-  return { cycles: r.cycles, seconds: r.seconds, cpuSeconds: (r.userUs + r.systemUs) / 1e6 }
+  const s = await runExample(binary, [file, String(region), String(seconds), part === 'engine, sync by system call' ? 'syscall' : 'uring'], 'cycles')
+  return { cycles: s.rounds, seconds: s.seconds, cpuSeconds: s.cpuSeconds }
 }
