@@ -575,6 +575,7 @@ test('failures: one line with the code on stderr and the documented exit status'
     [['frobnicate'], 'EUSAGE', 2],
     [['resync'], 'EUSAGE', 2],
     [['resync', '--bitmap', 'exists.bitmap'], 'EMIRROR_METADATA', 1],
+    [['resync', '--bitmap', 'exists.bitmap', '--lock-wait', 'long'], 'EUSAGE', 2],
     [['demo', '--seconds', 'soon'], 'EUSAGE', 2],
   ]
   const runs = await pool(cases, 4, ([args]) => cli(args))

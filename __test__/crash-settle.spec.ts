@@ -24,9 +24,10 @@
  * a new open is refused (EBUSY, saying why) until then, and nothing lands after it.
  *
  * A mirror reopened after its owner was killed: the dead owner's lock is kept by the
- * kernel while its ring holds writes (the engine pins the lock), and each open waits
- * for it on a timer, then fails ELOCKED; the member stores' opens wait for whatever is
- * left. The new owner's writes after the open are then never overwritten by the dead
+ * kernel while its ring holds writes (the engine pins the lock), and an open waits for
+ * it on a timer: with the default wait (2 s) it fails ELOCKED, with a `lockWaitMs`
+ * longer than the dead owner's writes take it opens; the member stores' opens wait for
+ * whatever is left. The new owner's writes after the open are then never overwritten by the dead
  * owner's. Checked by hand (2026-11-30): with the fence alone (no pin) the open took
  * 7.7 s and the test passed; with neither, the open took 6 ms and the dead owner's
  * writes landed over the new owner's on both members.
@@ -213,12 +214,13 @@ t.serial("a mirror reopened after the kill: no write of the dead owner lands ove
       try {
         while (!mirror) {
           try {
-            mirror = await Mirror.open({ bitmap })
+            // The default wait first (2 s); after its ELOCKED, as long as the dead owner's writes take.
+            mirror = await Mirror.open(refusals === 0 ? { bitmap } : { bitmap, lockWaitMs: 30_000 })
           } catch (e) {
             const err = e as MdBitmapError
             if (err.code !== 'ELOCKED') throw e
             t.regex(err.message, /locked by a process that has exited/)
-            if (Date.now() - t0 > 30_000) return t.fail(`still locked after 30 s: ${err.message}`)
+            if (refusals > 0) return t.fail(`ELOCKED again with lockWaitMs 30000, after ${Date.now() - t0} ms: ${err.message}`)
             refusals++
           }
         }
@@ -243,7 +245,10 @@ t.serial("a mirror reopened after the kill: no write of the dead owner lands ove
         const stale = bytes.findIndex((b) => b !== 0xff)
         t.is(stale, -1, `${m}: byte ${stale} is ${bytes[stale]}, a write of the dead owner landed over the new owner's acknowledged write`)
       }
-      if (engine === 'uring') t.not(atKill, opened, 'no write of the killed owner landed between the kill and the open: nothing was in flight to wait for')
+      if (engine === 'uring') {
+        t.not(atKill, opened, 'no write of the killed owner landed between the kill and the open: nothing was in flight to wait for')
+        t.is(refusals, 1, 'the default wait (2 s) outlasted the dead owner\'s throttled writes: lockWaitMs was not exercised')
+      }
     })
   }),
 )

@@ -59,6 +59,25 @@ test('Bitmap.open twice in one process: the second fails ELOCKED at once, naming
   await again.close()
 })
 
+test('lockWaitMs: a live holder is refused at once however long the wait; a wait that is not a number of milliseconds is EINVAL', async (t) => {
+  const path = join(dir, 'lock-wait.bitmap')
+  const b = await Bitmap.create(path, { size: 16 * MiB, chunkSize: CS, daemonSleep: IDLE })
+  const started = Date.now()
+  // The wait is for an owner that has exited (its writes landing): a live one does not go away by waiting.
+  await lockedBy(t, Bitmap.open(path, { lockWaitMs: 30_000 }), process.pid)
+  t.true(Date.now() - started < 2000, 'at once, no waiting')
+  for (const lockWaitMs of [-1, Number.NaN, Number.POSITIVE_INFINITY, '5' as unknown as number]) {
+    const e = await t.throwsAsync(Bitmap.open(path, { lockWaitMs }))
+    t.is((e as MdBitmapError).code, 'EINVAL', (e as Error).message)
+    t.regex((e as Error).message, /lockWaitMs must be a finite number of milliseconds/)
+  }
+  const metadata = join(dir, 'lock-wait.mirror.json')
+  const e = await t.throwsAsync(Mirror.open({ metadata, lockWaitMs: -5 }))
+  t.is((e as MdBitmapError).code, 'EINVAL', (e as Error).message)
+  t.false(existsSync(`${metadata}.lock`), 'refused before anything was locked')
+  await b.close()
+})
+
 test('Bitmap.open in two processes: ELOCKED names the holder; after kill -9 of the holder it opens at once with its bit loaded', async (t) => {
   const path = join(dir, 'two-processes.bitmap')
   await (await Bitmap.create(path, { size: 16 * MiB, chunkSize: CS, daemonSleep: IDLE })).close()

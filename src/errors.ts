@@ -61,8 +61,9 @@ export const LibraryErrorCode = {
    * The bitmap or mirror is held open by another process, or by another open in this
    * one (one owner at a time); the message names the holder's pid and, for a mirror
    * with one, its control socket. A holder that dies releases it once its writes in
-   * flight have landed: an open waits up to 2 s for that, then fails with this code
-   * saying the holder has exited; retry.
+   * flight have landed: an open waits for that up to 2 s (or its `lockWaitMs`), then
+   * fails with this code saying the holder has exited; retry, or open with a longer
+   * `lockWaitMs`.
    */
   ELOCKED: 'ELOCKED',
   /** Something failed in a way md-bitmap did not foresee: a bug; please report it. */

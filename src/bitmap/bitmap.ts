@@ -73,6 +73,13 @@ export interface BitmapOpenOptions {
   events?: bigint
   /** Allow a filesystem that does not survive a reboot (tmpfs). Default false. */
   allowVolatile?: boolean
+  /**
+   * Milliseconds to wait for a lock still held for a process that has exited: the
+   * kernel releases a killed owner's lock once its writes in flight have landed, which
+   * on a slow or throttled device takes seconds. Default 2000; past it the open fails
+   * `ELOCKED`. A lock held by a live process fails `ELOCKED` at once, whatever this says.
+   */
+  lockWaitMs?: number
 }
 
 /** A byte range of the data. */
@@ -299,7 +306,7 @@ export class Bitmap extends EventEmitter {
 
   /** {@link Bitmap.open}, with the file's lock taken here unless `held` is given; the lock is released if the open fails. */
   private static async openHeld(path: string, options: BitmapOpenOptions, held: FileLock | undefined): Promise<Bitmap> {
-    const lock = held ?? (await FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)' }))
+    const lock = held ?? (await FileLock.acquire(path, { hint: 'close it there first, or stop that process (a process that dies releases it)', waitMs: options.lockWaitMs }))
     try {
       return await Bitmap.openLocked(path, options, lock, await prepareLocked(path, options))
     } catch (e) {

@@ -8,7 +8,7 @@
  */
 import { Mirror } from '../mirror/mirror'
 import type { ResyncReport } from '../mirror/types'
-import { parse } from './args'
+import { parse, parseInteger } from './args'
 import { CliError, EXIT_INTERRUPTED, usage } from './errors'
 import { bytes, ms, percent, rate } from './format'
 import type { Io } from './io'
@@ -31,6 +31,9 @@ Options:
                       a mirror without a bitmap)
   --device-mode       write the bitmap in device mode (needs root)
   --allow-volatile    allow a bitmap on tmpfs
+  --lock-wait MS      how long to wait for the locks of an owner that was killed
+                      while its last writes land (default 2000); a live owner is
+                      refused at once (ELOCKED)
   --quiet             no progress
   --json              print the report as JSON
   -h, --help          this help`
@@ -44,6 +47,7 @@ export async function resync(argv: string[], io: Io): Promise<number> {
       metadata: { type: 'string' },
       'device-mode': { type: 'boolean' },
       'allow-volatile': { type: 'boolean' },
+      'lock-wait': { type: 'string' },
       quiet: { type: 'boolean' },
       json: { type: 'boolean' },
     },
@@ -59,6 +63,7 @@ export async function resync(argv: string[], io: Io): Promise<number> {
     metadata: values.metadata as string | undefined,
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
+    lockWaitMs: values['lock-wait'] === undefined ? undefined : parseInteger(values['lock-wait'] as string, '--lock-wait', 'resync', 0, 3_600_000),
   })
   const abort = new AbortController()
   let interrupted: string | undefined

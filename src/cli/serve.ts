@@ -53,6 +53,9 @@ Options:
                       nbdinfo: nbds://HOST:PORT/NAME?tls-certificates=DIR)
   --device-mode       write the bitmap in device mode (needs root)
   --allow-volatile    allow a bitmap on tmpfs
+  --lock-wait MS      how long to wait for the locks of an owner that was killed
+                      while its last writes land (default 2000); a live owner is
+                      refused at once (ELOCKED)
   --no-control        no control socket (the mirror commands then fail ELOCKED
                       while it is served)
   -h, --help          this help`
@@ -72,6 +75,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
       timeout: { type: 'string' },
       'device-mode': { type: 'boolean' },
       'allow-volatile': { type: 'boolean' },
+      'lock-wait': { type: 'string' },
       'tls-creds': { type: 'string' },
       'tls-verify-peer': { type: 'boolean' },
       'tls-psk': { type: 'string' },
@@ -100,6 +104,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
     openMember: nbdOpener({ timeoutMs }),
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
+    lockWaitMs: values['lock-wait'] === undefined ? undefined : parseInteger(values['lock-wait'] as string, '--lock-wait', 'serve', 0, 3_600_000),
     control: values['no-control'] !== true,
   })
   mirror.on('member-faulty', (e: { index: number; path: string; error: { code: string; message: string } }) => {

@@ -9,7 +9,8 @@
  *                            │  another open) ──► ELOCKED at once, naming the holder's pid
  *                            └─ held for a process that has exited ──► waiting: tried
  *                               again every 5 ms on a timer (the event loop runs on)
- *                               ──┬─ free within 2 s ──► held
+ *                               ──┬─ free within the wait (2 s, or the caller's
+ *                                 │  `lockWaitMs`) ──► held
  *                                 └─ still held ──► ELOCKED, saying so
  *   held ── the process dies (kill -9 included) ──► free: the kernel drops the lock
  *           with the process's descriptors (once the dead process's I/O in flight has
@@ -28,11 +29,12 @@ import { MdBitmapError, toMdBitmapError } from '../errors'
 import { binding } from '../native'
 
 /**
- * How long {@link FileLock.acquire} waits for the lock of a holder that has exited:
- * the kernel keeps it until that process's writes in flight have completed, which
- * takes milliseconds, or seconds on a slow or throttled device.
+ * How long {@link FileLock.acquire} waits by default for the lock of a holder that has
+ * exited: the kernel keeps it until that process's writes in flight have completed,
+ * which takes milliseconds, or seconds on a slow or throttled device (where a caller
+ * passes a longer `lockWaitMs`).
  */
-const EXITED_HOLDER_WAIT_MS = 2000
+const DEFAULT_LOCK_WAIT_MS = 2000
 const EXITED_HOLDER_RETRY_MS = 5
 
 /** An exclusive lock on one file, held until {@link FileLock.release} or the process's death. */
@@ -46,12 +48,14 @@ export class FileLock {
   /**
    * Takes the lock on `path`, or rejects `ELOCKED` when another process, or another
    * open in this one, holds it (the message names the holder's pid; `hint` says what
-   * to do). A lock still held for a process that has exited is waited for, up to 2 s,
-   * without blocking the event loop. With `create`, a missing file is created (mode 0600).
+   * to do). A lock still held for a process that has exited is waited for, up to
+   * `waitMs` (default {@link DEFAULT_LOCK_WAIT_MS}), without blocking the event loop.
+   * With `create`, a missing file is created (mode 0600).
    */
-  static async acquire(path: string, options: { create?: boolean; hint?: string } = {}): Promise<FileLock> {
+  static async acquire(path: string, options: { create?: boolean; hint?: string; waitMs?: number } = {}): Promise<FileLock> {
     const refuse = (err: MdBitmapError) => (err.code === 'ELOCKED' && options.hint ? toMdBitmapError(err, { hint: options.hint }) : err)
-    const until = performance.now() + EXITED_HOLDER_WAIT_MS
+    const waitMs = lockWaitMs(options.waitMs)
+    const until = performance.now() + waitMs
     for (;;) {
       let inner: NativeFileLock | null
       try {
@@ -64,7 +68,7 @@ export class FileLock {
         throw refuse(
           new MdBitmapError(
             'ELOCKED',
-            `${path} is in use: locked by a process that has exited (or one this process cannot see); the kernel releases an exited process's lock once its last writes have completed (waited ${EXITED_HOLDER_WAIT_MS} ms)`,
+            `${path} is in use: locked by a process that has exited (or one this process cannot see); the kernel releases an exited process's lock once its last writes have completed (waited ${waitMs} ms; open with a longer lockWaitMs to wait longer)`,
           ),
         )
       }
@@ -87,6 +91,18 @@ export class FileLock {
       throw toMdBitmapError(e, { context: `cannot release the lock on ${this.path}` })
     }
   }
+}
+
+/**
+ * A caller's `lockWaitMs`, checked: undefined is the default, else a finite number of
+ * milliseconds, at least 0 (`EINVAL` otherwise).
+ */
+export function lockWaitMs(value: number | undefined): number {
+  if (value === undefined) return DEFAULT_LOCK_WAIT_MS
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new MdBitmapError('EINVAL', `lockWaitMs must be a finite number of milliseconds, at least 0, got ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)
+  }
+  return value
 }
 
 /**

@@ -9,7 +9,8 @@
  * and, when it listens on one, its control socket. The lock file is removed at close
  * (while still held, so no opener can lock a file that is gone). A holder killed with
  * SIGKILL leaves the lock file and maybe its socket, but not the lock: the next open
- * takes it at once and removes the stale socket.
+ * takes it once the dead holder's writes in flight have landed (waiting up to
+ * `lockWaitMs`, see io/lock.ts) and removes the stale socket.
  *
  * @module
  */
@@ -29,14 +30,15 @@ export function controlSocketPathFor(metadataPath: string): string {
 
 /**
  * Takes the mirror's lock, or rejects with `ELOCKED` naming the holder's pid and its
- * control socket if it has one. Holding the lock, removes a control socket a dead
+ * control socket if it has one (a lock still held for an exited owner is waited for up to
+ * `waitMs`, as {@link FileLock.acquire} says). Holding the lock, removes a control socket a dead
  * holder left behind.
  */
-export async function lockMirror(metadataPath: string): Promise<FileLock> {
+export async function lockMirror(metadataPath: string, waitMs?: number): Promise<FileLock> {
   const socket = controlSocketPathFor(metadataPath)
   let lock: FileLock
   try {
-    lock = await FileLock.acquire(lockPathFor(metadataPath), { create: true })
+    lock = await FileLock.acquire(lockPathFor(metadataPath), { create: true, waitMs })
   } catch (e) {
     const err = e as MdBitmapError
     if (err.code !== 'ELOCKED') throw e

@@ -86,6 +86,8 @@ export interface TrackingOpenOptions {
   mode?: 'file' | 'device'
   /** Allow a filesystem that does not survive a reboot (tmpfs). */
   allowVolatile?: boolean
+  /** How long an open waits for a lock still held for an exited owner (`Bitmap.open`'s `lockWaitMs`). */
+  lockWaitMs?: number
 }
 
 /** Where tracking reports what no caller hears: a tracking bitmap's failed write. */
@@ -324,7 +326,7 @@ export class Tracking {
       b =
         (await statPath(path)) === null
           ? await Bitmap.create(path, { size: meta.size, chunkSize: cs, uuid: meta.uuid, mode: this.options.mode, allowVolatile: this.options.allowVolatile })
-          : await Bitmap.open(path, { uuid: meta.uuid, events: meta.events, mode: this.options.mode, allowVolatile: this.options.allowVolatile })
+          : await Bitmap.open(path, { uuid: meta.uuid, events: meta.events, mode: this.options.mode, allowVolatile: this.options.allowVolatile, lockWaitMs: this.options.lockWaitMs })
     } catch (e) {
       throw toMdBitmapError(e, { context })
     }

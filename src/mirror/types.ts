@@ -78,6 +78,14 @@ export interface MirrorOpenOptions {
   /** Allow the bitmap on a filesystem that does not survive a reboot (tmpfs). */
   allowVolatile?: boolean
   /**
+   * Milliseconds to wait for the locks of an owner that was killed (the mirror's, its
+   * bitmap's and its tracking bitmaps'): the kernel releases them once that process's
+   * writes in flight have landed, which on a slow or throttled device takes seconds.
+   * Default 2000; past it the open fails `ELOCKED` ("locked by a process that has
+   * exited"). A mirror open in a live process fails `ELOCKED` at once, whatever this says.
+   */
+  lockWaitMs?: number
+  /**
    * Listen on a control socket while the mirror is open, through which the
    * `md-bitmap mirror detail|fail|remove|re-add|add|check|track|checkpoint|untrack` commands act on this running
    * mirror (without it they fail `ELOCKED`, since the mirror is held here): `true` for
