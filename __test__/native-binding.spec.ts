@@ -16,7 +16,7 @@ const EXERCISED = {
   functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole', 'setErrorClass'],
   classes: {
     NativeFileLock: ['release'],
-    NativeStore: ['alignment', 'alignmentSource', 'close', 'deferredCompletions', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write'],
+    NativeStore: ['alignment', 'alignmentSource', 'close', 'deferredCompletions', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write', 'writeThrough'],
   },
 }
 
@@ -108,6 +108,12 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     await s.write(aligned, 4096)
     t.true(await s.waitIdle())
     await s.sync()
+    // Write-through: the sync after that single write turned it on (direct stores only).
+    if (s.mode === 'direct') t.deepEqual(s.writeThrough, { writesThrough: 0, syncsSkipped: 0 })
+    else t.is(s.writeThrough, null)
+    await s.write(aligned, 4096)
+    await s.sync()
+    if (s.mode === 'direct') t.deepEqual(s.writeThrough, { writesThrough: 1, syncsSkipped: 1 })
     const back = alignedPage(b.alignmentOffset)
     await s.read(back, 4096)
     t.deepEqual(Buffer.from(back), Buffer.from(aligned))

@@ -85,6 +85,44 @@ tfs('1000 concurrent page writes: waitIdle resolves true with nothing pending, a
   })
 })
 
+tfs('a store synced after every single write writes through: its writes go O_DSYNC and its syncs need no fdatasync; a batch turns it off', async (t) => {
+  await withStoreFile(64, async (file) => {
+    const s = await PageStore.open(file)
+    try {
+      t.deepEqual(s.writeThrough, { writesThrough: 0, syncsSkipped: 0 })
+      const marker = newMarker()
+      const pages = Array.from({ length: 64 }, (_, i) => patternPage(marker, i))
+      // Write, sync, write, sync: the first write is plain, every later one goes through.
+      for (let i = 0; i < 20; i++) {
+        await s.write(pages[i], i * PAGE)
+        await s.sync()
+      }
+      t.deepEqual(s.writeThrough, { writesThrough: 19, syncsSkipped: 19 })
+      // A batch: the second write before the sync turns write-through off; the sync is an fdatasync.
+      await Promise.all([20, 21, 22, 23].map((i) => s.write(pages[i], i * PAGE)))
+      await s.sync()
+      t.deepEqual(s.writeThrough, { writesThrough: 20, syncsSkipped: 19 })
+      // Batch after batch: it stays off.
+      for (let b = 0; b < 4; b++) {
+        await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((k) => s.write(pages[24 + b * 8 + k], (24 + b * 8 + k) * PAGE)))
+        await s.sync()
+      }
+      t.deepEqual(s.writeThrough, { writesThrough: 20, syncsSkipped: 19 })
+      t.is(s.error(), null)
+      await s.close()
+      const whole = readDirect(file, 0, 56 * PAGE)
+      const bad = pages.slice(0, 56).findIndex((p, i) => Buffer.compare(whole.subarray(i * PAGE, (i + 1) * PAGE), p) !== 0)
+      t.is(bad, -1, `page ${bad} on disk differs from what was written`)
+    } finally {
+      await s.close()
+    }
+    // Every write of a dsync store is durable already: no write-through of its own.
+    const d = await PageStore.open(file, { dsync: true })
+    t.is(d.writeThrough, null)
+    await d.close()
+  })
+})
+
 tfs.serial('waitIdle(timeout) resolves false while writes are held up, true once they complete', async (t) => {
   await withStoreFile(256, async (file, dir) => {
     const s = await PageStore.open(file)

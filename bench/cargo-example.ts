@@ -33,8 +33,8 @@ export interface ExampleSample {
  * Runs an example `binary` with `args` and reads the one line of JSON it prints
  * (`run_timed`): `counted` names its count of rounds ("writes", "cycles").
  */
-export async function runExample(binary: string, args: string[], counted: string): Promise<ExampleSample> {
-  const { stdout } = await execFileP(binary, args)
+export async function runExample(binary: string, args: string[], counted: string, env?: NodeJS.ProcessEnv): Promise<ExampleSample> {
+  const { stdout } = await execFileP(binary, args, env ? { env: { ...process.env, ...env } } : {})
   const r = JSON.parse(stdout) as Record<string, number>
   return { rounds: r[counted], seconds: r.seconds, cpuSeconds: (r.userUs + r.systemUs) / 1e6 }
 }

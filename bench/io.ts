@@ -31,7 +31,9 @@
  *   --syncs A,B        fdatasync,none,dsync (default fdatasync,none)
  *   --engines A,B      uring,aio,threads (default all three); `ENGINE@SUBMIT` runs that
  *                      engine with MD_BITMAP_IO_SUBMIT=SUBMIT (tick, write or a batch
- *                      size), e.g. --engines uring@tick,uring@8,uring@write
+ *                      size), e.g. --engines uring@tick,uring@8,uring@write; a suffix
+ *                      `:no-write-through` runs it with MD_BITMAP_WRITE_THROUGH=0 (every
+ *                      sync an fdatasync; see crates/md-bitmap-io/src/write_through.rs)
  *   --no-node          skip the fs.promises and node O_DIRECT rows
  *   --no-fio           skip fio
  *   --no-apart         skip the depth-1 write + fdatasync cycle taken apart (sync-cycle.ts:
@@ -85,7 +87,7 @@ interface Options {
 
 /** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight; `dsync`: the same, O_DSYNC. */
 type SyncMode = 'fdatasync' | 'none' | 'dsync'
-/** An engine, optionally with the submission policy it runs under: `uring`, `uring@tick`. */
+/** An engine, optionally with the submission policy it runs under and without write-through: `uring`, `uring@tick`, `uring:no-write-through`. */
 type Engine = string
 
 function parseArgs(argv: string[]): Options {
@@ -116,7 +118,9 @@ function parseArgs(argv: string[]): Options {
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
   if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none' || m === 'dsync')) throw new Error('bad --syncs: fdatasync, none or dsync')
-  if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?$/.test(e))) throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N')
+  if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?(:no-write-through)?$/.test(e))) {
+    throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N, then optionally :no-write-through')
+  }
   return o
 }
 
@@ -339,7 +343,14 @@ interface ChildJob {
  * JavaScript thread at the first open, so each engine needs a process.
  */
 async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sample; detail: string }> {
-  const env = { ...process.env, MD_BITMAP_IO_ENGINE: engine.split('@')[0], ...(engine.includes('@') ? { MD_BITMAP_IO_SUBMIT: engine.split('@')[1] } : {}) }
+  const [policy, variant] = engine.split(':')
+  const [kind, submit] = policy.split('@')
+  const env = {
+    ...process.env,
+    MD_BITMAP_IO_ENGINE: kind,
+    ...(submit ? { MD_BITMAP_IO_SUBMIT: submit } : {}),
+    ...(variant === 'no-write-through' ? { MD_BITMAP_WRITE_THROUGH: '0' } : {}),
+  }
   // The child's own watchdog reports first. One that cannot even run it (its thread
   // busy in native code: no timer runs) is described from outside, then killed.
   const o = await runWithDeadline(['--import', 'tsx', __filename, '--child', JSON.stringify(job)], env, (job.seconds + CHILD_GRACE_S + 30) * 1000)
@@ -382,7 +393,9 @@ async function childMain(job: ChildJob): Promise<void> {
     const bufs = randomBufs(job.depth, true)
     const offsets = new Offsets(job.pages, job.pattern, job.seed)
     const sample = await runPattern(job.sync)({ write: (b, o) => opened.write(b, o), sync: () => opened.sync() }, bufs, job.depth, offsets, job.seconds)
-    fs.writeFileSync(job.result, JSON.stringify({ sample, detail }))
+    const wt = opened.writeThrough
+    const through = wt ? `write-through: ${wt.writesThrough} writes O_DSYNC, ${wt.syncsSkipped} syncs without fdatasync` : 'no write-through'
+    fs.writeFileSync(job.result, JSON.stringify({ sample, detail: `${detail}, ${through}` }))
   } finally {
     state.phase = 'closing the store'
     await opened.close()

@@ -8,7 +8,11 @@
  * - `fio io_uring`: the same job with `--ioengine=io_uring`, whose fdatasync is an
  *   io_uring operation (run by a kernel worker thread);
  * - `engine, sync through io_uring` and `engine, sync by system call`: the native engine
- *   alone, no Node (crates/md-bitmap-io/examples/syncstep.rs, built here with cargo);
+ *   alone, no Node (crates/md-bitmap-io/examples/syncstep.rs, built here with cargo),
+ *   write-through off (MD_BITMAP_WRITE_THROUGH=0), so that every sync is an fdatasync;
+ * - `engine, write-through`: the same with write-through on, as a store has it by
+ *   default (crates/md-bitmap-io/src/write_through.rs): after the first cycle each write
+ *   goes O_DSYNC and each sync resolves without an fdatasync;
  * - the page store from Node is the `native` row of the main table at depth 1.
  *
  * @module
@@ -23,8 +27,8 @@ export interface CycleSample {
   cpuSeconds: number
 }
 
-export type CyclePart = 'fio libaio' | 'fio io_uring' | 'engine, sync through io_uring' | 'engine, sync by system call'
-export const CYCLE_PARTS: CyclePart[] = ['fio libaio', 'fio io_uring', 'engine, sync through io_uring', 'engine, sync by system call']
+export type CyclePart = 'fio libaio' | 'fio io_uring' | 'engine, sync through io_uring' | 'engine, sync by system call' | 'engine, write-through'
+export const CYCLE_PARTS: CyclePart[] = ['fio libaio', 'fio io_uring', 'engine, sync through io_uring', 'engine, sync by system call', 'engine, write-through']
 
 /**
  * One part for `seconds`: the fio parts through `fio` (bench:io's own job for the
@@ -43,6 +47,7 @@ export async function runCyclePart(
     const s = await fio(part === 'fio libaio' ? 'libaio' : 'io_uring')
     return { cycles: s.writes, seconds: s.seconds, cpuSeconds: s.cpuSeconds }
   }
-  const s = await runExample(binary, [file, String(region), String(seconds), part === 'engine, sync by system call' ? 'syscall' : 'uring'], 'cycles')
+  const env = part === 'engine, write-through' ? undefined : { MD_BITMAP_WRITE_THROUGH: '0' }
+  const s = await runExample(binary, [file, String(region), String(seconds), part === 'engine, sync by system call' ? 'syscall' : 'uring'], 'cycles', env)
   return { cycles: s.rounds, seconds: s.seconds, cpuSeconds: s.cpuSeconds }
 }

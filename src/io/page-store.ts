@@ -48,6 +48,14 @@ export interface PageStoreOptions {
   dsync?: boolean
 }
 
+/** What {@link PageStore.writeThrough} counts, since the store was opened. */
+export interface WriteThroughStats {
+  /** Writes issued O_DSYNC, the caller having synced after each single write before. */
+  writesThrough: number
+  /** Syncs that resolved without an fdatasync: every write was durable already. */
+  syncsSkipped: number
+}
+
 /**
  * Positional, aligned page I/O on one existing, fully allocated file. Many writes may
  * be in flight at once; {@link PageStore.waitIdle} waits for all of them. The first
@@ -127,6 +135,18 @@ export class PageStore {
     return this.inner.device
   }
 
+  /**
+   * Write-through's counts since open, or null where the store has none (buffered and
+   * device mode, a `dsync` store, or `MD_BITMAP_WRITE_THROUGH=0`). A caller that syncs
+   * after every single write gets its next writes issued O_DSYNC, each durable when it
+   * completes, and a {@link sync} that finds every write durable already resolves
+   * without an fdatasync: one round trip per durable write instead of two and a kernel
+   * worker's. A second write before the next sync turns it off again.
+   */
+  get writeThrough(): WriteThroughStats | null {
+    return this.inner.writeThrough
+  }
+
   /** Writes `data` at `offset`; the buffer must not change until the promise settles. */
   write(data: Uint8Array, offset: number): Promise<void> {
     // The hot path: the native promise itself (the addon rejects with MdBitmapError, see binding()).
@@ -144,7 +164,7 @@ export class PageStore {
       return Promise.reject(typed(e))
     }
   }
-  /** fdatasync: completed writes become durable. */
+  /** fdatasync: completed writes become durable (at once when they are already: see {@link writeThrough}). */
   sync(): Promise<void> {
     return native(() => this.inner.sync())
   }

@@ -45,6 +45,11 @@ export declare class NativeStore {
   /** Why the reaper is "thread" (no libuv loop, or forced), or that "loop" was forced. */
   get reaperReason(): string | null
   /**
+   * Write-through's counts since open (crates/md-bitmap-io/src/write_through.rs), or
+   * null where the store has none.
+   */
+  get writeThrough(): WriteThroughStats | null
+  /**
    * Writes `data` at `offset`. Many may be in flight at once; each counts as pending
    * until it completes. The view is held until then.
    */
@@ -205,4 +210,12 @@ export interface StoreError {
   code: string
   /** What failed, in words. */
   message: string
+}
+
+/** A store's write-through counts since open. */
+export interface WriteThroughStats {
+  /** Writes issued O_DSYNC, the caller having synced after each single write. */
+  writesThrough: number
+  /** Syncs that resolved without an fdatasync: every write was durable already. */
+  syncsSkipped: number
 }

@@ -8,8 +8,10 @@
 //! thread, the eventfd polled, and on every wake-up: reap, flush, rearm. The fdatasync
 //! is, by `SYNC`:
 //!
-//! - `uring`: the store's `submit_sync`, an operation of the engine (under io_uring, run
-//!   by a kernel worker thread), as the store's `sync()` does;
+//! - `uring`: the store's `submit_sync`, as the store's `sync()` does: with
+//!   `MD_BITMAP_WRITE_THROUGH=0` an fdatasync, an operation of the engine (under
+//!   io_uring, run by a kernel worker thread); by default, after the first cycle, each
+//!   write goes O_DSYNC and the sync resolves at once (write_through.rs);
 //! - `syscall`: `fdatasync(2)` on this thread, blocking it until the device flushed, as
 //!   fio's libaio job does (not an option on a JavaScript thread).
 //!

@@ -17,6 +17,7 @@ pub mod punch;
 mod aio;
 mod uring;
 pub mod store;
+pub mod write_through;
 
 pub use allocated::{allocated_ranges, Allocated};
 pub use align::{dio_alignment, AlignSource, DioAlignment};

@@ -83,6 +83,11 @@ impl Pending {
         }
     }
 
+    /// Whether a write error (or a failed fdatasync) was seen: the sticky error is set.
+    pub fn failed(&self) -> bool {
+        self.error.lock().unwrap().is_some()
+    }
+
     /// The first write error seen, if any. Sticky: it stays until the store is closed.
     pub fn error(&self) -> Option<IoError> {
         self.error.lock().unwrap().clone()

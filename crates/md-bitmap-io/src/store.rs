@@ -23,6 +23,7 @@ use crate::error::{IoError, Result};
 use crate::extents::{with_path, Extent};
 use crate::fence::wait_for_writes_in_flight;
 use crate::pending::Pending;
+use crate::write_through::{SyncPlan, WriteThrough, WriteThroughCounts};
 use crate::engine::{Done, Engine, EngineKind, Op, Route};
 use nix::libc;
 use std::fs::{File, OpenOptions};
@@ -79,6 +80,8 @@ struct Fds {
     file: File,
     /// The block device, opened O_DIRECT, in device mode.
     dev: Option<File>,
+    /// The file again, O_DIRECT | O_DSYNC, for write-through (write_through.rs).
+    through: Option<File>,
 }
 
 /// What opening found, before the store is assembled.
@@ -112,6 +115,8 @@ pub struct PageStore {
     /// since the kernel may still be using the descriptor they name.
     others: Pending,
     engine: Arc<Engine>,
+    /// Write-through for a caller that syncs after every write: with `Fds::through`.
+    write_through: Option<WriteThrough>,
     /// Where reads and writes run: the engine's kernel queue, or its I/O threads for
     /// work that is more than one call (device mode) or would block the submitter
     /// (buffered I/O under AIO).
@@ -137,6 +142,12 @@ fn set_immutable(f: &File, on: bool) -> std::result::Result<(), nix::errno::Errn
     if r < 0 { Err(nix::errno::Errno::last()) } else { Ok(()) }
 }
 
+/// The same open file description's file opened again O_DIRECT | O_DSYNC (through
+/// /proc, so it is the same inode whatever the path names now); None if refused.
+fn reopen_dsync(f: &File) -> Option<File> {
+    OpenOptions::new().write(true).custom_flags(libc::O_DIRECT | libc::O_DSYNC).open(format!("/proc/self/fd/{}", f.as_raw_fd())).ok()
+}
+
 fn drop_page_cache(f: &File) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
@@ -158,9 +169,15 @@ impl PageStore {
             (EngineKind::Threads, _) | (_, Mode::Device) | (EngineKind::Aio, Mode::Buffered) => Route::Pool,
             _ => Route::Kernel,
         };
-        let Opened { fds, device, mode, reason, size, align } = opened;
+        let Opened { mut fds, device, mode, reason, size, align } = opened;
         // A dead owner's writes still in flight land before this store reads or writes.
         wait_for_writes_in_flight(&fds.file);
+        // Write-through (write_through.rs) where a write goes straight to the file's own
+        // blocks and is not durable on its own already; off with MD_BITMAP_WRITE_THROUGH=0.
+        if mode == Mode::Direct && !dsync && std::env::var("MD_BITMAP_WRITE_THROUGH").as_deref() != Ok("0") {
+            fds.through = reopen_dsync(&fds.file);
+        }
+        let write_through = fds.through.as_ref().map(|_| WriteThrough::default());
         Ok(PageStore {
             path: path.to_path_buf(),
             fds: RwLock::new(Some(fds)),
@@ -173,6 +190,7 @@ impl PageStore {
             pending: Pending::new(),
             others: Pending::new(),
             engine: engine.clone(),
+            write_through,
             route,
             closed: AtomicBool::new(false),
             close_lock: Mutex::new(()),
@@ -217,7 +235,7 @@ impl PageStore {
             }
         })?;
         let align = dio_alignment(&file);
-        Ok(Opened { fds: Fds { file, dev: None }, device: None, mode, reason, size: report.file_size, align })
+        Ok(Opened { fds: Fds { file, dev: None, through: None }, device: None, mode, reason, size: report.file_size, align })
     }
 
     fn open_plain(path: &Path, extra: libc::c_int) -> Result<Opened> {
@@ -264,7 +282,7 @@ impl PageStore {
         } else {
             (meta.len(), dio_alignment(&file))
         };
-        Ok(Opened { fds: Fds { file, dev: None }, device: None, mode, reason, size, align })
+        Ok(Opened { fds: Fds { file, dev: None, through: None }, device: None, mode, reason, size, align })
     }
 
     fn open_on_device(path: &Path, extra: libc::c_int) -> Result<Opened> {
@@ -322,7 +340,7 @@ impl PageStore {
         map.sort_by_key(|e| e.logical);
         let device = DeviceTarget { path: bdev.path, map, pinned_by_us: !was_immutable };
         let align = DioAlignment { memory: lbs, offset: lbs, source: AlignSource::BlockDevice };
-        Ok(Opened { fds: Fds { file, dev: Some(dev) }, device: Some(device), mode: Mode::Device, reason: None, size: report.file_size, align })
+        Ok(Opened { fds: Fds { file, dev: Some(dev), through: None }, device: Some(device), mode: Mode::Device, reason: None, size: report.file_size, align })
     }
 
     pub fn mode(&self) -> Mode {
@@ -433,13 +451,16 @@ impl PageStore {
     /// the store is closed. Counted under `counting`'s read lock, so `close` (which
     /// passes through its write lock after marking the store closed, then waits for the
     /// counts) cannot close the descriptor before the operation completes.
-    fn begin(&self, what: &str, count: &Pending) -> Result<RawFd> {
+    /// `through`: the write-through descriptor (O_DSYNC), which a store that has one
+    /// gives for writes only.
+    fn begin(&self, what: &str, count: &Pending, through: bool) -> Result<RawFd> {
         let _counting = self.counting.read().unwrap();
         let fds = self.fds.read().unwrap();
         match fds.as_ref() {
             Some(fds) if !self.closed.load(Ordering::SeqCst) => {
                 count.begin();
-                Ok(fds.dev.as_ref().unwrap_or(&fds.file).as_raw_fd())
+                let f = if through { fds.through.as_ref() } else { None };
+                Ok(f.or(fds.dev.as_ref()).unwrap_or(&fds.file).as_raw_fd())
             }
             _ => Err(self.closed_error(what)),
         }
@@ -463,9 +484,18 @@ impl PageStore {
     {
         // A misuse (misaligned, out of range, closed) is the caller's error, not the
         // disk's: it is reported at once and never becomes the sticky write error.
-        let fd = match self.check_io("write", offset, buf.as_ref()).and_then(|()| self.begin("write", &self.pending)) {
+        if let Err(e) = self.check_io("write", offset, buf.as_ref()) {
+            return done(Err(e), buf);
+        }
+        let through = self.write_through.as_ref().is_some_and(|w| w.write());
+        let fd = match self.begin("write", &self.pending, through) {
             Ok(fd) => fd,
-            Err(e) => return done(Err(e), buf),
+            Err(e) => {
+                if let Some(w) = &self.write_through {
+                    w.completed();
+                }
+                return done(Err(e), buf);
+            }
         };
         let (ptr, len) = (buf.as_ref().as_ptr(), buf.as_ref().len());
         let store = self.clone();
@@ -473,6 +503,9 @@ impl PageStore {
         let complete: Done = Box::new(move |r| {
             let r = r.map_err(context);
             store.pending.end(r.as_ref().err());
+            if let Some(w) = &store.write_through {
+                w.completed();
+            }
             done(r, buf)
         });
         if self.device.is_some() {
@@ -491,7 +524,7 @@ impl PageStore {
         B: AsMut<[u8]> + Send + 'static,
         F: FnOnce(Result<()>, B) + Send + 'static,
     {
-        let fd = match self.check_io("read", offset, buf.as_mut()).and_then(|()| self.begin("read", &self.others)) {
+        let fd = match self.check_io("read", offset, buf.as_mut()).and_then(|()| self.begin("read", &self.others, false)) {
             Ok(fd) => fd,
             Err(e) => return done(Err(e), buf),
         };
@@ -513,12 +546,21 @@ impl PageStore {
 
     /// fdatasync through the engine (of the device in device mode, which flushes its
     /// volatile cache): makes completed writes durable. A failure is kept as the
-    /// sticky error, since writes it covered may not be durable.
+    /// sticky error, since writes it covered may not be durable. Under write-through,
+    /// `done` is called at once (with Ok) when every write is durable already.
     pub fn submit_sync<F>(self: &Arc<Self>, done: F)
     where
         F: FnOnce(Result<()>) + Send + 'static,
     {
-        let fd = match self.begin("sync", &self.others) {
+        let plan = match &self.write_through {
+            Some(w) if !self.closed.load(Ordering::SeqCst) => w.sync(self.pending.failed()),
+            _ => SyncPlan::Flush { credit: None },
+        };
+        if plan == SyncPlan::Skip {
+            return done(Ok(()));
+        }
+        let SyncPlan::Flush { credit } = plan else { unreachable!() };
+        let fd = match self.begin("sync", &self.others, false) {
             Ok(fd) => fd,
             Err(e) => return done(Err(e)),
         };
@@ -526,8 +568,13 @@ impl PageStore {
         let context = self.io_error(format!("fdatasync {}", self.path.display()));
         let complete: Done = Box::new(move |r| {
             let r = r.map_err(context);
-            if let Err(e) = &r {
-                store.pending.record_error(e);
+            match &r {
+                Err(e) => store.pending.record_error(e),
+                Ok(()) => {
+                    if let Some(w) = &store.write_through {
+                        w.synced(credit);
+                    }
+                }
             }
             store.others.end(None);
             done(r)
@@ -535,6 +582,12 @@ impl PageStore {
         // AIO's fdatasync is not asynchronous on every filesystem: threads, there.
         let route = if self.engine.kind() == EngineKind::Uring { Route::Kernel } else { Route::Pool };
         self.engine.submit(Op::DataSync { fd }, route, complete);
+    }
+
+    /// Write-through's counts since open; None where the store has no write-through
+    /// (not direct, dsync already, or MD_BITMAP_WRITE_THROUGH=0).
+    pub fn write_through_counts(&self) -> Option<WriteThroughCounts> {
+        self.write_through.as_ref().map(|w| w.counts())
     }
 
     pub fn wait_idle(&self, timeout: Option<Duration>) -> bool {

@@ -164,6 +164,50 @@ fn holes_and_unwritten_extents_are_named() {
 }
 
 #[test]
+fn a_store_synced_after_every_write_writes_through_and_skips_the_fdatasync() {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "through");
+    let p = d.0.join("f");
+    written_file(&p, 16 * 4096, 0);
+    let store = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
+    assert_eq!(store.mode(), Mode::Direct);
+    let dsync_direct = (libc::O_DSYNC | libc::O_DIRECT) as u32;
+    assert!(open_flags_of(&p).iter().any(|f| f & dsync_direct == dsync_direct), "no O_DIRECT | O_DSYNC descriptor on the file: {:?}", open_flags_of(&p));
+    let counts = |s: &Arc<PageStore>| s.write_through_counts().map(|c| (c.writes_through, c.syncs_skipped));
+    let page = |b: u8| vec![b; 4096];
+    // One write, then a sync: an fdatasync, and write-through on.
+    write(&store, 0, &page(1)).unwrap();
+    sync(&store).unwrap();
+    assert_eq!(counts(&store), Some((0, 0)));
+    // The next write goes O_DSYNC, and the sync after it needs no fdatasync.
+    write(&store, 4096, &page(2)).unwrap();
+    sync(&store).unwrap();
+    assert_eq!(counts(&store), Some((1, 1)));
+    // A second write before the sync: plain again, and the sync is an fdatasync.
+    write(&store, 8192, &page(3)).unwrap();
+    write(&store, 12288, &page(4)).unwrap();
+    sync(&store).unwrap();
+    assert_eq!(counts(&store), Some((2, 1)));
+    // Back to one write per sync: the first is plain (not yet covered), the next ones through.
+    write(&store, 16384, &page(5)).unwrap();
+    sync(&store).unwrap();
+    write(&store, 20480, &page(6)).unwrap();
+    sync(&store).unwrap();
+    assert_eq!(counts(&store), Some((3, 2)));
+    let align = store.alignment().both() as usize;
+    let mut back = Page::new(4096, align);
+    for (i, b) in (1..=6u8).enumerate() {
+        read(&store, i as u64 * 4096, &mut back).unwrap();
+        assert!(back.iter().all(|&x| x == b), "page {i}");
+    }
+    store.close().unwrap();
+    assert!(open_flags_of(&p).is_empty(), "close leaves a descriptor open on the file");
+    // A store whose every write is O_DSYNC already has none.
+    let dsync = Arc::new(PageStore::open_with(&p, Requested::InPlace, true, &engine()).unwrap());
+    assert_eq!(counts(&dsync), None);
+    dsync.close().unwrap();
+}
+
+#[test]
 fn direct_store_round_trips_and_tracks_pending_writes() {
     let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "store");
     let p = d.0.join("f");
@@ -250,10 +294,13 @@ fn dsync_stores_write_through_the_device_cache() {
     let p = d.0.join("f");
     written_file(&p, 64 * 1024, 0);
     let plain = PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap();
-    let flags = open_flags_of(&p);
-    assert_eq!(flags.len(), 1);
+    // The file O_DIRECT, and again O_DIRECT | O_DSYNC for write-through (write_through.rs).
+    let mut flags = open_flags_of(&p);
+    flags.sort_by_key(|f| f & libc::O_DSYNC as u32);
+    assert_eq!(flags.len(), 2, "flags {flags:?}");
     assert_eq!(flags[0] & libc::O_DSYNC as u32, 0);
-    assert_ne!(flags[0] & libc::O_DIRECT as u32, 0);
+    assert_ne!(flags[1] & libc::O_DSYNC as u32, 0);
+    assert!(flags.iter().all(|f| f & libc::O_DIRECT as u32 != 0));
     plain.close().unwrap();
     let durable = PageStore::open_with(&p, Requested::InPlace, true, &engine()).unwrap();
     let flags = open_flags_of(&p);

@@ -307,6 +307,15 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
     Ok(io::align::offset_to_alignment(view.as_ptr() as usize, align as usize) as u32)
 }
 
+/// A store's write-through counts since open.
+#[napi(object)]
+pub struct WriteThroughStats {
+    /// Writes issued O_DSYNC, the caller having synced after each single write.
+    pub writes_through: f64,
+    /// Syncs that resolved without an fdatasync: every write was durable already.
+    pub syncs_skipped: f64,
+}
+
 #[napi(ts_return_type = "Promise<NativeStore>")]
 pub fn open_store(
     env: &Env,
@@ -425,6 +434,13 @@ impl NativeStore {
     #[napi(getter)]
     pub fn reaper_reason(&self) -> Option<String> {
         self.reaper_reason.clone()
+    }
+
+    /// Write-through's counts since open (crates/md-bitmap-io/src/write_through.rs), or
+    /// null where the store has none.
+    #[napi(getter)]
+    pub fn write_through(&self) -> Option<WriteThroughStats> {
+        self.inner.write_through_counts().map(|c| WriteThroughStats { writes_through: c.writes_through as f64, syncs_skipped: c.syncs_skipped as f64 })
     }
 
     /// Writes `data` at `offset`. Many may be in flight at once; each counts as pending
