@@ -1,7 +1,8 @@
 /**
- * Real write errors from real devices: a page write that fails must reject with the
- * errno's code, become the store's sticky error (the first one stays), and make close()
- * reject with it, so the error is never lost.
+ * Real write errors from real devices: a page write that fails (a plain one, or one
+ * issued O_DSYNC under write-through) must reject with the errno's code, become the
+ * store's sticky error (the first one stays), and make close() reject with it, so the
+ * error is never lost; under write-through no sync is skipped after it.
  *
  * (a) the loop device shrinks under a mounted ext4, so the file's blocks lie past the
  *     device's end: the kernel fails the write with EIO;
@@ -55,7 +56,12 @@ async function assertStickyFailure(t: ExecutionContext, s: PageStore, offsets: n
 }
 
 const ta = requires([...fsCaps('ext4'), 'truncate'])
-ta('a write past the end of a shrunk device fails with EIO, kept as the sticky error and reported by close()', async (t) => {
+
+/**
+ * A direct store on a file whose blocks lie past the first 4 MiB of an ext4's loop
+ * device; `shrink()` cuts the device to 4 MiB, so every later write of the file fails EIO.
+ */
+async function withShrinkableStore(t: ExecutionContext, fn: (s: PageStore, shrink: () => void) => Promise<void>): Promise<void> {
   await withFs('ext4', 64, async (dir, dev, ctx) => {
     // A filler first, so the file's blocks lie well past the size we shrink to.
     writeWhole(join(dir, 'filler'), new Uint8Array(12 * MiB))
@@ -64,20 +70,47 @@ ta('a write past the end of a shrunk device fails with EIO, kept as the sticky e
     const SHRINK = 4 * MiB
     const map = await extents(file)
     t.true(map.extents.every((e) => e.physical >= SHRINK), `the file lies past ${SHRINK} (${JSON.stringify(map.extents)})`)
-
     const s = await PageStore.open(file)
     t.is(s.mode, 'direct')
+    await fn(s, () => {
+      sh('truncate', ['-s', String(SHRINK), ctx.image!])
+      sh('losetup', ['-c', dev])
+      t.is(deviceSize(dev), SHRINK)
+    })
+  }, { mkfsArgs: ['-b', '4096'], mountOptions: 'errors=continue' })
+}
+
+ta('a write past the end of a shrunk device fails with EIO, kept as the sticky error and reported by close()', async (t) => {
+  await withShrinkableStore(t, async (s, shrink) => {
     const ok = allocAligned(PAGE, s.alignment).fill(1)
     await s.write(ok, 0)
     t.is(s.error(), null, 'no error before the device shrinks')
-
-    sh('truncate', ['-s', String(SHRINK), ctx.image!])
-    sh('losetup', ['-c', dev])
-    t.is(deviceSize(dev), SHRINK)
-
+    shrink()
     const code = await assertStickyFailure(t, s, [PAGE, 2 * PAGE, 100 * PAGE], ['EIO'])
     t.is(code, 'EIO')
-  }, { mkfsArgs: ['-b', '4096'], mountOptions: 'errors=continue' })
+  })
+})
+
+ta('write-through: a write that fails on the O_DSYNC descriptor is as sticky, and no sync is skipped after it', async (t) => {
+  await withShrinkableStore(t, async (s, shrink) => {
+    const ok = allocAligned(PAGE, s.alignment).fill(1)
+    // A write and a sync, twice: the second write went through, its sync was skipped.
+    for (const off of [0, 3 * PAGE]) {
+      await s.write(ok, off)
+      await s.sync()
+    }
+    t.deepEqual(s.writeThrough, { writesThrough: 1, syncsSkipped: 1 })
+    shrink()
+    const failed = await t.throwsAsync(s.write(ok, PAGE), { instanceOf: MdBitmapError })
+    t.is(failed!.code, 'EIO', failed!.message)
+    t.is(s.writeThrough!.writesThrough, 2, 'the failed write was issued O_DSYNC')
+    t.is(s.error()!.message, failed!.message, 'kept as the sticky error')
+    // An fdatasync now, whatever the shrunk device answers: never a skip.
+    await s.sync().catch(() => {})
+    t.is(s.writeThrough!.syncsSkipped, 1, 'a sync was skipped after a failed write')
+    const closing = await t.throwsAsync(s.close(), { instanceOf: MdBitmapError })
+    t.is(closing!.code, 'EIO')
+  })
 })
 
 const tb = requires([...fsCaps('ext4'), ...fsCaps('tmpfs'), 'fallocate', 'dd'])
