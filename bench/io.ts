@@ -792,7 +792,10 @@ async function main(): Promise<void> {
     console.log('sync = the fdatasync after each batch. fdatasync=dsync: as none, each write O_DSYNC (durable when it completes).')
     console.log('CPU µs/write: the whole process (Node rows) or fio\'s own.')
     const details = new Map<string, string>()
-    for (const r of results) if (r.detail) details.set(`${r.impl} (${r.sync})`, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
+    // Native rows per depth: each says what write-through did at that depth.
+    for (const r of results) {
+      if (r.detail) details.set(nativeEngine(r.impl) ? `${r.impl} (${r.sync}, depth ${r.depth})` : `${r.impl} (${r.sync})`, r.detail.replace(/--(iodepth\w*|fdatasync)=\d+/g, '--$1=N'))
+    }
     for (const [impl, d] of details) console.log(`  ${impl}: ${d}`)
 
     const load1 = readLoad()
