@@ -553,7 +553,7 @@ impl PageStore {
         F: FnOnce(Result<()>) + Send + 'static,
     {
         let plan = match &self.write_through {
-            Some(w) if !self.closed.load(Ordering::SeqCst) => w.sync(self.pending.failed()),
+            Some(w) if !self.closed.load(Ordering::SeqCst) => w.sync(|| self.pending.failed()),
             _ => SyncPlan::Flush { credit: None },
         };
         if plan == SyncPlan::Skip {

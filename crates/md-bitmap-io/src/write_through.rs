@@ -101,10 +101,13 @@ impl WriteThrough {
         s.in_flight -= 1;
     }
 
-    /// A sync was called; `failed` if the store's sticky error is set.
-    pub fn sync(&self, failed: bool) -> SyncPlan {
+    /// A sync was called; `failed()` says whether the store's sticky error is set. It
+    /// is asked under this state's lock, after the writes in flight were counted: a
+    /// write counted complete had its error kept before it was, so none slips past.
+    pub fn sync(&self, failed: impl FnOnce() -> bool) -> SyncPlan {
         let mut s = self.state.lock().unwrap();
         let in_flight = s.in_flight;
+        let failed = failed();
         match std::mem::take(&mut s.since_sync) {
             0 => {}
             1 => s.through = true,
@@ -145,13 +148,13 @@ mod tests {
             through
         };
         assert!(!write(&w));
-        assert_eq!(w.sync(false), SyncPlan::Flush { credit: Some(1) });
+        assert_eq!(w.sync(|| false), SyncPlan::Flush { credit: Some(1) });
         w.synced(Some(1));
         assert!(write(&w), "one write per sync: the next goes O_DSYNC");
-        assert_eq!(w.sync(false), SyncPlan::Skip);
+        assert_eq!(w.sync(|| false), SyncPlan::Skip);
         assert!(write(&w));
         assert!(!write(&w), "a second write before the sync: plain again");
-        assert_eq!(w.sync(false), SyncPlan::Flush { credit: Some(2) });
+        assert_eq!(w.sync(|| false), SyncPlan::Flush { credit: Some(2) });
         assert_eq!(w.counts(), WriteThroughCounts { writes_through: 2, syncs_skipped: 1 });
     }
 
@@ -159,16 +162,16 @@ mod tests {
     fn no_skip_with_a_write_in_flight_or_after_a_failure_and_no_credit_with_one_in_flight() {
         let w = WriteThrough::default();
         w.write();
-        assert_eq!(w.sync(false), SyncPlan::Flush { credit: None }, "a write in flight");
+        assert_eq!(w.sync(|| false), SyncPlan::Flush { credit: None }, "a write in flight");
         w.synced(None);
         w.completed();
         assert!(w.write());
         w.completed();
-        assert_eq!(w.sync(false), SyncPlan::Flush { credit: Some(1) }, "the first plain write was never covered");
+        assert_eq!(w.sync(|| false), SyncPlan::Flush { credit: Some(1) }, "the first plain write was never covered");
         w.synced(Some(1));
         assert!(w.write());
         w.completed();
-        assert_eq!(w.sync(true), SyncPlan::Flush { credit: Some(1) }, "a sticky error: always an fdatasync");
+        assert_eq!(w.sync(|| true), SyncPlan::Flush { credit: Some(1) }, "a sticky error: always an fdatasync");
     }
 
     /// A model of the kernel's promises, driven by random sequences: a plain write is
@@ -214,7 +217,7 @@ mod tests {
                         }
                     }
                     3 | 4 => {
-                        match w.sync(failed) {
+                        match w.sync(|| failed) {
                             SyncPlan::Skip => {
                                 skipped += 1;
                                 assert!(writes.iter().all(|x| *x == W::Done { durable: true }), "a sync was skipped over a write that is not durable");
