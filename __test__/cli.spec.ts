@@ -580,6 +580,9 @@ test('failures: one line with the code on stderr and the documented exit status'
   ]
   const runs = await pool(cases, 4, ([args]) => cli(args))
   cases.forEach(([args, code, status], i) => assertFailure(t, runs[i], code, status, args.join(' ')))
+  // Refused for its value, not as an unknown option (that would be EUSAGE too).
+  const lockWait = runs[cases.findIndex(([args]) => args.includes('--lock-wait'))]
+  t.regex(lockWait.stderr, /--lock-wait "long" must be an integer from 0 to 3600000/)
   t.false(existsSync(join(dir, 'new.bitmap')), 'a refused create leaves nothing behind')
 
   // Several files: the good ones are reported, each bad one gets its line, status 1.

@@ -59,6 +59,11 @@ export function parseSize(text: string, option: string, command: string): number
   return bytes
 }
 
+/** `--lock-wait MS` (serve, resync): the open's `lockWaitMs`, or undefined when not given. */
+export function lockWaitOf(values: Parsed['values'], command: string): number | undefined {
+  return values['lock-wait'] === undefined ? undefined : parseInteger(values['lock-wait'] as string, '--lock-wait', command, 0, 3_600_000)
+}
+
 /** A non-negative integer option within [min, max]. */
 export function parseInteger(text: string, option: string, command: string, min: number, max: number): number {
   const n = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN

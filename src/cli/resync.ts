@@ -8,7 +8,7 @@
  */
 import { Mirror } from '../mirror/mirror'
 import type { ResyncReport } from '../mirror/types'
-import { parse, parseInteger } from './args'
+import { lockWaitOf, parse } from './args'
 import { CliError, EXIT_INTERRUPTED, usage } from './errors'
 import { bytes, ms, percent, rate } from './format'
 import type { Io } from './io'
@@ -63,7 +63,7 @@ export async function resync(argv: string[], io: Io): Promise<number> {
     metadata: values.metadata as string | undefined,
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
-    lockWaitMs: values['lock-wait'] === undefined ? undefined : parseInteger(values['lock-wait'] as string, '--lock-wait', 'resync', 0, 3_600_000),
+    lockWaitMs: lockWaitOf(values, 'resync'),
   })
   const abort = new AbortController()
   let interrupted: string | undefined

@@ -10,7 +10,7 @@ import { Mirror } from '../mirror/mirror'
 import { nbdOpener } from '../nbd/client'
 import { serveNbd } from '../nbd/server'
 import { readServerTlsCredentials } from '../nbd/tls-credentials'
-import { parse, parseInteger } from './args'
+import { lockWaitOf, parse, parseInteger } from './args'
 import { usage } from './errors'
 import { bytes } from './format'
 import type { Io } from './io'
@@ -104,7 +104,7 @@ export async function serve(argv: string[], io: Io): Promise<number> {
     openMember: nbdOpener({ timeoutMs }),
     bitmapMode: values['device-mode'] ? 'device' : 'file',
     allowVolatile: values['allow-volatile'] === true,
-    lockWaitMs: values['lock-wait'] === undefined ? undefined : parseInteger(values['lock-wait'] as string, '--lock-wait', 'serve', 0, 3_600_000),
+    lockWaitMs: lockWaitOf(values, 'serve'),
     control: values['no-control'] !== true,
   })
   mirror.on('member-faulty', (e: { index: number; path: string; error: { code: string; message: string } }) => {

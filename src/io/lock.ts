@@ -97,7 +97,7 @@ export class FileLock {
  * A caller's `lockWaitMs`, checked: undefined is the default, else a finite number of
  * milliseconds, at least 0 (`EINVAL` otherwise).
  */
-export function lockWaitMs(value: number | undefined): number {
+function lockWaitMs(value: number | undefined): number {
   if (value === undefined) return DEFAULT_LOCK_WAIT_MS
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
     throw new MdBitmapError('EINVAL', `lockWaitMs must be a finite number of milliseconds, at least 0, got ${typeof value === 'string' ? JSON.stringify(value) : String(value)}`)

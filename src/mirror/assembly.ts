@@ -35,7 +35,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { statPath } from '../io/files'
-import { lockWaitMs, type FileLock } from '../io/lock'
+import type { FileLock } from '../io/lock'
 import { resolve } from 'node:path'
 import { Bitmap } from '../bitmap/bitmap'
 import { parseUuid } from '../bitmap/superblock'
@@ -125,8 +125,7 @@ export async function createParts(o: MirrorCreateOptions): Promise<MirrorParts> 
 export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
   if (!o.bitmap && !o.metadata) throw new MdBitmapError('EINVAL', 'Mirror.open needs the bitmap path (or the metadata path of a mirror without a bitmap)')
   const metadataPath = resolve(o.metadata ?? metadataPathFor(o.bitmap!))
-  const lockWait = lockWaitMs(o.lockWaitMs)
-  const lock = await lockMirror(metadataPath, lockWait)
+  const lock = await lockMirror(metadataPath, o.lockWaitMs)
   const openMember = o.openMember ?? openFileMember
   let slots: Slot[] = []
   let bitmap: Bitmap | null = null
@@ -136,7 +135,7 @@ export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
     slots = meta.members.map((r) => new Slot(r))
     if (bitmapPath) {
       // events: a bitmap older than the mirror missed changes and is taken as stale.
-      bitmap = await Bitmap.open(bitmapPath, { uuid: meta.uuid, events: meta.events, mode: o.bitmapMode, allowVolatile: o.allowVolatile, lockWaitMs: lockWait })
+      bitmap = await Bitmap.open(bitmapPath, { uuid: meta.uuid, events: meta.events, mode: o.bitmapMode, allowVolatile: o.allowVolatile, lockWaitMs: o.lockWaitMs })
       if (bitmap.size !== meta.size || bitmap.chunkSize !== meta.chunkSize) {
         throw new MdBitmapError(
           'EMIRROR_METADATA',
@@ -163,7 +162,7 @@ export async function openParts(o: MirrorOpenOptions): Promise<MirrorParts> {
     // resync checkpoint too (writes went on there): the resync starts over.
     if (!meta.clean && !bitmap) meta.resyncFrom = 0
     // The tracking bitmaps resume (last: nothing else can fail after them).
-    const tracking = await Tracking.open(meta, { mode: o.bitmapMode, allowVolatile: o.allowVolatile, lockWaitMs: lockWait })
+    const tracking = await Tracking.open(meta, { mode: o.bitmapMode, allowVolatile: o.allowVolatile, lockWaitMs: o.lockWaitMs })
     return { metadataPath, meta, bitmap, slots, openMember, tracking, lock }
   } catch (e) {
     await releaseAll(bitmap, slots, lock)

@@ -556,10 +556,10 @@ impl PageStore {
             Some(w) if !self.closed.load(Ordering::SeqCst) => w.sync(|| self.pending.failed()),
             _ => SyncPlan::Flush { credit: None },
         };
-        if plan == SyncPlan::Skip {
-            return done(Ok(()));
-        }
-        let SyncPlan::Flush { credit } = plan else { unreachable!() };
+        let credit = match plan {
+            SyncPlan::Skip => return done(Ok(())),
+            SyncPlan::Flush { credit } => credit,
+        };
         let fd = match self.begin("sync", &self.others, false) {
             Ok(fd) => fd,
             Err(e) => return done(Err(e)),
