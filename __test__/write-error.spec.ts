@@ -34,7 +34,7 @@ async function assertStickyFailure(t: ExecutionContext, s: PageStore, offsets: n
   t.true(isErrno(code), `the write failed with an errno code (${code}: ${first!.message})`)
   t.true(allowed.includes(code), `${code} is one of ${allowed.join(', ')}`)
   t.is(first!.errno, (os.errno as Record<string, number>)[code], 'errno matches the code')
-  t.regex(first!.message, new RegExp(`at ${offsets[0]}\\b`), 'the message says which write failed')
+  t.regex(first!.message, new RegExp(`^write of ${PAGE} bytes at ${offsets[0]} to /\\S+/bitmap: `), 'the message says which write failed, of which file')
 
   const sticky = s.error()
   t.true(sticky instanceof MdBitmapError)

@@ -74,6 +74,13 @@ export function fmt(x: number | null, digits = 0): string {
   return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
 }
 
+/** "median (min–max)" of ratios (the median alone for one). */
+export function spread(xs: number[], digits = 2): string {
+  const s = [...xs].sort((a, b) => a - b)
+  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+  return s.length > 1 ? `${median.toFixed(digits)} (${s[0].toFixed(digits)}–${s[s.length - 1].toFixed(digits)})` : median.toFixed(digits)
+}
+
 /**
  * Rows as aligned columns: the first `textColumns` left-aligned, the others (figures)
  * right-aligned; with `rule`, a line of dashes under the header row.
@@ -137,6 +144,18 @@ export function pressure(): Pressure {
 export function loadLine(): string {
   const p = pressure()
   return `CPU pressure (some, avg10) ${p.cpuSome10 ?? '?'}%, I/O ${p.ioSome10 ?? '?'}%, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`
+}
+
+/**
+ * CPU seconds the whole machine has spent busy since boot, over all CPUs: user, nice,
+ * system, hard and soft interrupts from `/proc/stat` (not idle, I/O wait or steal).
+ * The difference over a run counts the work done for it wherever it ran: in the
+ * program, in interrupt context on any CPU, on kernel threads. `/proc/stat` counts in
+ * USER_HZ ticks, 100 a second on Linux whatever the kernel's own rate.
+ */
+export function machineBusySeconds(stat = readFileSync('/proc/stat', 'utf8')): number {
+  const [user, nice, system, , , irq, softirq] = stat.slice(0, stat.indexOf('\n')).trim().split(/\s+/).slice(1).map(Number)
+  return (user + nice + system + irq + softirq) / 100
 }
 
 /** The load before a run, to be compared with the load after it. */

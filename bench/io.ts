@@ -42,6 +42,15 @@
  *                      when the fdatasync pattern runs at depth 1 and fio is there)
  *   --out FILE         default bench/out/io.json
  *
+ * Reported per configuration: writes/s, fdatasync latencies, and CPU per write counted
+ * two ways: the program's own (fio's `usr_cpu + sys_cpu`, the Node process's
+ * `cpuUsage()`) and machine-wide (every CPU's busy time from `/proc/stat` over the run ÷
+ * its writes: work done for the writes outside the program, in interrupt context or on
+ * kernel threads, counts too; the engines differ in where that work runs). Each native
+ * engine against fio: over all rounds, and per round (median and range of the rounds'
+ * ratios, each round's pair run next to each other, so a host whose pace drifts between
+ * rounds moves both sides of a pair alike).
+ *
  * The Node rows run on libuv's thread pool (UV_THREADPOOL_SIZE, default 4), so at depth
  * 32 at most that many of their writes are really in flight; the value is recorded.
  *
@@ -59,7 +68,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import { describeProcess, runWithDeadline } from '../__test__/helpers/proc-report'
 import { PageStore, allocAligned, check } from '../src/index'
-import { Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, table } from './common'
+import { Prng, execFileP, fmt, loadChange, machine, machineBusySeconds, parseOptions, percentile, readLoad, spread, table } from './common'
 import { buildExample } from './cargo-example'
 import { CYCLE_PARTS, runCyclePart, type CyclePart, type CycleSample } from './sync-cycle'
 
@@ -139,6 +148,8 @@ interface Sample {
   seconds: number
   /** CPU time of the process doing the I/O (fio's own, or this Node process). */
   cpuSeconds: number
+  /** CPU time of the whole machine over the run ({@link machineBusySeconds}). */
+  machineCpuSeconds: number
   /** fdatasync latencies, µs (ours: every one; fio: mean and percentiles of its own). */
   syncUs: number[] | { n: number; mean: number; p50: number; p99: number }
   /** Batch latencies (writes issued to fdatasync returned), µs; not available from fio. */
@@ -166,6 +177,8 @@ interface Result {
   syncP99Us: number
   batchP99Us: number | null
   cpuUsPerWrite: number
+  /** The whole machine's CPU per write ({@link Sample.machineCpuSeconds}). */
+  machineCpuUsPerWrite: number
   roundIops: number[]
 }
 
@@ -174,6 +187,7 @@ function summarize(impl: Impl, sync: SyncMode, depth: number, pattern: 'rand' | 
   const batches = samples.reduce((s, x) => s + x.batches, 0)
   const seconds = samples.reduce((s, x) => s + x.seconds, 0)
   const cpu = samples.reduce((s, x) => s + x.cpuSeconds, 0)
+  const machineCpu = samples.reduce((s, x) => s + x.machineCpuSeconds, 0)
   let syncMean: number, syncP50: number, syncP99: number
   let batchP99: number | null = null
   if (samples.every((s) => Array.isArray(s.syncUs))) {
@@ -208,6 +222,7 @@ function summarize(impl: Impl, sync: SyncMode, depth: number, pattern: 'rand' | 
     syncP99Us: syncP99,
     batchP99Us: batchP99,
     cpuUsPerWrite: (cpu * 1e6) / writes,
+    machineCpuUsPerWrite: (machineCpu * 1e6) / writes,
     roundIops: samples.map((s) => s.writes / s.seconds),
   }
 }
@@ -270,6 +285,7 @@ async function runLoop(t: Target, bufs: Uint8Array[], depth: number, offsets: Of
   const batchUs: number[] = []
   let writes = 0
   const cpu0 = process.cpuUsage()
+  const machine0 = machineBusySeconds()
   const t0 = performance.now()
   const end = t0 + seconds * 1000
   let now = t0
@@ -291,6 +307,7 @@ async function runLoop(t: Target, bufs: Uint8Array[], depth: number, offsets: Of
     batches: batchUs.length,
     seconds: (now - t0) / 1000,
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    machineCpuSeconds: machineBusySeconds() - machine0,
     syncUs,
     batchUs,
   }
@@ -309,6 +326,7 @@ async function runSteady(t: Target, bufs: Uint8Array[], depth: number, offsets: 
   for (let i = 0; i < 3; i++) await Promise.all(offsets.batch(depth).map((o, j) => t.write(bufs[j], o)))
   let writes = 0
   const cpu0 = process.cpuUsage()
+  const machine0 = machineBusySeconds()
   const t0 = performance.now()
   const end = t0 + seconds * 1000
   const lane = async (j: number): Promise<void> => {
@@ -320,7 +338,8 @@ async function runSteady(t: Target, bufs: Uint8Array[], depth: number, offsets: 
   await Promise.all(Array.from({ length: depth }, (_, j) => lane(j)))
   const now = performance.now()
   const cpu = process.cpuUsage(cpu0)
-  return { writes, batches: writes, seconds: (now - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, syncUs: [] }
+  const machineCpuSeconds = machineBusySeconds() - machine0
+  return { writes, batches: writes, seconds: (now - t0) / 1000, cpuSeconds: (cpu.user + cpu.system) / 1e6, machineCpuSeconds, syncUs: [] }
 }
 
 const runPattern = (sync: SyncMode): typeof runLoop => (sync === 'fdatasync' ? runLoop : runSteady)
@@ -480,6 +499,9 @@ async function roundTrips(file: string, depths: number[], seconds: number): Prom
 // ---------------------------------------------------------------------------------------
 // fio
 
+/** fio's job name (its exec_prerun/postrun output files are named after it). */
+const FIO_JOB = 'pagestore'
+
 /**
  * The fio job equivalent to one batch loop.
  *
@@ -500,7 +522,7 @@ async function roundTrips(file: string, depths: number[], seconds: number): Prom
  */
 function fioArgs(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', ms: number, ioengine: FioEngine): string[] {
   return [
-    '--name=pagestore',
+    `--name=${FIO_JOB}`,
     `--filename=${file}`,
     `--size=${sizeBytes}`,
     '--fallocate=none',
@@ -529,8 +551,19 @@ interface FioPct {
 type FioEngine = 'libaio' | 'io_uring'
 
 async function runFio(file: string, sizeBytes: number, sync: SyncMode, depth: number, pattern: 'rand' | 'seq', seconds: number, ioengine: FioEngine = 'libaio'): Promise<{ sample: Sample; detail: string }> {
-  const args = fioArgs(file, sizeBytes, sync, depth, pattern, seconds * 1000, ioengine)
-  const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20 })
+  // The machine's busy time is read by fio itself just before the job's I/O starts and
+  // just after it ends: fio saves each command's output as `<job>.prerun.txt` and
+  // `<job>.postrun.txt` in its working directory.
+  const dir = path.dirname(file)
+  const args = [...fioArgs(file, sizeBytes, sync, depth, pattern, seconds * 1000, ioengine), '--exec_prerun=cat /proc/stat', '--exec_postrun=cat /proc/stat']
+  const { stdout } = await execFileP('fio', args, { maxBuffer: 64 << 20, cwd: dir })
+  const stat = (when: string): number => {
+    const f = path.join(dir, `${FIO_JOB}.${when}run.txt`)
+    const busy = machineBusySeconds(fs.readFileSync(f, 'utf8'))
+    fs.rmSync(f)
+    return busy
+  }
+  const machineCpuSeconds = stat('post') - stat('pre')
   const json = JSON.parse(stdout.slice(stdout.indexOf('{')))
   const job = json.jobs[0]
   if (job.error) throw new Error(`fio job error ${job.error}`)
@@ -546,10 +579,11 @@ async function runFio(file: string, sizeBytes: number, sync: SyncMode, depth: nu
       batches,
       seconds: runtimeS,
       cpuSeconds: ((job.usr_cpu + job.sys_cpu) / 100) * runtimeS,
+      machineCpuSeconds,
       syncUs: { n: batches, mean: s.mean / 1000, p50: p(s, '50.000000'), p99: p(s, '99.000000') },
       fioWriteClat: { mean: cl.mean / 1000, p50: p(cl, '50.000000'), p99: p(cl, '99.000000') },
     },
-    detail: `fio ${args.filter((a) => !a.startsWith('--filename') && !a.startsWith('--runtime') && !a.startsWith('--output')).join(' ')}`,
+    detail: `fio ${args.filter((a) => !/^--(filename|runtime|output|exec_)/.test(a)).join(' ')}`,
   }
 }
 
@@ -708,7 +742,7 @@ async function main(): Promise<void> {
           entry.samples.push(r.sample)
           process.stdout.write(
             `  round ${round + 1}/${opt.rounds} ${sync.padEnd(9)} depth ${String(depth).padStart(2)} ${impl.padEnd(14)} ${fmt(r.sample.writes / r.sample.seconds).padStart(7)} writes/s ` +
-              `${fmt((r.sample.cpuSeconds * 1e6) / r.sample.writes, 1).padStart(6)} CPU µs/write, load ${os.loadavg()[0].toFixed(2)}\n`,
+              `${fmt((r.sample.cpuSeconds * 1e6) / r.sample.writes, 1).padStart(6)} CPU µs/write (${fmt((r.sample.machineCpuSeconds * 1e6) / r.sample.writes, 1)} machine-wide), load ${os.loadavg()[0].toFixed(2)}\n`,
           )
         }
       }
@@ -730,11 +764,11 @@ async function main(): Promise<void> {
     }
 
     const rows: string[][] = [
-      ['fdatasync', 'depth', 'implementation', 'writes/s', 'batches/s', 'batch µs', 'writes µs', 'sync µs mean', 'sync p50', 'sync p99', 'CPU µs/write', 'rounds (writes/s)'],
+      ['fdatasync', 'depth', 'implementation', 'writes/s', 'batches/s', 'batch µs', 'writes µs', 'sync µs mean', 'sync p50', 'sync p99', 'CPU µs/write', 'machine-wide', 'rounds (writes/s)'],
     ]
     for (const r of results) {
       if (r.skipped) {
-        rows.push([r.sync, String(r.depth), r.impl, 'skipped', '', '', '', '', '', '', '', ''])
+        rows.push([r.sync, String(r.depth), r.impl, 'skipped', '', '', '', '', '', '', '', '', ''])
         continue
       }
       rows.push([
@@ -749,25 +783,51 @@ async function main(): Promise<void> {
         fmt(r.syncP50Us),
         fmt(r.syncP99Us),
         fmt(r.cpuUsPerWrite, 1),
+        fmt(r.machineCpuUsPerWrite, 1),
         r.roundIops.map((x) => fmt(x)).join(' / '),
       ])
     }
     // Per fdatasync pattern and depth: each native engine against fio (writes/s, and CPU
-    // per write, fio's ÷ ours inverted so that lower is better) and against Node's own.
-    const ratios: Record<string, Record<string, number | null>> = {}
-    const ratioRows: string[][] = [['fdatasync', 'depth', 'ratio', 'writes/s', 'CPU/write']]
+    // per write, ours ÷ fio's so that lower is better) and against Node's own: over all
+    // rounds, and round by round (the two ran next to each other in each round, so a
+    // host that changes pace between rounds moves both; median and range of the rounds).
+    const ratios: Record<string, Record<string, number | number[] | null>> = {}
+    const ratioRows: string[][] = [['fdatasync', 'depth', 'ratio', 'writes/s', 'per round', 'CPU/write', 'per round', 'machine-wide', 'per round']]
+    const rate = (x: Sample): number => x.writes / x.seconds
+    const cpuPerWrite = (x: Sample): number => x.cpuSeconds / x.writes
+    const machinePerWrite = (x: Sample): number => x.machineCpuSeconds / x.writes
     for (const sync of opt.syncs) for (const depth of opt.depths) {
       const get = (impl: Impl): Result | undefined => results.find((r) => r.impl === impl && r.sync === sync && r.depth === depth && !r.skipped)
-      const d: Record<string, number | null> = {}
+      const d: Record<string, number | number[] | null> = {}
       for (const engine of opt.engines) {
         const n = get(`native ${engine}`)
         for (const other of ['fio', ...NODE_IMPLS] as Impl[]) {
           const o = get(other)
-          const v = n && o ? n.iops / o.iops : null
-          const c = n && o ? n.cpuUsPerWrite / o.cpuUsPerWrite : null
-          d[`native ${engine}/${other}`] = v
-          d[`native ${engine}/${other} cpu`] = c
-          if (o) ratioRows.push([sync, String(depth), `native ${engine} / ${other}`, v === null ? '–' : v.toFixed(2), c === null ? '–' : c.toFixed(2)])
+          if (!n || !o) {
+            d[`native ${engine}/${other}`] = null
+            continue
+          }
+          const byRound = (f: (x: Sample) => number): number[] => n.samples.map((x, i) => f(x) / f(o.samples[i]))
+          const rounds = byRound(rate)
+          const cpuRounds = byRound(cpuPerWrite)
+          const machineRounds = byRound(machinePerWrite)
+          d[`native ${engine}/${other}`] = n.iops / o.iops
+          d[`native ${engine}/${other} cpu`] = n.cpuUsPerWrite / o.cpuUsPerWrite
+          d[`native ${engine}/${other} machine cpu`] = n.machineCpuUsPerWrite / o.machineCpuUsPerWrite
+          d[`native ${engine}/${other} rounds`] = rounds
+          d[`native ${engine}/${other} cpu rounds`] = cpuRounds
+          d[`native ${engine}/${other} machine cpu rounds`] = machineRounds
+          ratioRows.push([
+            sync,
+            String(depth),
+            `native ${engine} / ${other}`,
+            (n.iops / o.iops).toFixed(2),
+            spread(rounds),
+            (n.cpuUsPerWrite / o.cpuUsPerWrite).toFixed(2),
+            spread(cpuRounds),
+            (n.machineCpuUsPerWrite / o.machineCpuUsPerWrite).toFixed(2),
+            spread(machineRounds),
+          ])
         }
       }
       ratios[`${sync}@${depth}`] = d
@@ -790,7 +850,9 @@ async function main(): Promise<void> {
     console.log('batch µs = wall time / batches (N writes issued together, all awaited, then one fdatasync);')
     console.log('writes µs = batch µs - sync µs mean: the N writes, from issue to the last completion seen.')
     console.log('sync = the fdatasync after each batch. fdatasync=dsync: as none, each write O_DSYNC (durable when it completes).')
-    console.log('CPU µs/write: the whole process (Node rows) or fio\'s own.')
+    console.log('CPU µs/write: the whole process (Node rows) or fio\'s own; machine-wide: every CPU\'s busy time over the run')
+    console.log('(user, system, interrupts; /proc/stat), wherever the work for the writes ran. Ratios: ours ÷ fio\'s,')
+    console.log('over all rounds, then per round: median (min–max) of each round\'s ratio (the two ran side by side).')
     const details = new Map<string, string>()
     // Native rows per depth: each says what write-through did at that depth.
     for (const r of results) {
@@ -823,6 +885,7 @@ async function main(): Promise<void> {
           batches: s.batches,
           seconds: s.seconds,
           cpuSeconds: s.cpuSeconds,
+          machineCpuSeconds: s.machineCpuSeconds,
           ...(s.fioWriteClat ? { fioWriteClatUs: s.fioWriteClat } : {}),
           ...(Array.isArray(s.syncUs) ? {} : { fioSyncUs: s.syncUs }),
         })),

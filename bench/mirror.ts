@@ -78,7 +78,7 @@ import * as path from 'node:path'
 import { barChart } from './chart'
 import { buildExample } from './cargo-example'
 import { engineLockstep, storesLockstep, type LockstepSample } from './lockstep'
-import { KiB, MiB, Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, table, workDir } from './common'
+import { KiB, MiB, Prng, execFileP, fmt, loadChange, machine, parseOptions, percentile, readLoad, sleep, spread, table, workDir } from './common'
 import { DelegatingMember, FileMember, Mirror, SlowMember, allocAligned, check, type Member, type MirrorStats, type OpenMember, type ResyncReport } from '../src/index'
 
 // ---------------------------------------------------------------------------------------
@@ -407,13 +407,6 @@ async function installed(cmd: string): Promise<boolean> {
     () => true,
     () => false,
   )
-}
-
-/** "median (min–max)" of ratios. */
-function spread(xs: number[], digits = 2): string {
-  const s = [...xs].sort((a, b) => a - b)
-  const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-  return s.length > 1 ? `${median.toFixed(digits)} (${s[0].toFixed(digits)}–${s[s.length - 1].toFixed(digits)})` : median.toFixed(digits)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -466,12 +466,12 @@ impl PageStore {
         }
     }
 
-    fn io_error(&self, what: String) -> impl FnOnce(std::io::Error) -> IoError {
-        move |e| {
-            let mut e: IoError = e.into();
-            e.message = format!("{what}: {}", e.message);
-            e
-        }
+    /// A failed I/O's error, its message led by what failed. Made only on failure: the
+    /// description is not formatted for the I/Os that succeed.
+    fn io_error(e: std::io::Error, what: std::fmt::Arguments) -> IoError {
+        let mut e: IoError = e.into();
+        e.message = format!("{what}: {}", e.message);
+        e
     }
 
     /// Issues a tracked write through the engine: counted pending from now until the
@@ -499,9 +499,8 @@ impl PageStore {
         };
         let (ptr, len) = (buf.as_ref().as_ptr(), buf.as_ref().len());
         let store = self.clone();
-        let context = self.io_error(format!("write of {len} bytes at {offset} to {}", self.path.display()));
         let complete: Done = Box::new(move |r| {
-            let r = r.map_err(context);
+            let r = r.map_err(|e| Self::io_error(e, format_args!("write of {len} bytes at {offset} to {}", store.path.display())));
             store.pending.end(r.as_ref().err());
             if let Some(w) = &store.write_through {
                 w.completed();
@@ -530,10 +529,9 @@ impl PageStore {
         };
         let (ptr, len) = (buf.as_mut().as_mut_ptr(), buf.as_mut().len());
         let store = self.clone();
-        let context = self.io_error(format!("read of {len} bytes at {offset} from {}", self.path.display()));
         let complete: Done = Box::new(move |r| {
             store.others.end(None);
-            done(r.map_err(context), buf)
+            done(r.map_err(|e| Self::io_error(e, format_args!("read of {len} bytes at {offset} from {}", store.path.display()))), buf)
         });
         if self.device.is_some() {
             let s = self.clone();
@@ -565,9 +563,8 @@ impl PageStore {
             Err(e) => return done(Err(e)),
         };
         let store = self.clone();
-        let context = self.io_error(format!("fdatasync {}", self.path.display()));
         let complete: Done = Box::new(move |r| {
-            let r = r.map_err(context);
+            let r = r.map_err(|e| Self::io_error(e, format_args!("fdatasync {}", store.path.display())));
             match &r {
                 Err(e) => store.pending.record_error(e),
                 Ok(()) => {
