@@ -444,6 +444,31 @@ async function runNode(file: string, sync: SyncMode, depth: number, offsets: Off
   }
 }
 
+/**
+ * Issue 11's goals for the page store, this run, for the first engine asked for: each
+ * ratio over all rounds and per round (median, range).
+ */
+function printGoals(ratios: Record<string, Record<string, number | number[] | null>>, opt: { engines: string[]; syncs: SyncMode[]; depths: number[] }): void {
+  const key = `native ${opt.engines[0]}/fio`
+  const rows: string[][] = [['measure', 'all rounds', 'per round', 'goal']]
+  const row = (what: string, sync: SyncMode, depth: number, cpu: boolean, goal: string): void => {
+    const d = ratios[`${sync}@${depth}`]
+    const all = d?.[cpu ? `${key} cpu` : key]
+    const rounds = d?.[cpu ? `${key} cpu rounds` : `${key} rounds`]
+    if (typeof all === 'number' && Array.isArray(rounds)) rows.push([what, all.toFixed(2), spread(rounds), goal])
+  }
+  for (const sync of ['fdatasync', 'none'] as SyncMode[]) {
+    if (!opt.syncs.includes(sync)) continue
+    const how = sync === 'none' ? 'no fdatasync' : 'fdatasync after each batch'
+    for (const depth of [32, 1]) if (opt.depths.includes(depth)) row(`page store ÷ fio, depth ${depth}, ${how}`, sync, depth, false, depth === 32 ? '≥ 0.95' : '≥ 0.8')
+    if (opt.depths.includes(32)) row(`CPU per write ÷ fio's, depth 32, ${how}`, sync, 32, true, '≤ 2')
+  }
+  if (rows.length === 1) return
+  console.log()
+  console.log(`issue 11 goals, this run (${key}):`)
+  console.log(table(rows, 1, true))
+}
+
 // ---------------------------------------------------------------------------------------
 // Round trips without I/O: what a promise-per-operation costs before the disk is touched
 
@@ -837,6 +862,7 @@ async function main(): Promise<void> {
     console.log(table(rows, 2, true))
     console.log()
     console.log(table(ratioRows, 2, true))
+    printGoals(ratios, opt)
     if (cycle) printCycle(cycle, results)
     console.log()
     console.log(
