@@ -10,6 +10,7 @@ import test from 'ava'
 import { isAligned } from '../src/io/aligned'
 import { BufferPool } from '../src/io/buffer-pool'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
+import { anonHugeKb, hugePagesOn } from './helpers/huge-pages'
 import { removeDir } from './helpers/tmp'
 import { sleep } from './helpers/wait'
 
@@ -67,6 +68,28 @@ test('a larger alignment drops the buffers of the smaller one', (t) => {
   t.deepEqual(pool.bytes, { lent: 16 * KiB, free: 0 })
   pool.give(small)
   t.deepEqual(pool.bytes, { lent: 8 * KiB, free: 0 }, 'a buffer of the old alignment given back is dropped')
+})
+
+test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the one not lent waits on the free list', (t) => {
+  const pool = new BufferPool(4 * MiB)
+  const before = anonHugeKb()
+  const a = pool.take(MiB, 4096)
+  t.deepEqual(pool.bytes, { lent: MiB, free: MiB }, 'its neighbour in the huge page is counted free')
+  const b = pool.take(MiB, 4096)
+  t.deepEqual(pool.bytes, { lent: 2 * MiB, free: 0 })
+  t.is(b.buffer, a.buffer, 'the second comes from the same huge page')
+  t.is(Math.abs(b.byteOffset - a.byteOffset), MiB)
+  const first = a.byteOffset < b.byteOffset ? a : b
+  t.true(isAligned(first, 2 * MiB), 'the page starts 2 MiB-aligned')
+  a.fill(1)
+  b.fill(2)
+  if (hugePagesOn()) t.true(anonHugeKb() - before >= 2048, `backed by a huge page once touched (AnonHugePages ${before} → ${anonHugeKb()} kB)`)
+  t.true(a.every((x) => x === 1) && b.every((x) => x === 2), 'two buffers, no overlap')
+  // Not a divisor of 2 MiB: one buffer per run of huge pages; small ones as before.
+  const odd = pool.take(MiB + 4096, 4096)
+  t.deepEqual(pool.bytes, { lent: 3 * MiB + 4096, free: 0 })
+  t.true(isAligned(odd, 2 * MiB))
+  t.true(pool.take(64 * KiB, 4096).buffer.byteLength < 2 * MiB, 'small buffers: ordinary memory, not a huge page each')
 })
 
 test('behind writes: a copy still being written to the slow member is not reused by the next behind write; each write lands with its own data', async (t) => {

@@ -11,9 +11,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { MdBitmapError } from '../src'
 import { binding, platformTriple } from '../src/native/load'
+import { hugePagesOn } from './helpers/huge-pages'
 
 const EXERCISED = {
-  functions: ['alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole', 'setErrorClass'],
+  functions: ['adviseHugePages', 'alignmentOffset', 'allocatedRanges', 'check', 'clearImmutable', 'extents', 'lockFile', 'openStore', 'punchHole', 'setErrorClass'],
   classes: {
     NativeFileLock: ['release'],
     NativeStore: ['alignment', 'alignmentSource', 'close', 'deferredCompletions', 'device', 'engine', 'engineReason', 'error', 'mode', 'pending', 'read', 'reaper', 'reaperReason', 'reason', 'size', 'sync', 'waitIdle', 'write', 'writeThrough'],
@@ -61,7 +62,7 @@ test.serial('setErrorClass: the addon throws and rejects with the registered cla
   t.true(await b.check(missing).catch((e: unknown) => e instanceof MdBitmapError))
 })
 
-test('every binding answers: alignmentOffset, check, extents, openStore and each NativeStore member, lockFile, NativeFileLock.release, clearImmutable', async (t) => {
+test('every binding answers: alignmentOffset, adviseHugePages, check, extents, openStore and each NativeStore member, lockFile, NativeFileLock.release, clearImmutable', async (t) => {
   const b = binding()
   const dir = mkdtempSync(join(tmpdir(), 'md-bitmap-binding-'))
   try {
@@ -71,6 +72,22 @@ test('every binding answers: alignmentOffset, check, extents, openStore and each
     t.true(off >= 0 && off < 4096)
     t.is(b.alignmentOffset(backing.subarray(off), 4096), 0)
     t.is(b.alignmentOffset(backing.subarray(off + 1), 4096), 4095)
+
+    // adviseHugePages: the whole 2 MiB pages inside a view are advised and read as zero
+    // after; a view holding none is left as it was.
+    const region = new Uint8Array(6 << 20).fill(0x77)
+    const advised = b.adviseHugePages(region)
+    if (hugePagesOn()) {
+      t.true(advised >= 2 << 20 && advised % (2 << 20) === 0, `advised ${advised} bytes`)
+      const at = b.alignmentOffset(region, 2 << 20)
+      t.true(region.subarray(at, at + advised).every((x) => x === 0), 'the advised pages read as zero')
+      t.true(region.subarray(0, at).every((x) => x === 0x77), 'the bytes before them are kept')
+    } else {
+      t.is(advised, 0, 'THP is off: nothing advised')
+    }
+    const small = new Uint8Array(64 * 1024).fill(3)
+    t.is(b.adviseHugePages(small), 0)
+    t.true(small.every((x) => x === 3))
 
     const file = join(dir, 'store')
     writeFileSync(file, Buffer.alloc(4 * 4096, 0x5a))
@@ -193,3 +210,4 @@ test('punchHole: the range reads as zeroes, the size is kept; past the end is EO
     rmSync(dir, { recursive: true, force: true })
   }
 })
+

@@ -19,8 +19,11 @@
  *   take(len, align)  reserves len against the budget and lends a buffer of len bytes:
  *                     lent += len; the free list of len pops one if it has one
  *                     (free −= len), else a new buffer is allocated, not zeroed (the
- *                     holder overwrites it at once), and free buffers are dropped,
- *                     other lengths first, until lent + free ≤ budget (or none is left)
+ *                     holder overwrites it at once; one of 1 MiB or more from huge
+ *                     pages, several to a 2 MiB page when len divides it, the others
+ *                     put on the free list: free += their bytes), and free buffers are
+ *                     dropped, other lengths first, until lent + free ≤ budget (or
+ *                     none is left)
  *   give(buf)         the holder is done with it: lent −= len; back on its free list
  *                     (free += len) if lent + free + len ≤ budget, else dropped. A buffer
  *                     that is not lent (given twice, or never taken here) is ignored.
@@ -42,7 +45,15 @@
  *
  * @module
  */
-import { allocAlignedUninit } from './aligned'
+import { HUGE_PAGE, allocAlignedUninit, allocHugePageBuffers } from './aligned'
+
+/**
+ * Buffers this long or longer come from huge pages ({@link allocHugePageBuffers}): a
+ * read or write of one reaches the device as one segment. Those of up to 2 MiB are
+ * carved several to a huge page (the ones not lent at once wait on the free list, as
+ * if given back).
+ */
+const HUGE_MIN = 1 << 20
 
 export class BufferPool {
   private readonly freeLists = new Map<number, Uint8Array[]>()
@@ -69,7 +80,7 @@ export class BufferPool {
     if (buf) {
       this.free -= len
     } else {
-      buf = allocAlignedUninit(len, this.align)
+      buf = this.allocate(len)
       this.dropFree((size) => size !== len)
       this.dropFree(() => true)
     }
@@ -94,6 +105,22 @@ export class BufferPool {
   /** Bytes lent now and bytes kept free (for tests and benchmarks). */
   get bytes(): { lent: number; free: number } {
     return { lent: this.lent, free: this.free }
+  }
+
+  /**
+   * A new buffer of `len` bytes. From huge pages when it is large: one huge page holds
+   * `HUGE_PAGE / len` buffers of a length that divides it, and those not lent now go on
+   * the free list (counted as free, so the budget still holds them to account).
+   */
+  private allocate(len: number): Uint8Array {
+    if (len < HUGE_MIN || this.align > HUGE_PAGE) return allocAlignedUninit(len, this.align)
+    const perPage = HUGE_PAGE % len === 0 ? HUGE_PAGE / len : 1
+    const [buf, ...spare] = allocHugePageBuffers(len, perPage)
+    if (spare.length) {
+      this.freeLists.set(len, [...(this.freeLists.get(len) ?? []), ...spare])
+      this.free += spare.length * len
+    }
+    return buf
   }
 
   /** Drops free buffers of the sizes `which` picks until lent + free is within the budget. */

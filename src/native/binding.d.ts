@@ -77,6 +77,15 @@ export declare class NativeStore {
 }
 
 /**
+ * Asks for transparent huge pages over the whole 2 MiB-aligned pages inside `view`,
+ * dropping their contents (they read as zero after): their next touch faults in pages
+ * of 2 MiB, which a direct read or write hands to the device as one segment. Returns
+ * how many bytes were advised (0 where none fit, or the kernel has THP off).
+ * `view` must be an ArrayBuffer's own memory with no I/O in flight into it.
+ */
+export declare function adviseHugePages(view: Uint8Array): number
+
+/**
  * How far into `view` the first byte aligned to `align` is. JavaScript over-allocates
  * an ArrayBuffer and takes an aligned view at this offset: V8 never moves an
  * ArrayBuffer's backing store, so the view stays aligned, and no external buffer

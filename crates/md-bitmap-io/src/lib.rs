@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod extents;
 pub mod fence;
+pub mod huge_pages;
 pub mod pending;
 pub mod engine;
 pub mod pool;
