@@ -82,6 +82,7 @@ export declare class NativeStore {
  * of 2 MiB, which a direct read or write hands to the device as one segment. Returns
  * how many bytes were advised (0 where none fit, or the kernel has THP off).
  * `view` must be an ArrayBuffer's own memory with no I/O in flight into it.
+ * A hint, never an error: a refusal (THP off, a sandbox) advises nothing.
  */
 export declare function adviseHugePages(view: Uint8Array): number
 

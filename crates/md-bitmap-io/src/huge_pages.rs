@@ -13,21 +13,21 @@
 //! huge pages inside a range of the caller's private anonymous memory (a JavaScript
 //! ArrayBuffer's backing store), then drops the pages the range held, so that its next
 //! touch faults in huge pages (`MADV_HUGEPAGE`, then `MADV_DONTNEED`). The range's bytes
-//! read as zero afterwards. Works under the `madvise` and `always` THP settings; under
-//! `never`, or where the kernel has no THP, the advice is refused and the memory is left
-//! as it was (then nothing changes but speed). A hint: the kernel may still back the
-//! range with small pages when it finds no free 2 MiB.
+//! read as zero afterwards. Works under the `madvise` and `always` THP settings. It is a
+//! hint and never an error: under `never`, where the kernel has no THP, or where a
+//! sandbox refuses `madvise` (a seccomp profile), the memory is left as it was and
+//! nothing changes but speed. The kernel may still back the range with small pages when
+//! it finds no free 2 MiB.
 //!
 //! ```text
 //!   [ptr, ptr+len) ──► whole 2 MiB-aligned pages inside it ──none──► (0, 0), untouched
 //!                                │
-//!                                ├─ MADV_HUGEPAGE refused (THP never / absent) ──► (off, 0)
+//!                                ├─ MADV_HUGEPAGE refused (THP off, a sandbox) ──► (off, 0)
 //!                                └─ advised ─ MADV_DONTNEED ──► (off, n): the next
 //!                                   touch of each 2 MiB faults a huge page, zeroed
 //! ```
 
 use nix::libc;
-use std::io;
 
 /// The transparent huge page size this module aims at (x86-64, and arm64 with 4 KiB
 /// pages). On other page sizes the advice covers 2 MiB multiples, harmlessly.
@@ -35,27 +35,24 @@ pub const HUGE_PAGE: usize = 2 << 20;
 
 /// Advises the whole `HUGE_PAGE`-aligned pages inside `[ptr, ptr + len)` for huge
 /// pages and drops their contents. Returns the offset of the first such page from `ptr`
-/// and how many bytes were advised (0 if none fit, or the kernel refused the advice).
+/// and how many bytes were advised (0 if none fit, or the kernel refused the advice,
+/// whatever its reason: a refusal leaves the memory as it was).
 ///
 /// # Safety
 /// `[ptr, ptr + len)` must be private anonymous memory owned by the caller, with no
 /// I/O in flight into it, whose contents the caller no longer needs.
-pub unsafe fn advise_huge(ptr: *mut u8, len: usize) -> io::Result<(usize, usize)> {
+pub unsafe fn advise_huge(ptr: *mut u8, len: usize) -> (usize, usize) {
     let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
     let end = (ptr as usize + len) / HUGE_PAGE * HUGE_PAGE;
     if start >= end {
-        return Ok((0, 0));
+        return (0, 0);
     }
-    let (at, n) = (start as *mut libc::c_void, end - start);
-    if libc::madvise(at, n, libc::MADV_HUGEPAGE) != 0 {
-        let e = io::Error::last_os_error();
-        // No THP in this kernel, or it is turned off: leave the memory as it was.
-        return if e.raw_os_error() == Some(libc::EINVAL) { Ok((start - ptr as usize, 0)) } else { Err(e) };
+    let (at, n, off) = (start as *mut libc::c_void, end - start, start - ptr as usize);
+    // Refused (EINVAL: no THP, or off; EPERM: a sandbox): the memory stays as it was.
+    if libc::madvise(at, n, libc::MADV_HUGEPAGE) != 0 || libc::madvise(at, n, libc::MADV_DONTNEED) != 0 {
+        return (off, 0);
     }
-    if libc::madvise(at, n, libc::MADV_DONTNEED) != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((start - ptr as usize, n))
+    (off, n)
 }
 
 /// Whether the kernel will give huge pages to memory advised for them
@@ -91,7 +88,7 @@ mod tests {
         // Touched memory, in small pages, as a reused heap allocation would be.
         let mut v = vec![0x5au8; 3 * HUGE_PAGE];
         let (ptr, len) = (v.as_mut_ptr(), v.len());
-        let (off, n) = unsafe { advise_huge(ptr, len) }.unwrap();
+        let (off, n) = unsafe { advise_huge(ptr, len) };
         assert_eq!((ptr as usize + off) % HUGE_PAGE, 0, "the advised range starts on a huge page");
         assert!(off < HUGE_PAGE && off + n <= len);
         if !huge_pages_available() {
@@ -111,7 +108,7 @@ mod tests {
     fn a_range_holding_no_whole_huge_page_is_left_alone() {
         let mut v = vec![7u8; HUGE_PAGE];
         let (ptr, len) = (v.as_mut_ptr(), v.len());
-        let r = unsafe { advise_huge(ptr, len) }.unwrap();
+        let r = unsafe { advise_huge(ptr, len) };
         // A 2 MiB vector holds a whole aligned huge page only if it starts on one.
         if !(ptr as usize).is_multiple_of(HUGE_PAGE) {
             assert_eq!(r, (0, 0));

@@ -312,15 +312,13 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
 /// of 2 MiB, which a direct read or write hands to the device as one segment. Returns
 /// how many bytes were advised (0 where none fit, or the kernel has THP off).
 /// `view` must be an ArrayBuffer's own memory with no I/O in flight into it.
+/// A hint, never an error: a refusal (THP off, a sandbox) advises nothing.
 #[napi]
-pub fn advise_huge_pages(env: &Env, mut view: Uint8Array) -> Result<f64> {
+pub fn advise_huge_pages(mut view: Uint8Array) -> f64 {
     // SAFETY: a JavaScript ArrayBuffer's backing store is private anonymous memory;
     // the caller (the buffer pool) passes memory it has just allocated, with no I/O.
     let (ptr, len) = unsafe { (view.as_mut().as_mut_ptr(), view.len()) };
-    match unsafe { io::huge_pages::advise_huge(ptr, len) } {
-        Ok((_, n)) => Ok(n as f64),
-        Err(e) => Err(js_error(env, &IoError::from(e))),
-    }
+    unsafe { io::huge_pages::advise_huge(ptr, len) }.1 as f64
 }
 
 /// A store's write-through counts since open.
