@@ -818,7 +818,6 @@ async function main(): Promise<void> {
     // host that changes pace between rounds moves both; median and range of the rounds).
     const ratios: Record<string, Record<string, number | number[] | null>> = {}
     const ratioRows: string[][] = [['fdatasync', 'depth', 'ratio', 'writes/s', 'per round', 'CPU/write', 'per round', 'machine-wide', 'per round']]
-    const rate = (x: Sample): number => x.writes / x.seconds
     const cpuPerWrite = (x: Sample): number => x.cpuSeconds / x.writes
     const machinePerWrite = (x: Sample): number => x.machineCpuSeconds / x.writes
     for (const sync of opt.syncs) for (const depth of opt.depths) {
@@ -833,7 +832,7 @@ async function main(): Promise<void> {
             continue
           }
           const byRound = (f: (x: Sample) => number): number[] => n.samples.map((x, i) => f(x) / f(o.samples[i]))
-          const rounds = byRound(rate)
+          const rounds = n.roundIops.map((x, i) => x / o.roundIops[i])
           const cpuRounds = byRound(cpuPerWrite)
           const machineRounds = byRound(machinePerWrite)
           d[`native ${engine}/${other}`] = n.iops / o.iops

@@ -116,8 +116,9 @@ export class BufferPool {
     if (len < HUGE_MIN || this.align > HUGE_PAGE) return allocAlignedUninit(len, this.align)
     const perPage = HUGE_PAGE % len === 0 ? HUGE_PAGE / len : 1
     const [buf, ...spare] = allocHugePageBuffers(len, perPage)
+    // Only called when the free list of len is empty: the spare buffers are all of it.
     if (spare.length) {
-      this.freeLists.set(len, [...(this.freeLists.get(len) ?? []), ...spare])
+      this.freeLists.set(len, spare)
       this.free += spare.length * len
     }
     return buf

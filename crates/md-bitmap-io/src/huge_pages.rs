@@ -55,15 +55,15 @@ pub unsafe fn advise_huge(ptr: *mut u8, len: usize) -> (usize, usize) {
     (off, n)
 }
 
-/// Whether the kernel will give huge pages to memory advised for them
-/// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`).
-pub fn huge_pages_available() -> bool {
-    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|s| !s.contains("[never]"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the kernel will give huge pages to memory advised for them
+    /// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`).
+    fn huge_pages_available() -> bool {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").is_ok_and(|s| !s.contains("[never]"))
+    }
 
     /// The kB of anonymous huge pages in the mapping holding `addr` (/proc/self/smaps).
     fn huge_kb_at(addr: usize) -> u64 {
