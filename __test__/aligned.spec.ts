@@ -1,13 +1,19 @@
 /**
- * isAligned (io/aligned.ts) answers from a per-buffer cache of where the buffer's
- * memory starts: every answer must be the addon's, asked directly (fast-check), for
- * views at any offset of buffers of any kind and size, each buffer asked about many
- * times (so most answers come from the cache), and for alignments past the cache's.
+ * Aligned buffers (io/aligned.ts). isAligned answers from a per-buffer cache of where
+ * the buffer's memory starts: every answer must be the addon's, asked directly
+ * (fast-check), for views at any offset of buffers of any kind and size, each buffer
+ * asked about many times (so most answers come from the cache), and for alignments
+ * past the cache's. allocHugePageBuffers (public): aligned, zeroed, disjoint buffers on
+ * memory the kernel backs with huge pages once touched.
  */
 import test from 'ava'
 import fc from 'fast-check'
-import { isAligned } from '../src/io/aligned'
+import { allocHugePageBuffers as fromIndex, MdBitmapError } from '../src/index'
+import { HUGE_PAGE, allocHugePageBuffers, isAligned } from '../src/io/aligned'
 import { binding } from '../src/native/load'
+import { anonHugeKb, hugePagesOn } from './helpers/huge-pages'
+
+const MiB = 1 << 20
 
 const kinds = {
   /** A small typed array: V8 may keep its bytes in its heap until they are looked at. */
@@ -51,4 +57,56 @@ test('isAligned refuses an alignment that is not a power of two, as the addon do
   const view = new Uint8Array(8192)
   const e = t.throws(() => isAligned(view, 3000))
   t.regex(String((e as Error).message), /power of two/)
+})
+
+test('allocHugePageBuffers: count buffers of size bytes, each aligned, zero-filled and disjoint, packed into whole 2 MiB-aligned pages (fast-check)', (t) => {
+  t.is(fromIndex, allocHugePageBuffers, 'exported from the package')
+  fc.assert(
+    fc.property(fc.integer({ min: 1, max: 3 * MiB }), fc.integer({ min: 1, max: 4 }), fc.integer({ min: 9, max: 21 }), (size, count, log2) => {
+      const align = 2 ** log2
+      const bufs = allocHugePageBuffers(size, count, align)
+      const stride = Math.ceil(size / align) * align
+      const region = bufs[0].buffer
+      const start = bufs[0].byteOffset
+      const pages = Math.ceil((stride * count) / HUGE_PAGE)
+      if (bufs.length !== count || !isAligned(bufs[0], HUGE_PAGE)) return false
+      for (const [i, b] of bufs.entries()) {
+        // One region, one after another at the stride, inside the whole pages.
+        if (b.length !== size || b.buffer !== region || b.byteOffset !== start + i * stride) return false
+        if (binding().alignmentOffset(b, align) !== 0) return false
+        if (b.byteOffset + size > start + pages * HUGE_PAGE) return false
+        if (b[0] !== 0 || b[size - 1] !== 0 || b[size >> 1] !== 0) return false
+      }
+      return true
+    }),
+    { numRuns: 60 },
+  )
+  // Disjoint and wholly zeroed, checked byte by byte on one set.
+  const bufs = allocHugePageBuffers(MiB + 512, 3)
+  t.true(bufs.every((b) => b.every((x) => x === 0)), 'zero-filled')
+  bufs.forEach((b, i) => b.fill(i + 1))
+  t.true(bufs.every((b, i) => b.every((x) => x === i + 1)), 'no two buffers overlap')
+  t.is(bufs[1].byteOffset - bufs[0].byteOffset, MiB + 4096, 'the default alignment is 4096')
+})
+
+test('allocHugePageBuffers: the memory is backed by huge pages once touched', (t) => {
+  t.true(hugePagesOn(), 'transparent huge pages are on here (madvise or always): the test needs them')
+  const before = anonHugeKb()
+  const bufs = allocHugePageBuffers(MiB, 4)
+  for (const b of bufs) b.fill(7)
+  t.true(anonHugeKb() - before >= 4096, `4 MiB written, AnonHugePages ${before} → ${anonHugeKb()} kB`)
+})
+
+test('allocHugePageBuffers refuses a bad count or alignment with EINVAL', (t) => {
+  for (const [size, count, align, what] of [
+    [MiB, 0, 4096, /count must be a positive integer/],
+    [MiB, 1.5, 4096, /count must be a positive integer/],
+    [MiB, 1, 3000, /power of two/],
+    [MiB, 1, 4 * MiB, /at most 2097152/],
+    [-1, 1, 4096, /size must be/],
+  ] as const) {
+    const e = t.throws(() => allocHugePageBuffers(size, count, align), { instanceOf: MdBitmapError })
+    t.is(e?.code, 'EINVAL')
+    t.regex(String(e?.message), what)
+  }
 })

@@ -7,7 +7,7 @@
 export { ErrnoCode, LibraryErrorCode, MD_BITMAP_ERROR_CODES, MdBitmapError } from './errors'
 export type { MdBitmapErrorCode } from './errors'
 export { PageStore } from './io/page-store'
-export { allocAligned } from './io/aligned'
+export { allocAligned, allocHugePageBuffers } from './io/aligned'
 export { check, extents } from './io/file-check'
 export type { CheckInfo, ExtentInfo, ExtentMapInfo, ProblemInfo } from './io/file-check'
 export type { IoEngine, IoReaper, PageStoreOptions, StoreMode, StoreRequest, WriteThroughStats } from './io/page-store'

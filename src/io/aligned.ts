@@ -9,7 +9,8 @@ import { binding } from '../native'
 /**
  * A zero-filled `Uint8Array` of `size` bytes whose address is a multiple of `align`,
  * as direct I/O needs. It is a view into a slightly larger, ordinary `ArrayBuffer`
- * (never a copy, never an external buffer).
+ * (never a copy, never an external buffer). Large buffers that are reused do direct
+ * I/O faster from {@link allocHugePageBuffers}.
  */
 export function allocAligned(size: number, align = 4096): Uint8Array {
   checkAlloc(size, align)
@@ -29,21 +30,46 @@ export function allocAlignedUninit(size: number, align = 4096): Uint8Array {
 export const HUGE_PAGE = 2 << 20
 
 /**
- * `count` buffers of `size` bytes each, not zeroed, carved one after another from
- * whole 2 MiB pages of memory that the kernel is asked to back with transparent huge
- * pages (`MADV_HUGEPAGE`; crates/md-bitmap-io/src/huge_pages.rs). A direct read or
- * write then hands the device each buffer as one physically contiguous segment, which
- * on a virtio disk ran 2–2.5× as fast as into a buffer of scattered small pages
- * (docs/benchmarks.md). For large I/O buffers that are reused (the buffer pool's of a
- * MiB and more): the memory is the buffers' bytes rounded up to 2 MiB, plus 2 MiB of
- * address space (never touched) to align them. Where THP is off the memory is ordinary.
+ * `count` zero-filled buffers of `size` bytes each, carved one after another from whole
+ * 2 MiB pages of memory that the kernel is asked to back with transparent huge pages
+ * (`MADV_HUGEPAGE`; crates/md-bitmap-io/src/huge_pages.rs). A direct read or write hands
+ * the device each buffer as one physically contiguous segment, which on a virtio disk
+ * ran 1.1–2.5× as fast as a buffer of scattered small pages (docs/benchmarks.md, "The
+ * disk's two speeds are the buffer's pages" and "Huge-page buffers for callers"). For
+ * large I/O buffers (a MiB and more) that are allocated once and reused.
+ *
+ * Each buffer starts `align` bytes (default 4096) or a multiple of them after the
+ * previous one's start, so every one suits direct I/O with that alignment. The memory
+ * is the buffers' bytes rounded up to whole 2 MiB pages, plus 2 MiB of address space
+ * (never touched) to align them: ask for several buffers at once rather than one at a
+ * time when each is smaller than 2 MiB. Where THP is `never` (or the kernel refuses the
+ * advice) the memory is ordinary, and the buffers work as any other.
+ *
+ * ```ts
+ * const bufs = allocHugePageBuffers(1 << 20, 8) // eight 1 MiB buffers on four huge pages
+ * ```
  */
-export function allocHugePageBuffers(size: number, count: number): Uint8Array[] {
-  checkAlloc(size, HUGE_PAGE)
-  const whole = Math.ceil((size * count) / HUGE_PAGE) * HUGE_PAGE
-  const region = allocAlignedUninit(whole, HUGE_PAGE)
+export function allocHugePageBuffers(size: number, count: number, align = 4096): Uint8Array[] {
+  return hugePageBuffers(size, count, align, true)
+}
+
+/**
+ * {@link allocHugePageBuffers}, the bytes not zeroed where the advice was refused (else
+ * they read as zero anyway): for the buffer pool, whose buffers are overwritten in full.
+ */
+export function allocHugePageBuffersUninit(size: number, count: number, align = 4096): Uint8Array[] {
+  return hugePageBuffers(size, count, align, false)
+}
+
+function hugePageBuffers(size: number, count: number, align: number, zeroed: boolean): Uint8Array[] {
+  checkAlloc(size, align)
+  if (!Number.isSafeInteger(count) || count < 1) throw new MdBitmapError('EINVAL', `count must be a positive integer, got ${count}`)
+  if (align > HUGE_PAGE) throw new MdBitmapError('EINVAL', `alignment must be at most ${HUGE_PAGE} (a huge page), got ${align}`)
+  const stride = Math.ceil(size / align) * align
+  const whole = Math.max(1, Math.ceil((stride * count) / HUGE_PAGE)) * HUGE_PAGE
+  const region = zeroed ? allocAligned(whole, HUGE_PAGE) : allocAlignedUninit(whole, HUGE_PAGE)
   binding().adviseHugePages(region)
-  return Array.from({ length: count }, (_, i) => region.subarray(i * size, (i + 1) * size))
+  return Array.from({ length: count }, (_, i) => region.subarray(i * stride, i * stride + size))
 }
 
 function checkAlloc(size: number, align: number): void {

@@ -45,10 +45,10 @@
  *
  * @module
  */
-import { HUGE_PAGE, allocAlignedUninit, allocHugePageBuffers } from './aligned'
+import { HUGE_PAGE, allocAlignedUninit, allocHugePageBuffersUninit } from './aligned'
 
 /**
- * Buffers this long or longer come from huge pages ({@link allocHugePageBuffers}): a
+ * Buffers this long or longer come from huge pages ({@link allocHugePageBuffersUninit}): a
  * read or write of one reaches the device as one segment. Those of up to 2 MiB are
  * carved several to a huge page (the ones not lent at once wait on the free list, as
  * if given back).
@@ -115,7 +115,7 @@ export class BufferPool {
   private allocate(len: number): Uint8Array {
     if (len < HUGE_MIN || this.align > HUGE_PAGE) return allocAlignedUninit(len, this.align)
     const perPage = HUGE_PAGE % len === 0 ? HUGE_PAGE / len : 1
-    const [buf, ...spare] = allocHugePageBuffers(len, perPage)
+    const [buf, ...spare] = allocHugePageBuffersUninit(len, perPage, this.align)
     // Only called when the free list of len is empty: the spare buffers are all of it.
     if (spare.length) {
       this.freeLists.set(len, spare)
