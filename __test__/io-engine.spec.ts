@@ -17,7 +17,7 @@ import { extents } from '../src'
 import { fsCaps, requires } from './helpers/env'
 import { PAGE, deviceSize, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
-import { noIoUring } from './helpers/no-io-uring'
+import { noIoUring } from './helpers/seccomp'
 import { diskTempDir, removeDir } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'engine-store.ts')
@@ -35,14 +35,14 @@ const DEFERS = (() => {
 })()
 
 /** A child running the fixture: its JSON lines as they come, stdin, and its exit. */
-function child(args: string[], engine: string | null, reaper: string | null = null, launcher: string | null = null) {
+function child(args: string[], engine: string | null, reaper: string | null = null, launcher: string[] | null = null) {
   const env = { ...process.env }
   if (engine === null) delete env.MD_BITMAP_IO_ENGINE
   else env.MD_BITMAP_IO_ENGINE = engine
   if (reaper === null) delete env.MD_BITMAP_IO_REAPER
   else env.MD_BITMAP_IO_REAPER = reaper
   const node = [process.execPath, '--import', 'tsx', FIXTURE, ...args]
-  const [cmd, ...argv] = launcher === null ? node : [launcher, ...node]
+  const [cmd, ...argv] = launcher === null ? node : [...launcher, ...node]
   const p = spawn(cmd, argv, { env, stdio: ['pipe', 'pipe', 'pipe'] })
   const lines: Line[] = []
   const waiters: (() => void)[] = []
@@ -170,7 +170,7 @@ test('an unknown MD_BITMAP_IO_ENGINE is refused with EINVAL', async (t) => {
 })
 
 // io_uring refused for real, as a container's seccomp profile refuses it: the child runs
-// under a seccomp filter that makes io_uring_setup fail with EPERM (helpers/no-io-uring.ts).
+// under a seccomp filter that makes io_uring_setup fail with EPERM (helpers/seccomp.ts).
 // The filter holds for the child alone; other test files running meanwhile keep io_uring.
 requires(['cc'])('io_uring refused (a seccomp filter, as in a container): AIO is chosen, says why, and works; forcing io_uring fails with EPERM', async (t) => {
   const launcher = noIoUring()

@@ -4,14 +4,22 @@
  * larger alignment drops the smaller one's buffers. Then through a real mirror: a
  * behind write's copy is not handed to the next behind write while the slow member
  * still writes it (the data each write leaves on the slow member is its own), and the
- * memory budget's fallbacks are what they were.
+ * memory budget's fallbacks are what they were. And with the huge-page advice refused
+ * (a seccomp filter, as a sandbox may have), large buffers are ordinary memory and a
+ * resync through them works as before.
  */
 import test from 'ava'
+import { execFile } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { isAligned } from '../src/io/aligned'
 import { BufferPool } from '../src/io/buffer-pool'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
 import { anonHugeKb, hugePagesOn } from './helpers/huge-pages'
+import { noHugePageAdvice } from './helpers/seccomp'
 import { removeDir } from './helpers/tmp'
+import { requires } from './helpers/env'
 import { sleep } from './helpers/wait'
 
 const parent = rigParent('md-mirror-buffer-pool-')
@@ -141,4 +149,26 @@ test('behind writes: the memory budget still decides, and its fallbacks are coun
   await third
   await r.ctl[1].idle()
   t.like(m.stats(), { behindInFlight: 0, behindBytes: 0, behindBytesHighWater: 128 * KiB })
+})
+
+// The refusal a sandbox's seccomp profile can make of madvise(MADV_HUGEPAGE) (EPERM), for
+// real: the child runs under a filter refusing that advice alone (helpers/seccomp.ts).
+// Before 0c971f9 the refusal failed every large allocation of the pool, a resync's with it.
+requires(['cc'])('huge-page advice refused (a seccomp filter): large buffers are ordinary memory, zero-filled, and a resync through the pool copies every byte', async (t) => {
+  t.true(hugePagesOn(), 'transparent huge pages are on here (madvise or always): the comparison needs them')
+  const run = async (prefix: string[]) => {
+    const dir = mkdtempSync(join(parent, 'huge-'))
+    const [cmd, ...args] = [...prefix, process.execPath, '--import', 'tsx', join(__dirname, 'fixtures', 'huge-page-buffers.ts'), dir]
+    const { stdout } = await promisify(execFile)(cmd, args, { timeout: 60_000 })
+    return JSON.parse(stdout) as { advised: number; zeroed: boolean; hugeKb: number; resync: { chunks: number; same: boolean } }
+  }
+  const [plain, refused] = await Promise.all([run([]), run(noHugePageAdvice())])
+  t.log(`advice allowed: ${plain.advised} bytes advised, AnonHugePages +${plain.hugeKb} kB; refused: ${refused.advised} bytes, +${refused.hugeKb} kB`)
+  t.is(plain.advised, 4 * MiB, 'allowed, the advice covers the region (so the filter is what refuses it below)')
+  t.is(refused.advised, 0, 'refused: nothing advised, and no error')
+  for (const r of [plain, refused]) {
+    t.true(r.zeroed, 'zero-filled, then holding what was written')
+    t.deepEqual(r.resync, { chunks: 8, same: true }, 'the resync copied all 8 chunks and the members are identical')
+  }
+  t.true(plain.hugeKb >= 4096, 'allowed: backed by huge pages once written')
 })

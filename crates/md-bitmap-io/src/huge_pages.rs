@@ -16,7 +16,8 @@
 //! read as zero afterwards. Works under the `madvise` and `always` THP settings. It is a
 //! hint and never an error: under `never`, where the kernel has no THP, or where a
 //! sandbox refuses `madvise` (a seccomp profile), the memory is left as it was and
-//! nothing changes but speed. The kernel may still back the range with small pages when
+//! nothing changes but speed (mirror-buffer-pool.spec.ts runs a resync under a seccomp
+//! filter refusing MADV_HUGEPAGE). The kernel may still back the range with small pages when
 //! it finds no free 2 MiB.
 //!
 //! ```text
