@@ -93,10 +93,22 @@ test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the o
   b.fill(2)
   if (hugePagesOn()) t.true(anonHugeKb() - before >= 2048, `backed by a huge page once touched (AnonHugePages ${before} → ${anonHugeKb()} kB)`)
   t.true(a.every((x) => x === 1) && b.every((x) => x === 2), 'two buffers, no overlap')
-  // Not a divisor of 2 MiB: one buffer per run of huge pages; small ones as before.
+  // Not a divisor of 2 MiB: memory of its own length, 2 MiB-aligned, its whole 2 MiB
+  // pages huge and the rest small: never more huge pages than the bytes the budget counts.
   const odd = pool.take(MiB + 4096, 4096)
   t.deepEqual(pool.bytes, { lent: 3 * MiB + 4096, free: 0 })
   t.true(isAligned(odd, 2 * MiB))
+  t.true(odd.buffer.byteLength <= MiB + 4096 + 2 * MiB, `its own length and the alignment's slack (${odd.buffer.byteLength} bytes)`)
+  const small = anonHugeKb()
+  odd.fill(3)
+  if (hugePagesOn()) t.is(anonHugeKb() - small, 0, 'no whole 2 MiB page inside 1 MiB + 4 KiB: no huge page')
+  const pool2 = new BufferPool(8 * MiB)
+  const three = pool2.take(3 * MiB, 4096)
+  t.deepEqual(pool2.bytes, { lent: 3 * MiB, free: 0 })
+  const beforeThree = anonHugeKb()
+  three.fill(4)
+  const grew = anonHugeKb() - beforeThree
+  if (hugePagesOn()) t.true(grew >= 2048 && grew < 4096, `3 MiB written: one huge page, not two (AnonHugePages +${grew} kB)`)
   t.true(pool.take(64 * KiB, 4096).buffer.byteLength < 2 * MiB, 'small buffers: ordinary memory, not a huge page each')
 })
 

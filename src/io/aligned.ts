@@ -54,20 +54,25 @@ export function allocHugePageBuffers(size: number, count: number, align = 4096):
 }
 
 /**
- * {@link allocHugePageBuffers}, the bytes not zeroed where the advice was refused (else
- * they read as zero anyway): for the buffer pool, whose buffers are overwritten in full.
+ * For the buffer pool, whose buffers are overwritten in full: {@link allocHugePageBuffers}
+ * with the bytes not zeroed where the advice was refused (else they read as zero
+ * anyway), and with `wholePages: false` no rounding up: the memory is the buffers' bytes
+ * alone, its whole 2 MiB pages on huge pages and the rest (a last part shorter than
+ * 2 MiB) on small ones, so that a length that does not divide 2 MiB costs no more
+ * memory than its bytes.
  */
-export function allocHugePageBuffersUninit(size: number, count: number, align = 4096): Uint8Array[] {
-  return hugePageBuffers(size, count, align, false)
+export function allocHugePageBuffersUninit(size: number, count: number, align: number, wholePages: boolean): Uint8Array[] {
+  return hugePageBuffers(size, count, align, false, wholePages)
 }
 
-function hugePageBuffers(size: number, count: number, align: number, zeroed: boolean): Uint8Array[] {
+function hugePageBuffers(size: number, count: number, align: number, zeroed: boolean, wholePages = true): Uint8Array[] {
   checkAlloc(size, align)
   if (!Number.isSafeInteger(count) || count < 1) throw new MdBitmapError('EINVAL', `count must be a positive integer, got ${count}`)
   if (align > HUGE_PAGE) throw new MdBitmapError('EINVAL', `alignment must be at most ${HUGE_PAGE} (a huge page), got ${align}`)
   const stride = Math.ceil(size / align) * align
-  const whole = Math.max(1, Math.ceil((stride * count) / HUGE_PAGE)) * HUGE_PAGE
-  const region = zeroed ? allocAligned(whole, HUGE_PAGE) : allocAlignedUninit(whole, HUGE_PAGE)
+  const bytes = wholePages ? Math.max(1, Math.ceil((stride * count) / HUGE_PAGE)) * HUGE_PAGE : stride * count
+  const region = zeroed ? allocAligned(bytes, HUGE_PAGE) : allocAlignedUninit(bytes, HUGE_PAGE)
+  // Advises the whole 2 MiB pages inside the region (crates/md-bitmap-io/src/huge_pages.rs).
   binding().adviseHugePages(region)
   return Array.from({ length: count }, (_, i) => region.subarray(i * stride, i * stride + size))
 }

@@ -21,7 +21,8 @@
  *                     (free −= len), else a new buffer is allocated, not zeroed (the
  *                     holder overwrites it at once; one of 1 MiB or more from huge
  *                     pages, several to a 2 MiB page when len divides it, the others
- *                     put on the free list: free += their bytes), and free buffers are
+ *                     put on the free list: free += their bytes; else the whole 2 MiB
+ *                     pages of its own len bytes), and free buffers are
  *                     dropped, other lengths first, until lent + free ≤ budget (or
  *                     none is left)
  *   give(buf)         the holder is done with it: lent −= len; back on its free list
@@ -110,12 +111,14 @@ export class BufferPool {
   /**
    * A new buffer of `len` bytes. From huge pages when it is large: one huge page holds
    * `HUGE_PAGE / len` buffers of a length that divides it, and those not lent now go on
-   * the free list (counted as free, so the budget still holds them to account).
+   * the free list (counted as free, so the budget still holds them to account). A
+   * length that does not divide 2 MiB gets memory of its own length, 2 MiB-aligned: its
+   * whole 2 MiB pages huge, the rest small (never a huge page more than the budget counts).
    */
   private allocate(len: number): Uint8Array {
     if (len < HUGE_MIN || this.align > HUGE_PAGE) return allocAlignedUninit(len, this.align)
-    const perPage = HUGE_PAGE % len === 0 ? HUGE_PAGE / len : 1
-    const [buf, ...spare] = allocHugePageBuffersUninit(len, perPage, this.align)
+    const divides = HUGE_PAGE % len === 0
+    const [buf, ...spare] = allocHugePageBuffersUninit(len, divides ? HUGE_PAGE / len : 1, this.align, divides)
     // Only called when the free list of len is empty: the spare buffers are all of it.
     if (spare.length) {
       this.freeLists.set(len, spare)
