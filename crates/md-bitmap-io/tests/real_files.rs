@@ -107,6 +107,17 @@ fn written_file(path: &Path, size: usize, byte: u8) {
     f.sync_all().unwrap();
 }
 
+/// A store opened in place on a new file `f` of `pages` zeroed 4 KiB pages in a temp
+/// dir tagged `tag` (a disk filesystem: the store is direct).
+fn direct_store(tag: &str, pages: usize) -> (TempDir, PathBuf, Arc<PageStore>) {
+    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), tag);
+    let p = d.0.join("f");
+    written_file(&p, pages * 4096, 0);
+    let store = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
+    assert_eq!(store.mode(), Mode::Direct);
+    (d, p, store)
+}
+
 #[test]
 fn a_written_file_is_wholly_mapped_and_accepted() {
     let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "written");
@@ -165,11 +176,7 @@ fn holes_and_unwritten_extents_are_named() {
 
 #[test]
 fn a_store_synced_after_every_write_writes_through_and_skips_the_fdatasync() {
-    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "through");
-    let p = d.0.join("f");
-    written_file(&p, 16 * 4096, 0);
-    let store = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
-    assert_eq!(store.mode(), Mode::Direct);
+    let (_d, p, store) = direct_store("through", 16);
     let dsync_direct = (libc::O_DSYNC | libc::O_DIRECT) as u32;
     assert!(open_flags_of(&p).iter().any(|f| f & dsync_direct == dsync_direct), "no O_DIRECT | O_DSYNC descriptor on the file: {:?}", open_flags_of(&p));
     let counts = |s: &Arc<PageStore>| s.write_through_counts().map(|c| (c.writes_through, c.syncs_skipped));
@@ -209,12 +216,8 @@ fn a_store_synced_after_every_write_writes_through_and_skips_the_fdatasync() {
 
 #[test]
 fn direct_store_round_trips_and_tracks_pending_writes() {
-    let d = TempDir::new(std::env::temp_dir().to_str().unwrap(), "store");
-    let p = d.0.join("f");
     // One page per write: concurrent writes to one page could land in any order.
-    written_file(&p, 1000 * 4096, 0);
-    let store = Arc::new(PageStore::open_with(&p, Requested::InPlace, false, &engine()).unwrap());
-    assert_eq!(store.mode(), Mode::Direct);
+    let (_d, p, store) = direct_store("store", 1000);
     let align = store.alignment().both() as usize;
     let (tx, rx) = mpsc::channel();
     for i in 0..1000u64 {
