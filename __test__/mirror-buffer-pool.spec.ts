@@ -4,7 +4,9 @@
  * larger alignment drops the smaller one's buffers. Then through a real mirror: a
  * behind write's copy is not handed to the next behind write while the slow member
  * still writes it (the data each write leaves on the slow member is its own), and the
- * memory budget's fallbacks are what they were. And with the huge-page advice refused
+ * memory budget's fallbacks are what they were. Unaligned callers' buffers go through
+ * the mirror's staging pool: a copy is never handed to another I/O while its own is in
+ * flight, and is reused once it settled, failed or not. And with the huge-page advice refused
  * (a seccomp filter, as a sandbox may have), large buffers are ordinary memory and a
  * resync through them works as before.
  */
@@ -161,6 +163,55 @@ test('behind writes: the memory budget still decides, and its fallbacks are coun
   await third
   await r.ctl[1].idle()
   t.like(m.stats(), { behindInFlight: 0, behindBytes: 0, behindBytesHighWater: 128 * KiB })
+})
+
+test("unaligned callers: each write's aligned copy stays its own while in flight, is reused once the write ended (also after a member failed it), and reads bounce through reused copies too", async (t) => {
+  const r = await makeRig(parent, [{}, {}], { size: 2 * MiB })
+  const m = r.mirror
+  t.teardown(() => (r.ctl[1].release(), m.close().catch(() => {})))
+  const seen: { what: string; buf: Uint8Array; offset: number }[] = []
+  r.ctl[0].onIo = (what, buf, offset) => seen.push({ what, buf, offset })
+  const odd = (data: Uint8Array) => {
+    const backing = new Uint8Array(data.length + 1)
+    backing.set(data, 1)
+    return backing.subarray(1)
+  }
+  const datas = Array.from({ length: 8 }, (_, i) => pattern(64 * KiB, i + 1))
+  // Held on member 1: all 8 writes in flight at once.
+  r.ctl[1].hold()
+  const first = datas.map((d, i) => m.write(odd(d), i * 64 * KiB))
+  while (seen.length < 8) await sleep(1)
+  const inFlight = seen.splice(0).map((s) => s.buf)
+  t.is(new Set(inFlight).size, 8, 'eight writes in flight: eight copies')
+  t.true(inFlight.every((b) => isAligned(b, m.alignment)), 'each copy is aligned')
+  r.ctl[1].release()
+  await Promise.all(first)
+  // One at a time now: the copies come back.
+  for (const [i, d] of datas.entries()) await m.write(odd(d), (8 + i) * 64 * KiB)
+  const again = seen.splice(0).map((s) => s.buf)
+  t.true(again.every((b) => inFlight.includes(b)), 'sequential writes reuse the copies the first ones gave back')
+  // Member 1 fails a write: the write still ends, and its copy is reused by the next.
+  r.ctl[1].failWrite = (offset) => offset === 16 * 64 * KiB
+  await m.write(odd(datas[0]), 16 * 64 * KiB)
+  await m.write(odd(datas[1]), 17 * 64 * KiB)
+  const [failedCopy, nextCopy] = seen.splice(0).map((s) => s.buf)
+  t.is(nextCopy, failedCopy, 'the copy of the write a member failed was given back')
+  // Reads into unaligned targets: through a copy, reused from one read to the next.
+  const targets = [0, 1].map(() => odd(new Uint8Array(64 * KiB)))
+  await m.read(targets[0], 0)
+  await m.read(targets[1], 9 * 64 * KiB)
+  const reads = seen.splice(0).filter((s) => s.what === 'read').map((s) => s.buf)
+  t.is(reads.length, 2)
+  t.is(reads[1], reads[0], "the second read reused the first one's copy")
+  sameBytes(t, targets[0], datas[0], 'read 0')
+  sameBytes(t, targets[1], datas[1], 'read 9')
+  await m.close()
+  for (const [i, d] of datas.entries()) {
+    sameBytes(t, onDisk(r.paths[0], i * 64 * KiB, 64 * KiB), d, `write ${i} (in flight together): its own data`)
+    sameBytes(t, onDisk(r.paths[0], (8 + i) * 64 * KiB, 64 * KiB), d, `write ${8 + i} (a reused copy): its own data`)
+    sameBytes(t, onDisk(r.paths[1], (8 + i) * 64 * KiB, 64 * KiB), d, `write ${8 + i} on member 1`)
+  }
+  sameBytes(t, onDisk(r.paths[0], 17 * 64 * KiB, 64 * KiB), datas[1], 'the write after the failed one: its own data')
 })
 
 // The refusal a sandbox's seccomp profile can make of madvise(MADV_HUGEPAGE) (EPERM), for

@@ -13,7 +13,9 @@
  *   - `mirror`: `Mirror.write` of 1 MiB, sequential over the region, 1 in flight, a
  *     mirror of two file members with a bitmap of 64 MiB chunks (bench:mirror's (b));
  *   - `page store`: `PageStore.write` of 1 MiB on one of the files, the same way;
- *   each from an `allocAligned` buffer and from an `allocHugePageBuffers` one;
+ *   each from an `allocAligned` buffer and from an `allocHugePageBuffers` one, and the
+ *   mirror also from an unaligned one (a plain Uint8Array one byte into its memory,
+ *   which the mirror copies into an aligned buffer of its own for each write);
  *   - `dd`: `dd if=/dev/zero oflag=direct bs=1M` over the region (dd's own buffer), the
  *     outside reference.
  * Printed: MB/s and CPU per MiB written (this process's user + system time; dd's
@@ -39,9 +41,9 @@ import { MiB, execFileP, fmt, loadChange, machine, parseOptions, readLoad, sprea
 const USAGE = 'usage: npm run bench:buffers -- [--dir DIR] [--region MIB] [--duration S] [--rounds R] [--out FILE]'
 
 type Target = 'mirror' | 'page store'
-type BufferKind = 'allocAligned' | 'allocHugePageBuffers'
+type BufferKind = 'allocAligned' | 'allocHugePageBuffers' | 'unaligned'
 type RowKey = `${Target}, ${BufferKind}` | 'dd'
-const ROWS: RowKey[] = ['mirror, allocAligned', 'mirror, allocHugePageBuffers', 'page store, allocAligned', 'page store, allocHugePageBuffers', 'dd']
+const ROWS: RowKey[] = ['mirror, allocAligned', 'mirror, allocHugePageBuffers', 'mirror, unaligned', 'page store, allocAligned', 'page store, allocHugePageBuffers', 'dd']
 
 interface Sample {
   mib: number
@@ -53,6 +55,8 @@ interface Sample {
 const newBuffer: Record<BufferKind, () => Uint8Array> = {
   allocAligned: () => allocAligned(MiB),
   allocHugePageBuffers: () => allocHugePageBuffers(MiB, 1)[0],
+  /** A plain Uint8Array one byte into its memory: the mirror bounces it through an aligned copy. */
+  unaligned: () => new Uint8Array(MiB + 1).subarray(1),
 }
 
 /** 1 MiB writes through `write`, sequential over `region` from `cursor`, 1 in flight, for `seconds`. */

@@ -41,6 +41,8 @@ export class MemberControl {
   writesInFlight = 0
   /** Called when a write completed on the member (successfully). */
   onWriteDone: ((offset: number, length: number) => void) | null = null
+  /** Called as a read or write reaches the member, with the buffer the mirror passed it. */
+  onIo: ((what: 'read' | 'write', buf: Uint8Array, offset: number) => void) | null = null
   /** While set, writes wait here before they start (see {@link hold}). */
   gate: Promise<void> | null = null
   private openGate: (() => void) | null = null
@@ -88,12 +90,14 @@ export class ProbeMember extends SlowMember {
     super(inner, 0)
   }
   override async read(target: Uint8Array, offset: number): Promise<void> {
+    this.ctl.onIo?.('read', target, offset)
     if (this.ctl.failRead?.(offset, target.length)) throw injected('read', offset)
     await this.inner.read(target, offset)
     this.ctl.reads++
   }
   override write(data: Uint8Array, offset: number): Promise<void> {
     const ctl = this.ctl
+    ctl.onIo?.('write', data, offset)
     ctl.writesStarted++
     ctl.writesInFlight++
     const delay = ctl.delayMs

@@ -55,7 +55,8 @@
  * @module
  */
 import { MdBitmapError, toMdBitmapError } from '../errors'
-import { allocAlignedUninit, isAligned } from '../io/aligned'
+import { isAligned } from '../io/aligned'
+import type { BufferPool } from '../io/buffer-pool'
 import { failMember } from './membership'
 import type { MirrorState, Slot } from './state'
 import { startWriteBits, type TrackedWrite } from './tracking'
@@ -68,8 +69,6 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
   const generation = state.flushFence.enter()
   try {
     const len = data.length
-    const align = state.alignment
-    const buf = isAligned(data, align) ? data : copyAligned(data, align)
     const first = Math.floor(offset / state.meta.chunkSize)
     const last = Math.floor((offset + len - 1) / state.meta.chunkSize)
     // Waits only while a resync holds one of the chunks.
@@ -98,8 +97,10 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
       throw e
     }
     state.counts.writes++
-    const writes = new MemberWrites(state, active, offset, len, behind, first, last, epoch, tracked)
-    for (let i = 0; i < active.length; i++) writes.issue(i, buf)
+    // An unaligned caller's data goes through an aligned copy, given back when the write ends.
+    const staged = isAligned(data, state.alignment) ? undefined : pooledCopy(state.stagingPool, state, data)
+    const writes = new MemberWrites(state, active, offset, len, behind, first, last, epoch, tracked, staged)
+    for (let i = 0; i < active.length; i++) writes.issue(i, staged ?? data)
     // Sync: every member settled. Behind: the fast ones (the write-mostly ones go on).
     const errors = await writes.acknowledged
     let waited = -1
@@ -174,6 +175,8 @@ class MemberWrites {
     private readonly last: number,
     private readonly epoch: number,
     private readonly tracked: TrackedWrite,
+    /** The aligned copy of an unaligned caller's data, from the staging pool. */
+    private readonly staged: Uint8Array | undefined,
   ) {
     this.errors = new Array<MdBitmapError | undefined>(active.length).fill(undefined)
     this.unsettled = active.length
@@ -189,7 +192,7 @@ class MemberWrites {
   /** Issues member `i`'s write (in its write order): the caller's buffer, or the behind copy for a write-mostly member. */
   issue(i: number, buf: Uint8Array): void {
     const slot = this.active[i]
-    const payload = this.behind && slot.record.writeMostly ? (this.copy ??= behindCopy(this.state, buf)) : buf
+    const payload = this.behind && slot.record.writeMostly ? (this.copy ??= pooledCopy(this.state.behindPool, this.state, buf)) : buf
     const offset = this.offset
     const entry = slot.order.begin(offset, this.len, () => slot.member!.write(payload, offset))
     entry.done.then(
@@ -226,8 +229,9 @@ class MemberWrites {
     }
     state.tracking.endWrite(this.tracked)
     if (behind) releaseBehind(state, len)
-    // Every member's write settled: no I/O reads the copy any more.
+    // Every member's write settled: no I/O reads the copies any more.
     if (this.copy) state.behindPool.give(this.copy)
+    if (this.staged) state.stagingPool.give(this.staged)
     state.barrier.exitWrite(this.first, this.last)
     state.memberEpochs.leave(this.epoch)
   }
@@ -268,26 +272,32 @@ export async function read(state: MirrorState, target: Uint8Array, offset: numbe
   state.checkOpen('read')
   state.checkRange('read', offset, target.length)
   const len = target.length
-  const buf = isAligned(target, state.alignment) ? target : allocAlignedUninit(len, state.alignment)
-  const tried = new Set<Slot>()
-  const errors: string[] = []
-  for (let slot = pickReader(state, offset, len, tried); slot; slot = pickReader(state, offset, len, tried)) {
-    tried.add(slot)
-    try {
-      if (slot.record.writeMostly) await slot.order.drained(offset, len)
-      await slot.member!.read(buf, offset)
-    } catch (e) {
-      errors.push(`${slot.record.path}: ${toMdBitmapError(e).message}`)
-      const metaErr = await failMember(state, slot, e)
-      if (metaErr) throw metaErr
-      continue
+  // An unaligned target is read into an aligned copy, given back once no read uses it.
+  const staged = isAligned(target, state.alignment) ? undefined : state.stagingPool.take(len, state.alignment)
+  const buf = staged ?? target
+  try {
+    const tried = new Set<Slot>()
+    const errors: string[] = []
+    for (let slot = pickReader(state, offset, len, tried); slot; slot = pickReader(state, offset, len, tried)) {
+      tried.add(slot)
+      try {
+        if (slot.record.writeMostly) await slot.order.drained(offset, len)
+        await slot.member!.read(buf, offset)
+      } catch (e) {
+        errors.push(`${slot.record.path}: ${toMdBitmapError(e).message}`)
+        const metaErr = await failMember(state, slot, e)
+        if (metaErr) throw metaErr
+        continue
+      }
+      if (staged) target.set(staged)
+      state.counts.reads++
+      return
     }
-    if (buf !== target) target.set(buf)
-    state.counts.reads++
-    return
+    if (errors.length === 0) throw state.failedError('read')
+    throw new MdBitmapError('EMIRROR_READ', `read of ${len} bytes at ${offset} failed on every member that could serve it: ${errors.join('; ')}`)
+  } finally {
+    if (staged) state.stagingPool.give(staged)
   }
-  if (errors.length === 0) throw state.failedError('read')
-  throw new MdBitmapError('EMIRROR_READ', `read of ${len} bytes at ${offset} failed on every member that could serve it: ${errors.join('; ')}`)
 }
 
 function pickReader(state: MirrorState, offset: number, len: number, tried: Set<Slot>): Slot | undefined {
@@ -334,16 +344,9 @@ export function flushBeforeClear(state: MirrorState): Promise<void> {
   return flushMembers(state, false).catch(() => {})
 }
 
-/** A copy of `data` in memory aligned to `align`. */
-function copyAligned(data: Uint8Array, align: number): Uint8Array {
-  const out = allocAlignedUninit(data.length, align)
-  out.set(data)
-  return out
-}
-
-/** A behind write's private copy of `data`, in a buffer of the write-behind pool (given back once every member's write settled). */
-function behindCopy(state: MirrorState, data: Uint8Array): Uint8Array {
-  const out = state.behindPool.take(data.length, state.alignment)
+/** A copy of `data` in a buffer lent by `pool` (aligned for the members): the caller gives it back once no I/O reads it. */
+function pooledCopy(pool: BufferPool, state: MirrorState, data: Uint8Array): Uint8Array {
+  const out = pool.take(data.length, state.alignment)
   out.set(data)
   return out
 }

@@ -25,6 +25,9 @@ import type { Tracking } from './tracking'
 import type { MemberFaultyEvent, MirrorStats } from './types'
 import { WriteOrder } from './write-order'
 
+/** Bytes of unaligned callers' copies the mirror keeps for reuse (see {@link MirrorState.stagingPool}). */
+const STAGING_BYTES = 16 * 2 ** 20
+
 /** One member slot: its record in the metadata, and the member while it is open. */
 export class Slot {
   /** The open member; undefined while faulty or removed (or not opened). */
@@ -89,6 +92,12 @@ export class MirrorState implements MirrorParts {
   readonly memberEpochs = new MemberEpochs()
   /** The write-behind copies, reused; it keeps at most behindMemoryLimit bytes. */
   readonly behindPool: BufferPool
+  /**
+   * Aligned copies of callers' unaligned buffers (a `write`'s data, a `read`'s target),
+   * reused: lent for as long as the I/O that uses one, at most {@link STAGING_BYTES}
+   * kept between uses.
+   */
+  readonly stagingPool = new BufferPool(STAGING_BYTES)
   readonly counts: DataPathCounts = {
     writes: 0,
     reads: 0,
