@@ -82,10 +82,11 @@ test('a larger alignment drops the buffers of the smaller one', (t) => {
 
 test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the one not lent waits on the free list', (t) => {
   const pool = new BufferPool(4 * MiB)
-  const before = anonHugeKb()
   const a = pool.take(MiB, 4096)
   t.deepEqual(pool.bytes, { lent: MiB, free: MiB }, 'its neighbour in the huge page is counted free')
   const b = pool.take(MiB, 4096)
+  // Counted after the allocation: a collection it sets off may free other tests' huge pages.
+  const before = anonHugeKb()
   t.deepEqual(pool.bytes, { lent: 2 * MiB, free: 0 })
   t.is(b.buffer, a.buffer, 'the second comes from the same huge page')
   t.is(Math.abs(b.byteOffset - a.byteOffset), MiB)
@@ -103,7 +104,7 @@ test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the o
   t.true(odd.buffer.byteLength <= MiB + 4096 + 2 * MiB, `its own length and the alignment's slack (${odd.buffer.byteLength} bytes)`)
   const small = anonHugeKb()
   odd.fill(3)
-  if (hugePagesOn()) t.is(anonHugeKb() - small, 0, 'no whole 2 MiB page inside 1 MiB + 4 KiB: no huge page')
+  if (hugePagesOn()) t.true(anonHugeKb() - small < 2048, 'no whole 2 MiB page inside 1 MiB + 4 KiB: no huge page')
   const pool2 = new BufferPool(8 * MiB)
   const three = pool2.take(3 * MiB, 4096)
   t.deepEqual(pool2.bytes, { lent: 3 * MiB, free: 0 })
