@@ -215,7 +215,9 @@ export class Mirror extends EventEmitter {
    * Writes `data` at `offset` on every member. Resolves once the bits are durable and
    * every member that must acknowledge has the data (behind: the write-mostly ones may
    * still be writing a private copy, so `data` may be reused at once). Rejects if no
-   * member that may acknowledge it has it.
+   * member that may acknowledge it has it. Until then `data` must not change: the
+   * members write it from where it lies, or, when it is not aligned, from a copy made
+   * once the write may start (after a resync's hold on its chunks and the bits).
    */
   write(data: Uint8Array, offset: number): Promise<void> {
     return dataPath.write(this.state, data, offset)
