@@ -155,9 +155,7 @@ async function main(): Promise<void> {
       const small = samples.get(row.replace('allocHugePageBuffers', 'allocAligned') as RowKey)!
       ratio = spread(ss.map((s, i) => rate(s) / rate(small[i])))
     }
-    const mbs = ss.map(rate).sort((a, b) => a - b)
-    const median = (mbs[(mbs.length - 1) >> 1] + mbs[mbs.length >> 1]) / 2
-    rows.push([row, `${fmt(median)} (${fmt(mbs[0])}–${fmt(mbs[mbs.length - 1])})`, fmt(cpu * 1e6), ratio])
+    rows.push([row, spread(ss.map(rate), 0, (x) => fmt(x)), fmt(cpu * 1e6), ratio])
   }
   console.log('\n' + table(rows, 1, true))
   console.log(`\nMB/s: MiB written ÷ seconds (1 MiB = 2^20 bytes). dd writes the whole region each round from its own buffer; its CPU is its user + system time.`)

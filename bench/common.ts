@@ -74,11 +74,11 @@ export function fmt(x: number | null, digits = 0): string {
   return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
 }
 
-/** "median (min–max)" of ratios (the median alone for one). */
-export function spread(xs: number[], digits = 2): string {
+/** "median (min–max)" of ratios (the median alone for one), each written by `format`. */
+export function spread(xs: number[], digits = 2, format: (x: number) => string = (x) => x.toFixed(digits)): string {
   const s = [...xs].sort((a, b) => a - b)
   const median = s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
-  return s.length > 1 ? `${median.toFixed(digits)} (${s[0].toFixed(digits)}–${s[s.length - 1].toFixed(digits)})` : median.toFixed(digits)
+  return s.length > 1 ? `${format(median)} (${format(s[0])}–${format(s[s.length - 1])})` : format(median)
 }
 
 /**

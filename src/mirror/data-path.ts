@@ -98,7 +98,7 @@ export async function write(state: MirrorState, data: Uint8Array, offset: number
     }
     state.counts.writes++
     // An unaligned caller's data goes through an aligned copy, given back when the write ends.
-    const staged = isAligned(data, state.alignment) ? undefined : pooledCopy(state.stagingPool, state, data)
+    const staged = isAligned(data, state.alignment) ? undefined : pooledCopy(state.stagingPool, state.alignment, data)
     const writes = new MemberWrites(state, active, offset, len, behind, first, last, epoch, tracked, staged)
     for (let i = 0; i < active.length; i++) writes.issue(i, staged ?? data)
     // Sync: every member settled. Behind: the fast ones (the write-mostly ones go on).
@@ -192,7 +192,7 @@ class MemberWrites {
   /** Issues member `i`'s write (in its write order): the caller's buffer, or the behind copy for a write-mostly member. */
   issue(i: number, buf: Uint8Array): void {
     const slot = this.active[i]
-    const payload = this.behind && slot.record.writeMostly ? (this.copy ??= pooledCopy(this.state.behindPool, this.state, buf)) : buf
+    const payload = this.behind && slot.record.writeMostly ? (this.copy ??= pooledCopy(this.state.behindPool, this.state.alignment, buf)) : buf
     const offset = this.offset
     const entry = slot.order.begin(offset, this.len, () => slot.member!.write(payload, offset))
     entry.done.then(
@@ -344,9 +344,9 @@ export function flushBeforeClear(state: MirrorState): Promise<void> {
   return flushMembers(state, false).catch(() => {})
 }
 
-/** A copy of `data` in a buffer lent by `pool` (aligned for the members): the caller gives it back once no I/O reads it. */
-function pooledCopy(pool: BufferPool, state: MirrorState, data: Uint8Array): Uint8Array {
-  const out = pool.take(data.length, state.alignment)
+/** A copy of `data` in a buffer lent by `pool`, aligned to `align`: the caller gives it back once no I/O reads it. */
+function pooledCopy(pool: BufferPool, align: number, data: Uint8Array): Uint8Array {
+  const out = pool.take(data.length, align)
   out.set(data)
   return out
 }

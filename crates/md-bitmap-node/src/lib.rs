@@ -316,7 +316,7 @@ pub fn alignment_offset(env: &Env, view: Uint8Array, align: u32) -> Result<u32> 
 #[napi]
 pub fn advise_huge_pages(mut view: Uint8Array) -> f64 {
     // SAFETY: a JavaScript ArrayBuffer's backing store is private anonymous memory;
-    // the caller (the buffer pool) passes memory it has just allocated, with no I/O.
+    // the caller (src/io/aligned.ts) passes memory it has just allocated, with no I/O.
     let (ptr, len) = unsafe { (view.as_mut().as_mut_ptr(), view.len()) };
     unsafe { io::huge_pages::advise_huge(ptr, len) }.1 as f64
 }
