@@ -33,7 +33,9 @@
  *                      engine with MD_BITMAP_IO_SUBMIT=SUBMIT (tick, write or a batch
  *                      size), e.g. --engines uring@tick,uring@8,uring@write; a suffix
  *                      `:no-write-through` runs it with MD_BITMAP_WRITE_THROUGH=0 (every
- *                      sync an fdatasync; see crates/md-bitmap-io/src/write_through.rs)
+ *                      sync an fdatasync; see crates/md-bitmap-io/src/write_through.rs),
+ *                      `:no-spin` with MD_BITMAP_IO_SPIN_US=0 (the loop sleeps at once;
+ *                      see crates/md-bitmap-io/src/spin.rs)
  *   --no-node          skip the fs.promises and node O_DIRECT rows
  *   --no-fio           skip fio
  *   --no-apart         skip the depth-1 write + fdatasync cycle taken apart (sync-cycle.ts:
@@ -96,7 +98,7 @@ interface Options {
 
 /** `fdatasync`: batches of N writes, each followed by one fdatasync; `none`: N writes always in flight; `dsync`: the same, O_DSYNC. */
 type SyncMode = 'fdatasync' | 'none' | 'dsync'
-/** An engine, optionally with the submission policy it runs under and without write-through: `uring`, `uring@tick`, `uring:no-write-through`. */
+/** An engine, optionally with the submission policy it runs under and without write-through or the spin: `uring`, `uring@tick`, `uring:no-write-through`, `uring:no-spin`. */
 type Engine = string
 
 function parseArgs(argv: string[]): Options {
@@ -127,8 +129,8 @@ function parseArgs(argv: string[]): Options {
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 1) throw new Error('bad --size')
   if (!o.depths.every((d) => Number.isInteger(d) && d >= 1 && d <= 1024)) throw new Error('bad --depths')
   if (!o.syncs.every((m) => m === 'fdatasync' || m === 'none' || m === 'dsync')) throw new Error('bad --syncs: fdatasync, none or dsync')
-  if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?(:no-write-through)?$/.test(e))) {
-    throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N, then optionally :no-write-through')
+  if (!o.engines.every((e) => /^(uring|aio|threads)(@(tick|write|[1-9][0-9]*))?(:no-write-through|:no-spin)?$/.test(e))) {
+    throw new Error('bad --engines: uring|aio|threads, each optionally @tick|@write|@N, then optionally :no-write-through or :no-spin')
   }
   return o
 }
@@ -369,6 +371,7 @@ async function runNative(engine: Engine, job: ChildJob): Promise<{ sample: Sampl
     MD_BITMAP_IO_ENGINE: kind,
     ...(submit ? { MD_BITMAP_IO_SUBMIT: submit } : {}),
     ...(variant === 'no-write-through' ? { MD_BITMAP_WRITE_THROUGH: '0' } : {}),
+    ...(variant === 'no-spin' ? { MD_BITMAP_IO_SPIN_US: '0' } : {}),
   }
   // The child's own watchdog reports first. One that cannot even run it (its thread
   // busy in native code: no timer runs) is described from outside, then killed.
@@ -414,7 +417,9 @@ async function childMain(job: ChildJob): Promise<void> {
     const sample = await runPattern(job.sync)({ write: (b, o) => opened.write(b, o), sync: () => opened.sync() }, bufs, job.depth, offsets, job.seconds)
     const wt = opened.writeThrough
     const through = wt ? `write-through: ${wt.writesThrough} writes O_DSYNC, ${wt.syncsSkipped} syncs without fdatasync` : 'no write-through'
-    fs.writeFileSync(job.result, JSON.stringify({ sample, detail: `${detail}, ${through}` }))
+    const sp = opened.spin
+    const spin = sp.limitUs === 0 ? 'no spin' : `spin ≤ ${sp.limitUs} µs: ${sp.hits} hits, ${sp.misses} misses, ${sp.skipped} skipped, ${Math.round(sp.spunUs / 1000)} ms`
+    fs.writeFileSync(job.result, JSON.stringify({ sample, detail: `${detail}, ${through}, ${spin}` }))
   } finally {
     state.phase = 'closing the store'
     await opened.close()

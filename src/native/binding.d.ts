@@ -50,6 +50,11 @@ export declare class NativeStore {
    */
   get writeThrough(): WriteThroughStats | null
   /**
+   * The spin before this thread's event loop sleeps (md_bitmap_io::spin): its limit
+   * (0: off) and what it did, for every store of the thread together.
+   */
+  get spin(): SpinStats
+  /**
    * Writes `data` at `offset`. Many may be in flight at once; each counts as pending
    * until it completes. The view is held until then.
    */
@@ -213,6 +218,23 @@ export declare function punchHole(path: string, offset: number, length: number):
  * to convert them.
  */
 export declare function setErrorClass(errorClass: new (code: string, message: string, options?: { errno?: number }) => Error): void
+
+/**
+ * What the spin before a JavaScript thread's event loop sleeps did, for every store of
+ * that thread together (`PageStore.spin`; crates/md-bitmap-io/src/spin.rs).
+ */
+export interface SpinStats {
+  /** The longest spin in microseconds (`MD_BITMAP_IO_SPIN_US`, default 200); 0: off. */
+  limitUs: number
+  /** Spins that ended with a completion to collect. */
+  hits: number
+  /** Spins that reached the limit without one. */
+  misses: number
+  /** Waits that did not spin because a spin had missed just before. */
+  skipped: number
+  /** Microseconds spent spinning. */
+  spunUs: number
+}
 
 /** The first write error a native store saw. */
 export interface StoreError {

@@ -225,6 +225,11 @@ pub(crate) trait KernelQueue: Send {
         None
     }
     fn unpin(&mut self, _slot: u32) {}
+    /// Whether completion work seems to wait, from memory shared with the kernel alone
+    /// (no system call; may be stale either way for an instant). None: no such memory.
+    fn hint(&mut self) -> Option<bool> {
+        None
+    }
     /// Test-only fault: see `Uring::raise_stale_taskrun`.
     #[cfg(test)]
     fn raise_stale_taskrun(&mut self) {}
@@ -364,6 +369,17 @@ impl Engine {
     /// Operations submitted whose `Done` has not run yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+    /// Whether completion work seems to wait, read without a system call (crate::spin);
+    /// None where the engine cannot tell that way (AIO, the I/O threads).
+    /// Completions of the I/O threads count too (they are in memory already).
+    pub fn completion_hint(&self) -> Option<bool> {
+        let kernel = self.kernel.as_ref()?.lock().unwrap().queue.hint()?;
+        Some(kernel || !self.completions.queue.lock().unwrap().is_empty())
+    }
+    /// Operations queued for or in the kernel (not those on the I/O threads).
+    pub fn in_kernel(&self) -> usize {
+        self.kernel.as_ref().map_or(0, |k| k.lock().unwrap().on_kernel)
     }
     /// Whether submissions wait for `flush()`.
     pub fn batched(&self) -> bool {

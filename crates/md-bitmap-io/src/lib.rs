@@ -15,6 +15,7 @@ pub mod pending;
 pub mod engine;
 pub mod pool;
 pub mod punch;
+pub mod spin;
 mod aio;
 mod uring;
 pub mod store;

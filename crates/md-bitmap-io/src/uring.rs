@@ -195,6 +195,11 @@ impl KernelQueue for Uring {
         self.deferred
     }
 
+    fn hint(&mut self) -> Option<bool> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Some(!self.ring.completion().is_empty() || (self.deferred && self.ring.submission().taskrun()))
+    }
+
     fn ready(&mut self) -> Option<bool> {
         // A completion posted outside a reap (an operation that finished inside its
         // submission) is on the completion ring before its signal.

@@ -330,6 +330,22 @@ pub struct WriteThroughStats {
     pub syncs_skipped: f64,
 }
 
+/// What the spin before a JavaScript thread's event loop sleeps did, for every store of
+/// that thread together (`PageStore.spin`; crates/md-bitmap-io/src/spin.rs).
+#[napi(object)]
+pub struct SpinStats {
+    /// The longest spin in microseconds (`MD_BITMAP_IO_SPIN_US`, default 200); 0: off.
+    pub limit_us: f64,
+    /// Spins that ended with a completion to collect.
+    pub hits: f64,
+    /// Spins that reached the limit without one.
+    pub misses: f64,
+    /// Waits that did not spin because a spin had missed just before.
+    pub skipped: f64,
+    /// Microseconds spent spinning.
+    pub spun_us: f64,
+}
+
 #[napi(ts_return_type = "Promise<NativeStore>")]
 pub fn open_store(
     env: &Env,
@@ -455,6 +471,14 @@ impl NativeStore {
     #[napi(getter)]
     pub fn write_through(&self) -> Option<WriteThroughStats> {
         self.inner.write_through_counts().map(|c| WriteThroughStats { writes_through: c.writes_through as f64, syncs_skipped: c.syncs_skipped as f64 })
+    }
+
+    /// The spin before this thread's event loop sleeps (md_bitmap_io::spin): its limit
+    /// (0: off) and what it did, for every store of the thread together.
+    #[napi(getter)]
+    pub fn spin(&self, env: &Env) -> Result<SpinStats> {
+        let (limit, c) = reactor(env)?.spin();
+        Ok(SpinStats { limit_us: limit.as_micros() as f64, hits: c.hits as f64, misses: c.misses as f64, skipped: c.skipped as f64, spun_us: c.spun_ns as f64 / 1e3 })
     }
 
     /// Writes `data` at `offset`. Many may be in flight at once; each counts as pending
