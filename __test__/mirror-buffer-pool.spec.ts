@@ -18,7 +18,7 @@ import { promisify } from 'node:util'
 import { isAligned } from '../src/io/aligned'
 import { BufferPool } from '../src/io/buffer-pool'
 import { KiB, MiB, makeRig, onDisk, pattern, rigParent, sameBytes } from './helpers/mirror'
-import { anonHugeKb, hugePagesOn } from './helpers/huge-pages'
+import { hugeKbGained, hugePagesByMapping, hugePagesOn } from './helpers/huge-pages'
 import { noHugePageAdvice } from './helpers/seccomp'
 import { removeDir } from './helpers/tmp'
 import { requires } from './helpers/env'
@@ -85,8 +85,7 @@ test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the o
   const a = pool.take(MiB, 4096)
   t.deepEqual(pool.bytes, { lent: MiB, free: MiB }, 'its neighbour in the huge page is counted free')
   const b = pool.take(MiB, 4096)
-  // Counted after the allocation: a collection it sets off may free other tests' huge pages.
-  const before = anonHugeKb()
+  const before = hugePagesByMapping()
   t.deepEqual(pool.bytes, { lent: 2 * MiB, free: 0 })
   t.is(b.buffer, a.buffer, 'the second comes from the same huge page')
   t.is(Math.abs(b.byteOffset - a.byteOffset), MiB)
@@ -94,7 +93,8 @@ test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the o
   t.true(isAligned(first, 2 * MiB), 'the page starts 2 MiB-aligned')
   a.fill(1)
   b.fill(2)
-  if (hugePagesOn()) t.true(anonHugeKb() - before >= 2048, `backed by a huge page once touched (AnonHugePages ${before} → ${anonHugeKb()} kB)`)
+  const gained = hugeKbGained(before)
+  if (hugePagesOn()) t.true(gained >= 2048, `backed by a huge page once touched (+${gained} kB)`)
   t.true(a.every((x) => x === 1) && b.every((x) => x === 2), 'two buffers, no overlap')
   // Not a divisor of 2 MiB: memory of its own length, 2 MiB-aligned, its whole 2 MiB
   // pages huge and the rest small: never more huge pages than the bytes the budget counts.
@@ -102,15 +102,15 @@ test('buffers of 1 MiB and more come from huge pages, two to a 2 MiB page; the o
   t.deepEqual(pool.bytes, { lent: 3 * MiB + 4096, free: 0 })
   t.true(isAligned(odd, 2 * MiB))
   t.true(odd.buffer.byteLength <= MiB + 4096 + 2 * MiB, `its own length and the alignment's slack (${odd.buffer.byteLength} bytes)`)
-  const small = anonHugeKb()
+  const small = hugePagesByMapping()
   odd.fill(3)
-  if (hugePagesOn()) t.true(anonHugeKb() - small < 2048, 'no whole 2 MiB page inside 1 MiB + 4 KiB: no huge page')
+  if (hugePagesOn()) t.true(hugeKbGained(small) < 2048, 'no whole 2 MiB page inside 1 MiB + 4 KiB: no huge page')
   const pool2 = new BufferPool(8 * MiB)
   const three = pool2.take(3 * MiB, 4096)
   t.deepEqual(pool2.bytes, { lent: 3 * MiB, free: 0 })
-  const beforeThree = anonHugeKb()
+  const beforeThree = hugePagesByMapping()
   three.fill(4)
-  const grew = anonHugeKb() - beforeThree
+  const grew = hugeKbGained(beforeThree)
   if (hugePagesOn()) t.true(grew >= 2048 && grew < 4096, `3 MiB written: one huge page, not two (AnonHugePages +${grew} kB)`)
   t.true(pool.take(64 * KiB, 4096).buffer.byteLength < 2 * MiB, 'small buffers: ordinary memory, not a huge page each')
 })
