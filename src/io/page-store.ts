@@ -151,13 +151,14 @@ export class PageStore {
 
   /**
    * The spin before this thread's event loop sleeps, for every store of the thread.
-   * With at least 8 I/Os in the kernel, the loop waits for the next completion up to
-   * `MD_BITMAP_IO_SPIN_US` microseconds (default 200, at most 1000; 0 turns it off)
-   * before it sleeps, reading only memory the kernel shares (io_uring; no spin under
-   * `'aio'`, `'threads'` or the `'thread'` reaper). A spin that finds nothing makes the
-   * next waits sleep at once, twice as many after each such spin in a row (up to 64).
-   * No other callback of the loop runs during a spin, so it delays timers and sockets
-   * by at most the limit.
+   * With at least 8 I/Os in the kernel, each completion starting the next I/O (the
+   * wake-up before settled some and submitted no more), the loop waits for the next
+   * completion up to `MD_BITMAP_IO_SPIN_US` microseconds (default 200, at most 1000;
+   * 0 turns it off) before it sleeps, reading only memory the kernel shares (io_uring;
+   * no spin under `'aio'`, `'threads'` or the `'thread'` reaper). A spin that finds
+   * nothing makes the next waits sleep at once, twice as many after each such spin in
+   * a row (up to 64). No other callback of the loop runs during a spin, so it delays
+   * timers and sockets by at most the limit.
    */
   get spin(): SpinStats {
     return this.inner.spin
