@@ -18,7 +18,7 @@ import { fsCaps, requires } from './helpers/env'
 import { PAGE, deviceSize, writeWhole } from './helpers/io'
 import { sh, withFs } from './helpers/loopfs'
 import { noIoUring } from './helpers/seccomp'
-import { diskTempDir, removeDir } from './helpers/tmp'
+import { withPagesFile } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'engine-store.ts')
 const ENGINES = ['uring', 'aio', 'threads'] as const
@@ -74,18 +74,6 @@ function child(args: string[], engine: string | null, reaper: string | null = nu
     go: () => p.stdin.end('go\n'),
     exited,
     stderr: () => err,
-  }
-}
-
-/** Runs `body` with a file of `pages` zeroed pages in a directory on disk, removed after. */
-async function withPagesFile<T>(pages: number, body: (file: string) => Promise<T>): Promise<T> {
-  const dir = diskTempDir('md-bitmap-engine-')
-  try {
-    const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(pages * PAGE))
-    return await body(file)
-  } finally {
-    removeDir(dir)
   }
 }
 

@@ -15,9 +15,8 @@ import { existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { requires } from './helpers/env'
-import { PAGE, writeWhole } from './helpers/io'
 import { withLoopDevice } from './helpers/loopfs'
-import { diskTempDir, removeDir } from './helpers/tmp'
+import { withPagesFile } from './helpers/tmp'
 
 const FIXTURE = join(__dirname, 'fixtures', 'spin-probe.ts')
 const BLKIO = '/sys/fs/cgroup/blkio'
@@ -34,7 +33,7 @@ interface Probe {
 async function probe(path: string, depth: number, ms: number, env: Record<string, string>, launcher: string[] = []): Promise<Probe> {
   const node = [process.execPath, '--import', 'tsx', FIXTURE, path, String(depth), String(ms)]
   const [cmd, ...args] = [...launcher, ...node]
-  const full: NodeJS.ProcessEnv = { ...process.env, MD_BITMAP_IO_ENGINE: 'uring', ...env }
+  const full: NodeJS.ProcessEnv = { ...process.env, MD_BITMAP_IO_ENGINE: 'uring' }
   delete full.MD_BITMAP_IO_SPIN_US
   Object.assign(full, env)
   const out = await promisify(execFile)(cmd, args, { env: full }).catch((e: { stdout?: string; code?: number }) => {
@@ -44,23 +43,11 @@ async function probe(path: string, depth: number, ms: number, env: Record<string
   return JSON.parse(out.stdout.trim().split('\n').pop()!)
 }
 
-/** A file of 4096 pages in a directory on disk, removed after. */
-async function withDiskFile<T>(body: (file: string) => Promise<T>): Promise<T> {
-  const dir = diskTempDir('md-bitmap-spin-')
-  try {
-    const file = join(dir, 'pages')
-    writeWhole(file, new Uint8Array(4096 * PAGE))
-    return await body(file)
-  } finally {
-    removeDir(dir)
-  }
-}
-
 const logSpin = (t: ExecutionContext, what: string, p: Probe) =>
   t.log(`${what}: ${p.writes} writes in ${p.ms.toFixed(0)} ms (${p.engine}); spin ${JSON.stringify(p.spin)}`)
 
 test('32 writes in flight under io_uring: the loop spins before it sleeps, and its spins find completions', async (t) => {
-  await withDiskFile(async (file) => {
+  await withPagesFile(4096, async (file) => {
     const p = await probe(file, 32, 1000, {})
     logSpin(t, 'default', p)
     t.is(p.engine, 'uring')
@@ -72,7 +59,7 @@ test('32 writes in flight under io_uring: the loop spins before it sleeps, and i
 })
 
 test('no spin when it is off, with fewer than 8 writes in flight, or under an engine with nothing to read in memory', async (t) => {
-  await withDiskFile(async (file) => {
+  await withPagesFile(4096, async (file) => {
     const none = { hits: 0, misses: 0, skipped: 0, spunUs: 0 }
     const off = await probe(file, 32, 300, { MD_BITMAP_IO_SPIN_US: '0' })
     t.deepEqual(off.spin, { limitUs: 0, ...none })
@@ -88,7 +75,7 @@ test('no spin when it is off, with fewer than 8 writes in flight, or under an en
 })
 
 test('a bad MD_BITMAP_IO_SPIN_US fails the first open with EINVAL naming it', async (t) => {
-  await withDiskFile(async (file) => {
+  await withPagesFile(4096, async (file) => {
     for (const bad of ['abc', '-1', '1001', '2.5']) {
       const p = await probe(file, 32, 100, { MD_BITMAP_IO_SPIN_US: bad })
       t.is(p.error?.code, 'EINVAL', bad)

@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { volatileFilesystem } from '../../src/io/volatile'
+import { PAGE, writeWhole } from './io'
 
 /**
  * A fresh directory on a disk filesystem (not tmpfs or ramfs, by the library's own
@@ -31,4 +32,16 @@ export function diskTempDir(prefix: string): string {
 /** Removes `dir` and everything in it; nothing when `dir` is undefined or empty. */
 export function removeDir(dir: string | undefined): void {
   if (dir) rmSync(dir, { recursive: true, force: true })
+}
+
+/** Runs `body` with a file of `pages` zeroed pages in a fresh directory on disk, removed after. */
+export async function withPagesFile<T>(pages: number, body: (file: string) => Promise<T>): Promise<T> {
+  const dir = diskTempDir('md-bitmap-pages-')
+  try {
+    const file = join(dir, 'pages')
+    writeWhole(file, new Uint8Array(pages * PAGE))
+    return await body(file)
+  } finally {
+    removeDir(dir)
+  }
 }

@@ -28,7 +28,7 @@
 //! The spin reads only memory the kernel shares with us (`Engine::completion_hint`: the
 //! completion ring, io_uring's TASKRUN flag), no system call. It runs only where that
 //! hint exists (io_uring; not AIO, not the I/O threads), only with at least
-//! [`MIN_IN_FLIGHT`] operations in the kernel (at depth 1 the whole wait would be spun:
+//! [`MIN_IN_KERNEL`] operations in the kernel (at depth 1 the whole wait would be spun:
 //! measured +12 % writes/s for 2.3× the CPU per write, not worth it by default), and
 //! never longer than the limit, which is also the longest it delays anything else the
 //! loop has to do (a timer, a socket). A device slower than the limit would have every
@@ -36,7 +36,7 @@
 //! spinning, twice as many after each such miss in a row, up to [`MAX_SKIP`]:
 //!
 //! ```text
-//!   ready ──wait: in kernel ≥ MIN_IN_FLIGHT, the last wake-up a pipeline's
+//!   ready ──wait: in kernel ≥ MIN_IN_KERNEL, the last wake-up a pipeline's
 //!           (settled n > 0, submitted 1..=n), hint says nothing yet──▶ spinning
 //!   ready ──any other wait─────────────────────────────────────────▶ ready (sleep)
 //!   spinning ──hint raised within the limit──▶ ready, misses = 0            (hit)
@@ -57,8 +57,8 @@ pub const DEFAULT_LIMIT_US: u64 = 200;
 /// The largest limit `MD_BITMAP_IO_SPIN_US` accepts: a loop held longer than a
 /// millisecond is a loop that other work notices.
 pub const MAX_LIMIT_US: u64 = 1000;
-/// Fewer operations in flight than this: sleep (see the top comment).
-pub const MIN_IN_FLIGHT: usize = 8;
+/// Fewer operations in the kernel than this: sleep (see the top comment).
+pub const MIN_IN_KERNEL: usize = 8;
 /// The most waits one miss makes skip.
 pub const MAX_SKIP: u32 = 64;
 
@@ -113,13 +113,14 @@ impl Spin {
         self.counts
     }
 
-    /// Before the loop sleeps, with `in_kernel` operations in the kernel, the wake-up
-    /// before having settled `settled` and submitted `submitted`: spins while `hint()`
-    /// answers `Some(false)`, at most the limit by `now()` (nanoseconds, any origin).
-    /// `hint()` answering None (no way to tell without a system call) never spins.
-    pub fn before_wait(&mut self, in_kernel: usize, settled: u64, submitted: u64, mut hint: impl FnMut() -> Option<bool>, mut now: impl FnMut() -> u64) {
+    /// Before the loop sleeps, the wake-up before having settled `settled` and submitted
+    /// `submitted`, `in_kernel()` operations in the kernel (asked only if the rest
+    /// allows a spin): spins while `hint()` answers `Some(false)`, at most the limit by
+    /// `now()` (nanoseconds, any origin). `hint()` answering None (no way to tell
+    /// without a system call) never spins.
+    pub fn before_wait(&mut self, settled: u64, submitted: u64, in_kernel: impl FnOnce() -> usize, mut hint: impl FnMut() -> Option<bool>, mut now: impl FnMut() -> u64) {
         let pipeline = settled > 0 && (1..=settled).contains(&submitted);
-        if self.limit.is_zero() || in_kernel < MIN_IN_FLIGHT || !pipeline {
+        if self.limit.is_zero() || !pipeline || in_kernel() < MIN_IN_KERNEL {
             return;
         }
         match hint() {
@@ -169,9 +170,9 @@ mod tests {
         let t = Cell::new(0u64);
         let start = Cell::new(None::<u64>);
         spin.before_wait(
-            in_kernel,
             flow.0,
             flow.1,
+            || in_kernel,
             || {
                 let s = start.get().unwrap_or(t.get());
                 start.set(Some(s));
@@ -199,9 +200,9 @@ mod tests {
         let mut off = Spin::new(Duration::ZERO);
         assert_eq!(wait(&mut off, 32, None, 1_000), 0);
         let mut s = Spin::new(Duration::from_micros(200));
-        assert_eq!(wait(&mut s, MIN_IN_FLIGHT - 1, None, 1_000), 0);
-        s.before_wait(32, 4, 4, || None, || panic!("no clock needed without a hint"));
-        s.before_wait(32, 4, 4, || Some(true), || panic!("nor with the hint already raised"));
+        assert_eq!(wait(&mut s, MIN_IN_KERNEL - 1, None, 1_000), 0);
+        s.before_wait(4, 4, || 32, || None, || panic!("no clock needed without a hint"));
+        s.before_wait(4, 4, || 32, || Some(true), || panic!("nor with the hint already raised"));
         assert_eq!(s.counts(), SpinCounts::default());
     }
 
@@ -278,7 +279,7 @@ mod tests {
                 let c = s.counts();
                 assert!(spun <= limit * 1_000 + 2 * step, "spun {spun} ns with a limit of {limit} µs");
                 assert!(c.spun_ns - before.spun_ns <= spun, "counted more than was spun");
-                if depth >= MIN_IN_FLIGHT && settled > 0 && (1..=settled).contains(&submitted) && after != Some(0) {
+                if depth >= MIN_IN_KERNEL && settled > 0 && (1..=settled).contains(&submitted) && after != Some(0) {
                     waits_at_depth += 1;
                 }
                 if c.misses > before.misses {
