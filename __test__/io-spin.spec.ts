@@ -54,7 +54,10 @@ test('32 writes in flight under io_uring: the loop spins before it sleeps, and i
     t.is(p.spin.limitUs, 200)
     t.true(p.spin.hits > 0, 'some spins ended with a completion')
     t.true(p.spin.spunUs > 0)
-    t.true(p.spin.spunUs <= (p.spin.hits + p.spin.misses) * 200 * 1.5, 'no spin much past the limit')
+    // No bound on the time spun per spin here: it is wall time, and a spinning thread
+    // preempted by the rest of a loaded suite is charged its time off the CPU (a CI run
+    // measured 344 µs a spin against a limit of 200). The limit itself is checked in
+    // spin.rs's tests, on a clock of their own.
   })
 })
 
